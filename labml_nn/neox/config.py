@@ -1,0 +1,330 @@
+r"""
+# The model's configuration
+
+Every GPT-NeoX model, from Pythia-70M to the 20B model, is the same program with different numbers. This
+module holds those numbers in one small dataclass, `NeoXConfig`, and reads them from the two places they are
+found in the wild:
+
+* a **gpt-neox YAML config** (`configs/20B.yml` beside the 20B slim weights), where keys are written
+  either `num_layers` or `num-layers`, and keys that are absent take gpt-neox's defaults;
+* a **Hugging Face `config.json`** (every Pythia model), written by transformers 4.x (`rotary_pct`,
+  `rotary_emb_base`) or 5.x (`rope_parameters: {rope_theta, partial_rotary_factor}`).
+
+The model code (`model.py`) depends on nothing else of ours but this file, so both can be copied into
+another project together.
+
+## The numbers of the 20B model
+
+| field | 20B | meaning |
+|---|---|---|
+| `n_layers` | 44 | transformer layers |
+| `d_model` | 6144 | hidden size $C = H \cdot D$ |
+| `n_heads` | 64 | attention heads $H$, so $D = 96$ |
+| `d_ff` | 24576 | FFN hidden size, $4C$ |
+| `n_vocab` | 50432 | rows of the embedding $V$: 50,277 tokens padded to a multiple of 256 |
+| `rotary_pct` | 0.25 | fraction of each head's $D$ features that are rotated (24 of 96) |
+| `parallel_residual` | true | $x + \text{attn}(\text{ln}_1(x)) + \text{mlp}(\text{ln}_2(x))$ |
+| `activation` | `gelu_tanh` | `bias_gelu_fusion: true` fuses the tanh approximation of GELU |
+"""
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+# The two GELUs. `gelu_tanh` is the approximation that gpt-neox's fused kernel computes
+# (Hugging Face calls it `gelu_fast` or `gelu_new`); `gelu` is the exact one, $x \Phi(x)$.
+ACTIVATIONS = ("gelu_tanh", "gelu")
+
+
+class ConfigError(ValueError):
+    """A config file that does not describe a model we can build. The message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class NeoXConfig:
+    r"""
+    ## The configuration
+
+    The field names are plain English; the comments give the gpt-neox YAML key and the Hugging Face key
+    each one is read from.
+    """
+
+    # `num_layers` / `num_hidden_layers`
+    n_layers: int
+    # `hidden_size` in both: $C$
+    d_model: int
+    # `num_attention_heads` in both: $H$
+    n_heads: int
+    # Rows of the embedding and of the readout, $V$. gpt-neox does not write it in the YAML: it pads the
+    # tokenizer's size to a multiple of `make_vocab_size_divisible_by` $\times$ the tensor-parallel degree.
+    # The loader fills it from the shape of `word_embeddings.weight` when it is 0.
+    n_vocab: int = 0
+    # `intermediate_size`; gpt-neox always uses $4C$. 0 means $4C$.
+    d_ff: int = 0
+    # `max_position_embeddings` / `seq_length`: the longest context the model was trained on.
+    n_ctx: int = 2048
+    # `rotary_pct` / `partial_rotary_factor`
+    rotary_pct: float = 1.0
+    # `rotary_emb_base` / `rope_theta`
+    rotary_base: float = 10000.0
+    # `layernorm_epsilon` / `layer_norm_eps`
+    layer_norm_eps: float = 1e-5
+    # `gpt_j_residual` / `use_parallel_residual`
+    parallel_residual: bool = False
+    # `bias_gelu_fusion` or `activation` / `hidden_act`, normalised to one of `ACTIVATIONS`
+    activation: str = "gelu"
+    # `model_parallel_size`: how many tensor-parallel ranks the checkpoint was *written* with.
+    # The model itself always runs unpartitioned; only the loader and the merge tool read this.
+    tensor_parallel_size: int = 1
+    # The end-of-text token of the 20B tokenizer and of Pythia's.
+    eos_token_id: int = 0
+
+    def __post_init__(self):
+        # A frozen dataclass still lets `__post_init__` fill derived defaults through `object.__setattr__`.
+        if self.d_ff == 0:
+            object.__setattr__(self, "d_ff", 4 * self.d_model)
+        if self.d_model % self.n_heads != 0:
+            raise ConfigError(f"hidden size {self.d_model} is not a multiple of the {self.n_heads} heads")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
+
+    # The head dimension $D = C / H$
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    # The number of features of each head that rotary embeddings rotate: 24 of 96 for the 20B model.
+    @property
+    def d_rotary(self) -> int:
+        return int(self.d_head * self.rotary_pct)
+
+    def with_updates(self, **changes) -> "NeoXConfig":
+        """A copy with some fields changed (the config is frozen so that layers can share it safely)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "NeoXConfig":
+        """The inverse of `to_dict`; unknown keys are an error, so a typo never passes silently."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; known keys are {sorted(known)}")
+        return cls(**values)
+
+    # ## Reading a gpt-neox YAML config
+    @classmethod
+    def from_neox_yaml(cls, source: "str | Path | Mapping[str, Any]") -> "NeoXConfig":
+        r"""
+        Read a gpt-neox config: a path to a `.yml` file, or the dictionary it parses to.
+
+        gpt-neox accepts `num-layers` and `num_layers` as the same key, so we normalise `-` to `_` first.
+        Keys that gpt-neox would take from its defaults take the same defaults here: sequential residual,
+        full rotary (`rotary_pct: 1.0`), base 10000, no GELU fusion (exact GELU).
+
+        We refuse what the model in `model.py` does not implement, rather than building a wrong model:
+        another position embedding, another norm, another activation, tied embeddings, or mixture-of-experts.
+        """
+        name, values = _read_yaml(source)
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+
+        def get(key, default=None, required=False):
+            if key in values and values[key] is not None:
+                return values[key]
+            if required:
+                raise ConfigError(f"{name}: missing key `{key}` (also accepted as `{key.replace('_', '-')}`)")
+            return default
+
+        _refuse_unsupported(name, values)
+        # The 20B config sets `bias_gelu_fusion: true`, which in gpt-neox means the tanh approximation.
+        # Without the fusion, gpt-neox's `activation` key (default `gelu`) decides.
+        activation = str(get("activation", "gelu"))
+        if get("bias_gelu_fusion", False):
+            activation = "gelu_tanh"
+        activation = _normalise_activation(name, "activation", activation)
+
+        return cls(
+            n_layers=int(get("num_layers", required=True)),
+            d_model=int(get("hidden_size", required=True)),
+            n_heads=int(get("num_attention_heads", required=True)),
+            n_vocab=int(get("padded_vocab_size", 0)),
+            n_ctx=int(get("max_position_embeddings", get("seq_length", 2048))),
+            rotary_pct=float(get("rotary_pct", 1.0)),
+            rotary_base=float(get("rotary_emb_base", 10000.0)),
+            layer_norm_eps=float(get("layernorm_epsilon", 1e-5)),
+            parallel_residual=bool(get("gpt_j_residual", False)),
+            activation=activation,
+            tensor_parallel_size=int(get("model_parallel_size", 1)),
+        )
+
+    # ## Reading a Hugging Face `config.json`
+    @classmethod
+    def from_hf_config(cls, source: "str | Path | Mapping[str, Any]") -> "NeoXConfig":
+        r"""
+        Read a transformers `GPTNeoXConfig`: a path to `config.json` (or its folder), or its dictionary.
+
+        transformers 5.x moved the rotary settings into `rope_parameters`; older files have `rotary_pct` and
+        `rotary_emb_base` at the top level. We read whichever is present.
+        """
+        if isinstance(source, Mapping):
+            name, values = "config.json", dict(source)
+        else:
+            path = Path(source)
+            if path.is_dir():
+                path = path / "config.json"
+            name = str(path)
+            try:
+                values = json.loads(path.read_text())
+            except FileNotFoundError:
+                raise ConfigError(f"{name} does not exist") from None
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{name} is not valid JSON ({e})") from None
+
+        model_type = values.get("model_type", "gpt_neox")
+        if model_type != "gpt_neox":
+            raise ConfigError(f"{name}: model_type is {model_type!r}, not 'gpt_neox'")
+        if values.get("tie_word_embeddings", False):
+            raise ConfigError(f"{name}: tie_word_embeddings is true; GPT-NeoX checkpoints have a separate readout")
+        if values.get("attention_bias", True) is False:
+            raise ConfigError(f"{name}: attention_bias is false; the NeoX attention layers here have biases")
+
+        rope = values.get("rope_parameters") or values.get("rope_scaling") or {}
+        if rope.get("rope_type", "default") not in ("default", None):
+            raise ConfigError(f"{name}: rope_type {rope['rope_type']!r} is not supported, only plain rotary")
+
+        def get(key, *alternatives, required=False, default=None):
+            for k in (key,) + alternatives:
+                if values.get(k) is not None:
+                    return values[k]
+            if required:
+                raise ConfigError(f"{name}: missing key `{key}`")
+            return default
+
+        return cls(
+            n_layers=int(get("num_hidden_layers", required=True)),
+            d_model=int(get("hidden_size", required=True)),
+            n_heads=int(get("num_attention_heads", required=True)),
+            n_vocab=int(get("vocab_size", required=True)),
+            d_ff=int(get("intermediate_size", default=0)),
+            n_ctx=int(get("max_position_embeddings", default=2048)),
+            rotary_pct=float(rope.get("partial_rotary_factor", get("rotary_pct", default=1.0))),
+            rotary_base=float(rope.get("rope_theta", get("rotary_emb_base", "rope_theta", default=10000.0))),
+            layer_norm_eps=float(get("layer_norm_eps", default=1e-5)),
+            parallel_residual=bool(get("use_parallel_residual", default=True)),
+            activation=_normalise_activation(name, "hidden_act", str(get("hidden_act", default="gelu"))),
+            eos_token_id=int(get("eos_token_id", default=0) or 0),
+        )
+
+    def to_hf_config(self) -> dict:
+        r"""
+        The `config.json` of a transformers `GPTNeoXForCausalLM` with the same maths. We write both rotary
+        spellings so that transformers 4.x and 5.x read the same settings.
+        """
+        return {
+            "architectures": ["GPTNeoXForCausalLM"],
+            "model_type": "gpt_neox",
+            "vocab_size": self.n_vocab,
+            "hidden_size": self.d_model,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "intermediate_size": self.d_ff,
+            "hidden_act": "gelu_fast" if self.activation == "gelu_tanh" else "gelu",
+            "max_position_embeddings": self.n_ctx,
+            "layer_norm_eps": self.layer_norm_eps,
+            "use_parallel_residual": self.parallel_residual,
+            "rotary_pct": self.rotary_pct,
+            "rotary_emb_base": self.rotary_base,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rotary_base,
+                                "partial_rotary_factor": self.rotary_pct},
+            "tie_word_embeddings": False,
+            "attention_bias": True,
+            "attention_dropout": 0.0,
+            "hidden_dropout": 0.0,
+            "bos_token_id": self.eos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "use_cache": True,
+        }
+
+    def to_neox_yaml(self) -> dict:
+        """The model keys of a gpt-neox YAML config that `from_neox_yaml` reads back to this config."""
+        return {
+            "num_layers": self.n_layers,
+            "hidden_size": self.d_model,
+            "num_attention_heads": self.n_heads,
+            "seq_length": self.n_ctx,
+            "max_position_embeddings": self.n_ctx,
+            "norm": "layernorm",
+            "pos_emb": "rotary",
+            "rotary_pct": self.rotary_pct,
+            "rotary_emb_base": self.rotary_base,
+            "layernorm_epsilon": self.layer_norm_eps,
+            "no_weight_tying": True,
+            "gpt_j_residual": self.parallel_residual,
+            "bias_gelu_fusion": self.activation == "gelu_tanh",
+            "activation": "gelu",
+            "model_parallel_size": self.tensor_parallel_size,
+            "padded_vocab_size": self.n_vocab,
+        }
+
+
+def _read_yaml(source) -> "tuple[str, dict]":
+    if isinstance(source, Mapping):
+        return "config", dict(source)
+    import yaml
+
+    path = Path(source)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} does not hold a mapping of config keys")
+    return str(path), values
+
+
+def _normalise_activation(name: str, key: str, value: str) -> str:
+    # The many names of the two GELUs across gpt-neox and transformers
+    value = value.lower()
+    if value in ("gelu", "gelu_python"):
+        return "gelu"
+    if value in ("gelu_fast", "gelu_new", "gelu_tanh", "gelu_pytorch_tanh", "bias_gelu", "fast_gelu"):
+        return "gelu_tanh"
+    raise ConfigError(f"{name}: `{key}: {value}` is not supported; this implementation has exact and tanh GELU")
+
+
+def _refuse_unsupported(name: str, values: dict):
+    # gpt-neox can train models that `model.py` does not implement. Building one anyway would load
+    # without error and then compute something else, so we stop here and say which key is at fault.
+    checks = {
+        "pos_emb": lambda v: v == "rotary",
+        "norm": lambda v: v == "layernorm",
+        "activation": lambda v: str(v).lower() in ("gelu", "gelu_fast", "gelu_new", "gelu_tanh"),
+        "moe_num_experts": lambda v: int(v) <= 1,
+        "num_experts": lambda v: int(v) <= 1,
+        "use_bias_in_attn_linear": lambda v: bool(v),
+        "use_qk_layernorm": lambda v: not v,
+        "num_kv_heads": lambda v: v is None,
+        "attention_config": lambda v: all(_attention_kind(a) in ("global", "flash") for a in v),
+    }
+    for key, ok in checks.items():
+        if values.get(key) is not None and not ok(values[key]):
+            raise ConfigError(f"{name}: `{key}: {values[key]}` describes a model this implementation does not "
+                              f"build (rotary, LayerNorm, GELU, dense multi-head attention only)")
+    # gpt-neox's default is to tie the embedding and the readout; every published NeoX model sets
+    # `no_weight_tying: true` and has a separate `final_linear.weight`.
+    if not values.get("no_weight_tying", False):
+        raise ConfigError(f"{name}: `no_weight_tying` is not true, so gpt-neox would tie the embedding and the "
+                          f"readout; this implementation loads untied NeoX checkpoints only. If the checkpoint "
+                          f"has a `final_linear.weight`, set `no_weight_tying: true`.")
+
+
+def _attention_kind(entry) -> str:
+    # `attention_config: [[["global"], 44]]` lists (kinds, count) pairs
+    kinds = entry[0] if isinstance(entry, (list, tuple)) else entry
+    kind = kinds[0] if isinstance(kinds, (list, tuple)) else kinds
+    return str(kind).lower()

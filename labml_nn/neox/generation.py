@@ -1,0 +1,148 @@
+r"""
+# Generating text
+
+A language model gives, for every position, a distribution over the next token. Generating text is a loop:
+run the prompt through the model, pick a token from the distribution at the last position, append it, repeat.
+
+Two things make the loop fast:
+
+* **A key-value cache** (`utils/cache.py`). The first step runs the whole prompt and stores every layer's keys
+  and values; each later step runs only the one new token, whose attention reads the stored ones.
+* **Logits for the last position only.** The readout is a $C \times V$ matrix multiplication, as large as a
+  transformer layer's in small models; during the prompt step only the last position's logits are needed.
+
+`model` is the `nn.Sequential` that `LayerGenerator` gives (or any sequence of `model.py` modules): we walk its
+modules ourselves so that the cache can be passed to each.
+
+## Choosing the next token
+
+With logits $z$ and temperature $\tau$, the next token is drawn from $p_i \propto \exp(z_i / \tau)$.
+`temperature=0` means greedy decoding, $\arg\max_i z_i$. Two filters cut the tail of the distribution first:
+**top-k** keeps the $k$ most likely tokens, **top-p** (nucleus sampling) keeps the smallest set of most likely
+tokens whose probabilities add up to at least $p$.
+"""
+
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+from labml_nn.neox.model import ReadoutLayer
+from labml_nn.neox.utils.cache import KVCache
+
+
+def _modules(model) -> Sequence[nn.Module]:
+    return list(model) if isinstance(model, (nn.Sequential, list, tuple)) else [model]
+
+
+def context_length(model) -> Optional[int]:
+    """The longest context the model was trained on, read from the config its modules carry."""
+    for module in _modules(model):
+        config = getattr(module, "config", None)
+        if config is not None:
+            return config.n_ctx
+    return None
+
+
+def forward(model, ids: torch.Tensor, cache: Optional[KVCache] = None, last_only: bool = False) -> torch.Tensor:
+    r"""
+    Run `ids` `[B, T]` through the modules, passing `cache` to each, and return logits `[B, T, V]` (or
+    `[B, 1, V]` with `last_only`). With a cache, `ids` are the tokens after the `cache.offset` tokens already
+    stored, and the cache moves forward by `T`.
+    """
+    x = ids
+    for module in _modules(model):
+        if last_only and isinstance(module, ReadoutLayer):
+            x = x[:, -1:]
+        x = module(x, cache)
+    if cache is not None:
+        cache.advance(ids.shape[1])
+    return x
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    r"""
+    Pick the next token for each row of `logits` `[B, V]`; returns `[B]`.
+    """
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    # Sample in fp32: fp16 logits divided by a small $\tau$ can overflow
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        # Everything below the $k$-th largest logit is removed
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # Sort, and drop a token when the tokens more likely than it already add up to at least $p$.
+        # The most likely token is always kept.
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+                    top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+                    eos_token_id: Optional[int] = 0, max_len: Optional[int] = None) -> Iterator[torch.Tensor]:
+    r"""
+    ## The generation loop, one token at a time
+
+    Yields the next tokens `[B]` as they are chosen, so a caller can print them as they come. `prompt_ids` is
+    `[B, T]`, all rows the same length. A row that produced `eos_token_id` keeps producing it; the loop stops when
+    every row has (`eos_token_id=None` never stops early).
+
+    `max_len` is the length of the context the model may use (by default the one it was trained on): a prompt
+    longer than that is an error, and generation stops when it is reached.
+    """
+    if prompt_ids.dim() != 2:
+        raise ValueError(f"prompt_ids must be [B, T], got shape {tuple(prompt_ids.shape)}")
+    batch_size, n_prompt = prompt_ids.shape
+    if n_prompt == 0:
+        raise ValueError("the prompt is empty; for unconditional generation start from the end-of-text token")
+    max_len = max_len or context_length(model) or n_prompt + max_new_tokens
+    if n_prompt > max_len:
+        raise ValueError(f"the prompt has {n_prompt} tokens but the model's context is {max_len}; "
+                         f"shorten the prompt (keep its last {max_len} tokens) or pass a larger max_len")
+    max_new_tokens = min(max_new_tokens, max_len - n_prompt)
+
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=prompt_ids.device).manual_seed(seed)
+
+    # The caller's tokens never change the cache of another call: each generation owns its cache
+    cache = KVCache(n_prompt + max_new_tokens)
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=prompt_ids.device)
+    # The first step runs the whole prompt
+    ids = prompt_ids
+    for _ in range(max_new_tokens):
+        logits = forward(model, ids, cache, last_only=True)[:, -1]
+        next_ids = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                               generator=generator).to(prompt_ids.device)
+        if eos_token_id is not None:
+            # Finished rows keep emitting end-of-text so that all rows stay the same length
+            next_ids = next_ids.masked_fill(finished, eos_token_id)
+            finished |= next_ids == eos_token_id
+        yield next_ids
+        if eos_token_id is not None and bool(finished.all()):
+            return
+        # Each later step runs only the token just chosen, `[B, 1]`
+        ids = next_ids[:, None]
+
+
+def generate(model, prompt_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+    r"""
+    ## Generate
+
+    The prompt followed by the generated tokens, `[B, T + new]`, where `new <= max_new_tokens`.
+    Keyword arguments are those of `generate_stream`: `temperature`, `top_k`, `top_p`, `seed`,
+    `eos_token_id`, `max_len`.
+    """
+    new = list(generate_stream(model, prompt_ids, max_new_tokens, **kwargs))
+    if not new:
+        return prompt_ids
+    return torch.cat([prompt_ids, torch.stack(new, dim=1)], dim=1)

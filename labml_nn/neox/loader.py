@@ -1,0 +1,170 @@
+r"""
+# Loading a checkpoint, one layer at a time
+
+`LayerGenerator` turns a checkpoint folder into the modules of `model.py`, with the checkpoint's weights:
+
+```python
+layers = list(LayerGenerator("path/to/checkpoint", dtype=torch.float16, device="cuda").load())
+model = torch.nn.Sequential(*layers)
+logits = model(ids)                        # ids [B, T] int64 -> logits [B, T, V]
+```
+
+The folder may be the GPT-NeoX-20B slim weights (or any gpt-neox checkpoint, in either of its layouts and
+with any tensor-parallel degree) or a Hugging Face `GPTNeoXForCausalLM` folder such as a Pythia model; the
+config is read from the folder. `checkpoint/` reads and merges the files; this module builds the layers.
+
+## Why one layer at a time
+
+The 20B model is 39 GB in fp16. Building the whole model first and then loading a state dict would need
+room for two copies. Instead, `load()` is a generator: for each part of the model it builds the empty module
+(on PyTorch's `meta` device, which allocates nothing), reads just that part's tensors from disk, moves them to
+the target device and dtype, and yields the finished module before reading the next. Peak memory stays near
+the size of the final model.
+
+The same loop is where other work per layer fits in: converting a layer to LLM.int8 right after it is loaded
+(so the fp16 model never has to fit whole on the GPU), and placing layers on several GPUs.
+"""
+
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Set, Union
+
+import torch
+from torch import nn
+
+from labml import monit
+
+from labml_nn.neox.checkpoint import open_checkpoint
+from labml_nn.neox.config import NeoXConfig
+from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerLayer
+
+
+class LayerGenerator:
+    r"""
+    ## The layer generator
+
+    * `path`: a checkpoint folder (see above).
+    * `dtype`: the dtype of the parameters; fp16 on a GPU, fp32 (or bf16) on a CPU.
+    * `device`: where to put the layers, or `devices`: a list of devices to spread them over, balanced by
+      parameter bytes, for models that do not fit one GPU. The activations follow the layers from one device to
+      the next.
+    * `filter_layers`: load only these modules, for experiments with a few layers of a large model. Indices
+      follow the order of the model: `0` is the embedding, `1 ... L` the transformer layers, `L + 1` the final
+      norm and `L + 2` the readout.
+    * `is_llm_int8`: convert each transformer layer's linear layers to LLM.int8 right after loading it
+      (see `utils/llm_int8.py`), with `llm_int8_threshold` for outlier features and `llm_int8_implementation`
+      `"bitsandbytes"` or `"reference"` (plain PyTorch).
+    * `replicated`: how to merge tensors that every tensor-parallel rank holds a copy of (layer norms):
+      `"average"` or `"first"`. Their disagreement is recorded in `self.checkpoint.divergence`.
+    * `trust_pickle`: allow loading DeepSpeed files that pickle arbitrary Python objects. Only for files you
+      trust.
+    """
+
+    def __init__(self, path: Union[str, Path], *, dtype: torch.dtype = torch.float32,
+                 device: Union[str, torch.device] = "cpu",
+                 devices: Optional[Sequence[Union[str, torch.device]]] = None,
+                 filter_layers: Optional[Set[int]] = None,
+                 is_llm_int8: bool = False, llm_int8_threshold: float = 6.0,
+                 llm_int8_implementation: str = "bitsandbytes",
+                 replicated: str = "average", trust_pickle: bool = False,
+                 progress: bool = True):
+        self.checkpoint = open_checkpoint(path, replicated=replicated, trust_pickle=trust_pickle)
+        self.config: NeoXConfig = self.checkpoint.config
+        self.dtype = dtype
+        self.devices = [torch.device(d) for d in (devices if devices else [device])]
+        self.filter_layers = filter_layers
+        self.is_llm_int8 = is_llm_int8
+        self.llm_int8_threshold = llm_int8_threshold
+        self.llm_int8_implementation = llm_int8_implementation
+        self.progress = progress
+
+        n_parts = self.config.n_layers + 3
+        if filter_layers is not None:
+            bad = sorted(i for i in filter_layers if not 0 <= i < n_parts)
+            if bad:
+                raise ValueError(f"filter_layers {bad} are outside 0 ... {n_parts - 1}: 0 is the embedding, "
+                                 f"1 ... {self.config.n_layers} the transformer layers, {n_parts - 2} the final "
+                                 f"norm and {n_parts - 1} the readout")
+
+    # ### The parts of the model, in order
+    def _parts(self) -> List[tuple]:
+        # (index in the model, part name for `checkpoint.read`, transformer layer number or None)
+        n = self.config.n_layers
+        parts = [(0, "embedding", None)]
+        parts += [(i + 1, "layer", i) for i in range(n)]
+        parts += [(n + 1, "norm", None), (n + 2, "readout", None)]
+        return [p for p in parts if self.filter_layers is None or p[0] in self.filter_layers]
+
+    def _new_module(self, part: str, layer: Optional[int]) -> nn.Module:
+        if part == "embedding":
+            return Embedding(self.config)
+        if part == "layer":
+            return TransformerLayer(self.config, layer)
+        if part == "norm":
+            return FinalNorm(self.config)
+        return ReadoutLayer(self.config)
+
+    # ### Spreading layers over devices
+    def _placement(self, parts: List[tuple]) -> List[torch.device]:
+        r"""
+        Give each device a contiguous run of parts holding about the same number of parameter bytes. The
+        embedding and the readout are each as large as a transformer layer of the 20B model (and larger in
+        small models), so counting bytes balances better than counting layers. A part goes to the device
+        in whose share of the total its middle falls.
+        """
+        if len(self.devices) == 1:
+            return [self.devices[0]] * len(parts)
+        config = self.config
+        layer_size = 4 * config.d_model * config.d_model + 2 * config.d_model * config.d_ff
+        sizes = {"embedding": config.n_vocab * config.d_model, "layer": layer_size,
+                 "norm": 2 * config.d_model, "readout": config.n_vocab * config.d_model}
+        weights = [sizes[part] for _, part, _ in parts]
+        total, start, placement = sum(weights), 0, []
+        for w in weights:
+            middle = (start + w / 2) / total
+            placement.append(self.devices[min(int(middle * len(self.devices)), len(self.devices) - 1)])
+            start += w
+        return placement
+
+    # ### Loading
+    def load(self) -> Iterator[nn.Module]:
+        """Yield the modules in order, each with its weights, on its device, in eval mode."""
+        parts = self._parts()
+        placement = self._placement(parts)
+        iterator = zip(parts, placement)
+        if self.progress:
+            iterator = monit.iterate("Load layers", list(iterator))
+        for (index, part, layer), device in iterator:
+            yield self._load_part(part, layer, device)
+
+    def _load_part(self, part: str, layer: Optional[int], device: torch.device) -> nn.Module:
+        # Build the module without memory, then take the checkpoint's tensors as its parameters.
+        # `assign=True` makes the loaded tensors the parameters instead of copying into meta tensors.
+        with torch.device("meta"):
+            module = self._new_module(part, layer)
+        state = self.checkpoint.read(part, layer)
+        _check_state(module, state, part, layer)
+        module.load_state_dict(state, assign=True)
+        del state
+        module = module.to(device=device, dtype=self.dtype).eval()
+        if self.is_llm_int8 and isinstance(module, TransformerLayer):
+            from labml_nn.neox.utils.llm_int8 import make_llm_int8_layer
+            module = make_llm_int8_layer(module, threshold=self.llm_int8_threshold,
+                                         implementation=self.llm_int8_implementation)
+        return module
+
+
+def _check_state(module: nn.Module, state: dict, part: str, layer: Optional[int]):
+    # `load_state_dict` would also complain, but it cannot say which file or config key is at fault
+    where = f"transformer layer {layer}" if part == "layer" else part
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"The checkpoint's {where} has tensors {sorted(state)}, but the model expects "
+                         f"{sorted(expected)} (missing {missing}, unexpected {unexpected}). Is this a GPT-NeoX "
+                         f"checkpoint with the architecture in its config?")
+    for name, tensor in expected.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise ValueError(f"The checkpoint's {where} has `{name}` of shape {tuple(state[name].shape)}, but "
+                             f"the config gives {tuple(tensor.shape)}. Check hidden_size, num_attention_heads, "
+                             f"intermediate_size and the vocabulary size in the checkpoint's config.")

@@ -1,0 +1,324 @@
+r"""
+# GPT-NeoX model
+
+This is the whole model: an embedding, a stack of identical transformer layers, a final layer norm and a
+readout. It computes exactly what EleutherAI's [gpt-neox](https://github.com/EleutherAI/gpt-neox) computes for
+GPT-NeoX-20B and the Pythia models, and what Hugging Face's `GPTNeoXForCausalLM` computes on the same weights.
+
+Each piece is its own `nn.Module`, and the model is simply `nn.Sequential(embedding, *layers, norm, readout)`.
+Keeping the layers separate, rather than inside one big `Model` class, lets the loader read the checkpoint one
+layer at a time (the 20B model is 39 GB in fp16), place layers on different GPUs, and load only a few layers for
+experiments.
+
+Notation used on every page: `B` batch, `T` sequence length, `H` heads, `D` head dimension, `C = H * D` the
+hidden size, `V` the vocabulary. Shapes are written `[B, T, C]`.
+
+The parameter names of every module are the names in the checkpoint files (`query_key_value`,
+`dense_h_to_4h`, ...), so `load_state_dict` takes a checkpoint's tensors as they are.
+
+This file depends on `torch` and on the small `NeoXConfig` dataclass in `config.py`; copy both to use the
+model elsewhere. A key-value cache (`utils/cache.py`) can be passed to every `forward` for fast decoding.
+"""
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labml_nn.neox.config import NeoXConfig
+from labml_nn.neox.utils.cache import KVCache
+
+
+def _on_device_of(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    # When layers are spread over several GPUs, the activations follow the layer. On one device this is a no-op.
+    device = next(module.parameters()).device
+    return x if x.device == device else x.to(device)
+
+
+class Embedding(nn.Module):
+    r"""
+    ## Token embedding
+
+    Each token id picks a row of a $V \times C$ matrix. GPT-NeoX has no position embedding here: positions enter
+    through the rotary embeddings inside attention.
+
+    $V$ is the padded vocabulary: the 20B tokenizer has 50,277 tokens and the embedding has 50,432 rows, a
+    multiple of 256 so that it splits evenly over tensor-parallel GPUs. The extra rows are never looked up.
+    """
+
+    def __init__(self, config: NeoXConfig):
+        super().__init__()
+        # The config travels with each module, so that code holding only the modules (generation, the
+        # evaluation adapter) can read the context length and the vocabulary
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.n_vocab, config.d_model)
+
+    def forward(self, ids: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        # `ids` is `[B, T]`, the result `[B, T, C]`
+        return self.word_embeddings(_on_device_of(ids, self))
+
+
+class RotaryEmbedding(nn.Module):
+    r"""
+    ## Rotary position embeddings
+
+    [RoPE](https://arxiv.org/abs/2104.09864) encodes the position $m$ of a token by rotating pairs of its query
+    and key features by angles proportional to $m$. The dot product of a query at $m$ and a key at $n$ then
+    depends only on their distance $m - n$.
+
+    GPT-NeoX pairs feature $i$ with feature $i + d/2$ (the "rotate half" layout) and rotates only the first
+    $d$ = `d_rotary` features of each head, a quarter of them in the 20B model ($d = 24$ of $D = 96$):
+
+    \begin{align}
+    \operatorname{RoPE}(x, m)_i &= x_i \cos m\theta_i - x_{i + d/2} \sin m\theta_i \\
+    \operatorname{RoPE}(x, m)_{i + d/2} &= x_{i + d/2} \cos m\theta_i + x_i \sin m\theta_i
+    \qquad \text{for } 0 \le i < d/2, \\
+    \theta_i &= b^{-2i/d}
+    \end{align}
+
+    with base $b = 10000$. In vector form, with $x' = [-x_{d/2:d}, x_{0:d/2}]$ ("rotate half"),
+    $\operatorname{RoPE}(x, m) = x \odot \cos(m\theta) + x' \odot \sin(m\theta)$ where $\theta$ lists each
+    $\theta_i$ twice.
+    """
+
+    def __init__(self, d_rotary: int, base: float):
+        super().__init__()
+        self.d_rotary = d_rotary
+        # $\theta_i = b^{-2i/d}$ for $i = 0 \dots d/2 - 1$. The checkpoint stores this as
+        # `attention.rotary_emb.inv_freq`; we compute it, and the loader drops that tensor. It is a plain
+        # attribute, not a buffer, so that `model.half()` leaves it in fp32.
+        self.theta = 1.0 / base ** (torch.arange(0, d_rotary, 2, device="cpu").float() / d_rotary)
+        # $\cos m\theta$ and $\sin m\theta$ for positions $0 \dots$ `len - 1`, computed in fp32 and kept here
+        # (not as buffers, so that `model.half()` does not round the angles before we use them)
+        self._cos_sin: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def _tables(self, end: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        cached = self._cos_sin
+        if cached is None or cached[0].shape[0] < end or cached[0].device != device:
+            # Angles $m \theta_i$, `[positions, d/2]`, then each repeated for the pair `[positions, d]`
+            length = max(end, 2048 if cached is None else 2 * cached[0].shape[0])
+            positions = torch.arange(length, device=device, dtype=torch.float32)
+            angles = torch.outer(positions, self.theta.to(device))
+            angles = torch.cat((angles, angles), dim=-1)
+            self._cos_sin = cached = (angles.cos(), angles.sin())
+        return cached
+
+    def forward(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        # `x` is `[B, H, T, D]`; its first token sits at position `offset` (the number of cached tokens)
+        d = self.d_rotary
+        if d == 0:
+            return x
+        n_tokens = x.shape[2]
+        cos, sin = self._tables(offset + n_tokens, x.device)
+        # `[T, d]`, in the dtype of `x` (as gpt-neox and transformers do)
+        cos = cos[offset:offset + n_tokens].to(x.dtype)
+        sin = sin[offset:offset + n_tokens].to(x.dtype)
+        # Split off the features that rotate; the rest pass through
+        x_rot, x_pass = x[..., :d], x[..., d:]
+        # $x' = [-x_{d/2:d}, x_{0:d/2}]$
+        x1, x2 = x_rot[..., :d // 2], x_rot[..., d // 2:]
+        rotated = torch.cat((-x2, x1), dim=-1)
+        # $x \odot \cos(m\theta) + x' \odot \sin(m\theta)$
+        x_rot = x_rot * cos + rotated * sin
+        return torch.cat((x_rot, x_pass), dim=-1)
+
+
+class Attention(nn.Module):
+    r"""
+    ## Multi-head attention
+
+    One linear layer, `query_key_value`, makes queries, keys and values for all heads at once: `[B, T, C]`
+    $\rightarrow$ `[B, T, 3C]`. Its output is laid out **head by head**: viewed as `[B, T, H, 3D]`, each head's
+    slice holds that head's query, key and value, $D$ features each. (This is what makes tensor parallelism
+    simple: rank $r$ of $N$ holds a contiguous block of $H/N$ heads, so the ranks' weights concatenate.)
+
+    Then, for each head,
+
+    $$\operatorname{Attention}(Q, K, V) = \operatorname{softmax}\Big(\frac{Q K^\top}{\sqrt{D}} + M\Big) V$$
+
+    where $Q$ and $K$ carry rotary embeddings and $M$ is the causal mask ($-\infty$ above the diagonal). The heads
+    are concatenated back to `[B, T, C]` and mixed by `dense`, a $C \times C$ linear layer.
+    """
+
+    def __init__(self, config: NeoXConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = config.n_heads
+        self.d_head = config.d_head
+        self.query_key_value = nn.Linear(config.d_model, 3 * config.d_model)
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.rotary_emb = RotaryEmbedding(config.d_rotary, config.rotary_base)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        batch_size, n_tokens, _ = x.shape
+        # `[B, T, 3C]` $\rightarrow$ `[B, T, H, 3D]` $\rightarrow$ three `[B, T, H, D]`
+        qkv = self.query_key_value(x).view(batch_size, n_tokens, self.n_heads, 3 * self.d_head)
+        q, k, v = qkv.split(self.d_head, dim=-1)
+        # `[B, H, T, D]`, the layout attention kernels take
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+        # Positions continue after the tokens already in the cache
+        offset = cache.offset if cache is not None else 0
+        q = self.rotary_emb(q, offset)
+        k = self.rotary_emb(k, offset)
+
+        # With a cache, attend to all stored keys and values too: `k` and `v` become `[B, H, offset + T, D]`
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+
+        # PyTorch's `scaled_dot_product_attention` computes the formula above in one fused kernel; the fused
+        # kernels accumulate $QK^\top$ and the softmax in fp32 even for fp16 inputs, which keeps the 20B model's
+        # attention accurate in half precision. The scale is $1/\sqrt{D}$, its default.
+        out = F.scaled_dot_product_attention(q, k, v, **self._mask(offset, n_tokens, x.device))
+
+        # `[B, H, T, D]` $\rightarrow$ `[B, T, H, D]` $\rightarrow$ `[B, T, C]`
+        out = out.transpose(1, 2).reshape(batch_size, n_tokens, -1)
+        return self.dense(out)
+
+    @staticmethod
+    def _mask(offset: int, n_tokens: int, device: torch.device) -> dict:
+        r"""
+        The causal mask $M$. With no cached tokens it is the usual lower triangle (`is_causal`). A single new
+        token attends to everything before it, so it needs no mask. With `offset` cached tokens and several new
+        ones, query $i$ (at position `offset + i`) may see keys $j \le$ `offset + i`: a lower triangle shifted
+        right by `offset`, which `is_causal` (aligned to the top left) does not give.
+        """
+        if offset == 0:
+            return {"is_causal": n_tokens > 1}
+        if n_tokens == 1:
+            return {}
+        query_pos = torch.arange(offset, offset + n_tokens, device=device)[:, None]
+        key_pos = torch.arange(offset + n_tokens, device=device)[None, :]
+        return {"attn_mask": key_pos <= query_pos}
+
+
+class FFN(nn.Module):
+    r"""
+    ## Feed-forward network
+
+    $$\operatorname{FFN}(x) = \operatorname{GELU}(x W_1 + b_1) W_2 + b_2$$
+
+    with $W_1$ = `dense_h_to_4h` ($C \rightarrow 4C$) and $W_2$ = `dense_4h_to_h` ($4C \rightarrow C$).
+
+    Which GELU depends on how the model was trained. The exact one is $x \Phi(x)$, with $\Phi$ the standard
+    normal CDF. gpt-neox's fused bias-GELU kernel (`bias_gelu_fusion: true`, as in the 20B model) computes the
+    tanh approximation
+
+    $$\operatorname{GELU}(x) \approx \frac{x}{2}\Big(1 + \tanh\Big(\sqrt{2/\pi}\,\big(x + 0.044715\,x^3\big)\Big)\Big)$$
+
+    They differ by up to about $10^{-3}$ per unit, which is enough to change logits visibly, so we follow the
+    checkpoint's config.
+    """
+
+    def __init__(self, config: NeoXConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.d_model, config.d_ff)
+        self.dense_4h_to_h = nn.Linear(config.d_ff, config.d_model)
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # `[B, T, C]` $\rightarrow$ `[B, T, 4C]` $\rightarrow$ `[B, T, C]`
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate=self.approximate))
+
+
+class TransformerLayer(nn.Module):
+    r"""
+    ## Transformer layer
+
+    Each layer normalises its input twice, once for attention and once for the FFN. The 20B model and the Pythia
+    models use a **parallel residual** (`gpt_j_residual: true`, from GPT-J): attention and FFN both read the layer's
+    input and their outputs are added to it together,
+
+    $$x_{l+1} = x_l + \operatorname{Attn}(\operatorname{LN}_1(x_l)) + \operatorname{FFN}(\operatorname{LN}_2(x_l))$$
+
+    A **sequential residual** (the classic transformer, gpt-neox's default) feeds the FFN the attention's result,
+
+    \begin{align}
+    h &= x_l + \operatorname{Attn}(\operatorname{LN}_1(x_l)) \\
+    x_{l+1} &= h + \operatorname{FFN}(\operatorname{LN}_2(h))
+    \end{align}
+    """
+
+    def __init__(self, config: NeoXConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.parallel_residual = config.parallel_residual
+        self.input_layernorm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.attention = Attention(config, layer_idx)
+        self.mlp = FFN(config)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        # `x` is `[B, T, C]`
+        x = _on_device_of(x, self)
+        attn = self.attention(self.input_layernorm(x), cache)
+        if self.parallel_residual:
+            # $x + \operatorname{Attn}(\operatorname{LN}_1(x)) + \operatorname{FFN}(\operatorname{LN}_2(x))$
+            return x + attn + self.mlp(self.post_attention_layernorm(x))
+        # $h = x + \operatorname{Attn}(\operatorname{LN}_1(x))$, then $h + \operatorname{FFN}(\operatorname{LN}_2(h))$
+        h = x + attn
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class FinalNorm(nn.Module):
+    r"""
+    ## Final layer norm
+
+    One more layer norm after the last transformer layer; the checkpoint calls it `norm`.
+    """
+
+    def __init__(self, config: NeoXConfig):
+        super().__init__()
+        self.config = config
+        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        return self.norm(_on_device_of(x, self))
+
+
+class ReadoutLayer(nn.Module):
+    r"""
+    ## Readout
+
+    A linear layer without bias, `final_linear`, maps each position's hidden state to a logit per vocabulary
+    entry, `[B, T, C]` $\rightarrow$ `[B, T, V]`. Its weights are not tied to the embedding in GPT-NeoX.
+    The next-token distribution is $\operatorname{softmax}$ of the logits.
+    """
+
+    def __init__(self, config: NeoXConfig):
+        super().__init__()
+        self.config = config
+        self.final_linear = nn.Linear(config.d_model, config.n_vocab, bias=False)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        return self.final_linear(_on_device_of(x, self))
+
+
+def build_layers(config: NeoXConfig) -> list:
+    r"""
+    ## The model, from a config
+
+    All the modules in order, with freshly initialised weights: `[Embedding, TransformerLayer × L, FinalNorm,
+    ReadoutLayer]`. `torch.nn.Sequential(*build_layers(config))` maps ids `[B, T]` to logits `[B, T, V]`.
+    To use a checkpoint's weights, use `LayerGenerator` in `loader.py`, which builds each module and loads its
+    tensors one at a time.
+
+    The initialisation is the one gpt-neox calls `small_init` for every weight,
+    $\mathcal{N}(0, \sqrt{2 / 5C})$, with zero biases; it only matters when training from scratch.
+    """
+    layers = [Embedding(config)]
+    layers += [TransformerLayer(config, i) for i in range(config.n_layers)]
+    layers += [FinalNorm(config), ReadoutLayer(config)]
+    std = math.sqrt(2 / (5 * config.d_model))
+    for layer in layers:
+        for name, p in layer.named_parameters():
+            if "norm" in name:
+                continue
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, std=std)
+    return layers

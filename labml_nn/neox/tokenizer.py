@@ -1,0 +1,66 @@
+r"""
+# Tokenizer
+
+GPT-NeoX-20B and the Pythia models share one byte-level BPE tokenizer, shipped beside the 20B weights as
+`20B_tokenizer.json` (and as `tokenizer.json` in each Pythia folder). It has 50,277 entries: id `0` is
+`<|endoftext|>`, which separates documents during training and which we use to end generation and to start
+unconditional generation, and id `1` is `<|padding|>`. `"Hello world"` is `[12092, 1533]`.
+
+The file is in the format of Hugging Face's `tokenizers` library, which does the work; this module only finds
+the file and decodes a stream of tokens into text as they are generated.
+"""
+
+from pathlib import Path
+from typing import List, Optional, Union
+
+from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
+
+# Names under which a tokenizer sits beside a checkpoint's weights: the 20B slim weights, then a Hugging Face folder
+TOKENIZER_FILES = ("20B_tokenizer.json", "tokenizer.json")
+
+
+def find_tokenizer(path: Union[str, Path]) -> Optional[Path]:
+    """The tokenizer file itself, or the first of `TOKENIZER_FILES` in the folder `path`, or `None`."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for name in TOKENIZER_FILES:
+        if (path / name).is_file():
+            return path / name
+    return None
+
+
+def load_tokenizer(path: Union[str, Path]) -> Tokenizer:
+    """Load a `tokenizers` JSON file, or the one in a checkpoint folder."""
+    found = find_tokenizer(path)
+    if found is None:
+        raise FileNotFoundError(f"No tokenizer at {path}: expected a tokenizers JSON file or a folder holding one of "
+                                f"{', '.join(TOKENIZER_FILES)}. Pass the tokenizer's path explicitly.")
+    try:
+        return Tokenizer.from_file(str(found))
+    except Exception as e:
+        raise ValueError(f"{found} is not a tokenizers JSON file ({e})") from None
+
+
+def encode(tokenizer: Tokenizer, text: str) -> List[int]:
+    # GPT-NeoX's tokenizer adds no special tokens around a text
+    return tokenizer.encode(text, add_special_tokens=False).ids
+
+
+class StreamDecoder:
+    r"""
+    ## Decoding token by token
+
+    Decoding each token on its own and joining the pieces goes wrong for byte-level BPE: one character (an
+    emoji, a Chinese character) can be split over two tokens, and its first half is not valid UTF-8. `tokenizers`'
+    `DecodeStream` holds such bytes back until the character is complete; `step` returns the new text, possibly
+    empty.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
+        self.tokenizer = tokenizer
+        self.stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+
+    def step(self, token_id: int) -> str:
+        return self.stream.step(self.tokenizer, int(token_id)) or ""
