@@ -18,9 +18,19 @@ model = torch.nn.Sequential(*layers)       # ids [B, T] -> logits [B, T, V]
 ```
 """
 
-from labml_nn.neox.config import NeoXConfig
-from labml_nn.neox.generation import generate, generate_stream
-from labml_nn.neox.loader import LayerGenerator
-from labml_nn.neox.tokenizer import load_tokenizer
+# The names above, imported when first used, so that `import labml_nn.neox.config` stays light
+_EXPORTS = {
+    "NeoXConfig": "labml_nn.neox.config",
+    "LayerGenerator": "labml_nn.neox.loader",
+    "generate": "labml_nn.neox.generation",
+    "generate_stream": "labml_nn.neox.generation",
+    "load_tokenizer": "labml_nn.neox.tokenizer",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = ["NeoXConfig", "LayerGenerator", "generate", "generate_stream", "load_tokenizer"]
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'labml_nn.neox' has no attribute {name!r}")
