@@ -1,0 +1,184 @@
+r"""
+Generation: the KV cache gives the same logits as running the whole sequence, greedy decoding gives
+transformers' greedy tokens, and the sampling options do what `generation.py` says they do.
+"""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest.importorskip("transformers")
+
+from labml_nn.neox.generation import forward, generate, generate_stream, sample_next  # noqa: E402
+from labml_nn.neox.utils.cache import KVCache  # noqa: E402
+from test_model import our_model_from_hf, random_ids, tiny_hf_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def hf_and_ours():
+    hf = tiny_hf_model(seed=3)
+    return hf, our_model_from_hf(hf)
+
+
+# ## The cache
+
+@pytest.mark.parametrize("parallel_residual", [True, False])
+def test_cached_logits_equal_one_full_forward(parallel_residual):
+    # Feed 20 tokens as a prompt in two chunks (7 + 5, the second chunk needs the shifted causal mask), then
+    # one token at a time; every position's logits must equal a single pass over all 20 without a cache.
+    hf = tiny_hf_model(seed=4, use_parallel_residual=parallel_residual)
+    model = our_model_from_hf(hf)
+    ids = random_ids(hf.config.vocab_size, batch=3, length=20)
+    with torch.no_grad():
+        full = forward(model, ids)
+        cache = KVCache(max_len=20)
+        pieces = [forward(model, ids[:, :7], cache), forward(model, ids[:, 7:12], cache)]
+        pieces += [forward(model, ids[:, t:t + 1], cache) for t in range(12, 20)]
+    assert cache.offset == 20
+    assert (torch.cat(pieces, dim=1) - full).abs().max().item() < 1e-5
+
+
+def test_last_only_gives_the_last_positions_logits(hf_and_ours):
+    _, model = hf_and_ours
+    ids = random_ids(96, batch=2, length=9)
+    with torch.no_grad():
+        assert torch.allclose(forward(model, ids, last_only=True), forward(model, ids)[:, -1:], atol=1e-6)
+
+
+def test_cache_refuses_more_positions_than_it_holds(hf_and_ours):
+    _, model = hf_and_ours
+    cache = KVCache(max_len=4)
+    with pytest.raises(ValueError, match="larger max_len"):
+        forward(model, random_ids(96, length=5), cache)
+
+
+def test_two_generations_share_no_state(hf_and_ours):
+    # Interleave two generations step by step; each must give what it gives when run alone
+    _, model = hf_and_ours
+    a, b = random_ids(96, batch=1, length=6, seed=10), random_ids(96, batch=2, length=3, seed=11)
+    alone_a = generate(model, a, 10, eos_token_id=None)
+    alone_b = generate(model, b, 10, eos_token_id=None)
+    stream_a = generate_stream(model, a, 10, eos_token_id=None)
+    stream_b = generate_stream(model, b, 10, eos_token_id=None)
+    together_a, together_b = [], []
+    for next_a, next_b in zip(stream_a, stream_b):
+        together_a.append(next_a)
+        together_b.append(next_b)
+    assert torch.equal(torch.cat([a, torch.stack(together_a, 1)], 1), alone_a)
+    assert torch.equal(torch.cat([b, torch.stack(together_b, 1)], 1), alone_b)
+    # And running the first again after the second gives the same tokens
+    assert torch.equal(generate(model, a, 10, eos_token_id=None), alone_a)
+
+
+# ## Greedy decoding against transformers
+
+def test_greedy_tokens_equal_transformers_generate(hf_and_ours):
+    hf, model = hf_and_ours
+    ids = random_ids(hf.config.vocab_size, batch=2, length=8, seed=5)
+    expected = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24,
+                           min_new_tokens=24, pad_token_id=0)
+    got = generate(model, ids, 24, temperature=0.0, eos_token_id=None)
+    assert torch.equal(got, expected)
+
+
+def test_batch_rows_generate_as_they_would_alone(hf_and_ours):
+    _, model = hf_and_ours
+    ids = random_ids(96, batch=3, length=5, seed=6)
+    batch = generate(model, ids, 12, eos_token_id=None)
+    for row in range(3):
+        assert torch.equal(batch[row:row + 1], generate(model, ids[row:row + 1], 12, eos_token_id=None))
+
+
+def test_end_of_text_stops_a_row_and_then_the_loop(hf_and_ours):
+    # Use the first greedy token of row 0 as "end of text": row 0 stops at once, row 1 runs on and is cut
+    # when it also produces that token, or at max_new_tokens
+    _, model = hf_and_ours
+    ids = random_ids(96, batch=2, length=5, seed=7)
+    free = generate(model, ids, 16, eos_token_id=None)
+    eos = int(free[0, 5])
+    out = generate(model, ids, 16, eos_token_id=eos)
+    assert (out[0, 5:] == eos).all()
+    row1 = free[1, 5:].tolist()
+    stop = row1.index(eos) + 1 if eos in row1 else 16
+    assert out.shape[1] == 5 + stop
+    assert torch.equal(out[1], free[1, :5 + stop])
+
+
+def test_prompt_longer_than_the_context_is_refused(hf_and_ours):
+    _, model = hf_and_ours
+    n_ctx = model[0].config.n_ctx
+    with pytest.raises(ValueError, match=f"context is {n_ctx}"):
+        generate(model, random_ids(96, batch=1, length=n_ctx + 1), 4)
+
+
+def test_generation_stops_at_the_end_of_the_context(hf_and_ours):
+    _, model = hf_and_ours
+    n_ctx = model[0].config.n_ctx
+    out = generate(model, random_ids(96, batch=1, length=n_ctx - 3), 10, eos_token_id=None)
+    assert out.shape[1] == n_ctx
+
+
+# ## Sampling
+
+def logits_rows(n_rows: int, seed: int = 0) -> torch.Tensor:
+    # One random distribution over 10 tokens, repeated `n_rows` times, so one call gives many samples of it
+    z = torch.randn(10, generator=torch.Generator().manual_seed(seed)) * 2
+    return z.expand(n_rows, -1).contiguous()
+
+
+def frequencies(tokens: torch.Tensor, vocab: int = 10) -> torch.Tensor:
+    return torch.bincount(tokens, minlength=vocab).double() / tokens.numel()
+
+
+def test_temperature_samples_follow_the_scaled_softmax():
+    logits = logits_rows(40000)
+    for temperature in (0.5, 1.0, 2.0):
+        tokens = sample_next(logits, temperature=temperature, generator=torch.Generator().manual_seed(1))
+        expected = torch.softmax(logits[0].double() / temperature, dim=-1)
+        # 40,000 draws: the standard error of each frequency is below 0.0025
+        assert (frequencies(tokens) - expected).abs().max().item() < 0.01
+
+
+def test_top_k_keeps_the_k_most_likely_tokens():
+    logits = logits_rows(40000)
+    tokens = sample_next(logits, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(2))
+    top3 = torch.topk(logits[0], 3).indices
+    expected = torch.zeros(10, dtype=torch.float64)
+    expected[top3] = torch.softmax(logits[0, top3].double(), dim=-1)
+    assert (frequencies(tokens) - expected).abs().max().item() < 0.01
+
+
+def test_top_p_keeps_the_nucleus():
+    # The nucleus, computed directly: the most likely tokens, in order, until their probabilities add up to p
+    logits = logits_rows(40000, seed=3)
+    probs = torch.softmax(logits[0].double(), dim=-1)
+    for top_p in (0.5, 0.8, 0.95):
+        nucleus, total = [], 0.0
+        for token in torch.argsort(probs, descending=True).tolist():
+            nucleus.append(token)
+            total += probs[token].item()
+            if total >= top_p:
+                break
+        expected = torch.zeros(10, dtype=torch.float64)
+        expected[nucleus] = probs[nucleus] / probs[nucleus].sum()
+        tokens = sample_next(logits, temperature=1.0, top_p=top_p, generator=torch.Generator().manual_seed(4))
+        assert set(tokens.unique().tolist()) == set(nucleus)
+        assert (frequencies(tokens) - expected).abs().max().item() < 0.01
+
+
+def test_top_k_of_one_is_greedy(hf_and_ours):
+    _, model = hf_and_ours
+    ids = random_ids(96, batch=2, length=6, seed=8)
+    greedy = generate(model, ids, 12, eos_token_id=None)
+    assert torch.equal(generate(model, ids, 12, temperature=1.5, top_k=1, seed=9, eos_token_id=None), greedy)
+
+
+def test_a_seed_makes_sampling_reproducible(hf_and_ours):
+    _, model = hf_and_ours
+    ids = random_ids(96, batch=2, length=6, seed=8)
+    kwargs = dict(temperature=1.0, top_p=0.9, eos_token_id=None)
+    first = generate(model, ids, 24, seed=123, **kwargs)
+    assert torch.equal(generate(model, ids, 24, seed=123, **kwargs), first)
+    assert not torch.equal(generate(model, ids, 24, seed=124, **kwargs), first)
