@@ -1,0 +1,52 @@
+r"""
+# GPT-NeoX checkpoints: reading, merging, writing
+
+A trained GPT-NeoX model reaches us as files written by its training run, and the way it was trained shows in
+them. The 20B model was trained on 96 GPUs: each layer's large matrices were cut into two *tensor-parallel*
+slices, and the layers were spread over four *pipeline* stages. Its published "slim weights" keep that cut,
+one file per layer and slice. Our model (`model.py`) runs unpartitioned on one device, so before it can use the
+weights they must be put back together, and that is what this package does.
+
+| module | idea |
+|---|---|
+| [`files.py`](files.html) | reading `torch.save` files without running code from them; errors that say what to do |
+| [`layouts.py`](layouts.html) | the three ways the weights lie on disk, and the pipeline index map |
+| [`merge.py`](merge.html) | how each tensor was cut across ranks, so how to glue (and re-cut) it |
+| [`reader.py`](reader.html) | `open_checkpoint`: layout, config, tokenizer, checks, one merged part at a time |
+| [`write.py`](write.html) | writing the gpt-neox layout with any number of ranks, or a Hugging Face folder |
+| [`convert.py`](convert.html) | the `merge` command: all or nothing, with a report of how far replicated tensors diverged |
+| [`download.py`](download.html) | fetching the 20B slim weights, resumably |
+
+## Using it
+
+```python
+from labml_nn.neox.checkpoint import open_checkpoint, write_hf_checkpoint
+
+ckpt = open_checkpoint("20B_checkpoints")          # pipeline, sequential or Hugging Face layout
+print(ckpt.config, ckpt.config.tensor_parallel_size, ckpt.tokenizer_path)
+layer_5 = ckpt.read("layer", 5)                    # {"input_layernorm.weight": tensor [C], ...}, merged
+write_hf_checkpoint("neox-20b-hf", ckpt.config, ckpt.parts(), tokenizer_path=ckpt.tokenizer_path)
+```
+
+and from the shell:
+
+```
+python -m labml_nn.neox.checkpoint download ~/data/20B_checkpoints
+python -m labml_nn.neox.checkpoint merge ~/data/20B_checkpoints neox-20b-hf --format hf --report divergence.json
+```
+
+The tensors `read` returns carry the slim checkpoint's names without prefixes, the names `model.py`'s modules
+use: `word_embeddings.weight` (the embedding, `[V, C]`); per layer `input_layernorm.*`,
+`attention.query_key_value.*` (`[3C, C]`), `attention.dense.*`, `post_attention_layernorm.*`,
+`mlp.dense_h_to_4h.*` (`[4C, C]`), `mlp.dense_4h_to_h.*`; `norm.*` (the final norm); `final_linear.weight`
+(the readout, `[V, C]`).
+"""
+
+from .files import CheckpointError
+from .layouts import PARTS, pipeline_index
+from .merge import Divergence, merge_part, split_part
+from .reader import Checkpoint, open_checkpoint
+from .write import write_hf_checkpoint, write_neox_checkpoint
+
+__all__ = ["CheckpointError", "Checkpoint", "Divergence", "PARTS", "merge_part", "open_checkpoint",
+           "pipeline_index", "split_part", "write_hf_checkpoint", "write_neox_checkpoint"]

@@ -1,0 +1,91 @@
+r"""
+# The command line
+
+```
+python -m labml_nn.neox.checkpoint download [DEST]
+python -m labml_nn.neox.checkpoint merge SRC OUT --format hf|neox [--replicated average|first]
+                                         [--dtype float16|bfloat16|float32] [--report R.json]
+                                         [--warn-above 1e-3] [--trust-pickle] [--overwrite]
+```
+
+Errors are `CheckpointError`s whose messages say what to do; the command prints the message (no traceback)
+and exits with status 1.
+"""
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .convert import DTYPES, WARN_ABOVE, format_report, merge_checkpoint
+from .download import BASE_URL, default_dir, download_20b
+from .files import CheckpointError
+
+MERGE_HELP = """\
+Merge a gpt-neox checkpoint's tensor-parallel ranks into a single-rank checkpoint.
+
+SRC may be the GPT-NeoX-20B slim weights (`latest` + global_stepN/layer_XX-model_RR-model_states.pt), a
+gpt-neox run in the sequential layout (mp_rank_RR_model_states.pt), or a Hugging Face folder, with any number
+of ranks. The config is read from SRC/configs/*.yml (or config.json), the tokenizer is copied if present.
+
+Column-parallel weights are concatenated, row-parallel weights concatenated on their input dimension, their
+biases summed (parallel residual) or treated as replicated (sequential residual). Replicated tensors (layer
+norms) are averaged or taken from rank 0, and how far apart their copies were is reported: a table of the
+worst tensors, all of them in --report, and a warning above --warn-above.
+
+The output is written to OUT.tmp-XXXX beside OUT and renamed at the end: on failure, OUT does not exist.
+"""
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labml_nn.neox.checkpoint",
+                                     description="Download, merge and convert GPT-NeoX checkpoints.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    merge = commands.add_parser("merge", help="merge tensor-parallel ranks into one (gpt-neox or HF format)",
+                                description=MERGE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    merge.add_argument("src", help="checkpoint folder (pipeline, sequential or Hugging Face layout)")
+    merge.add_argument("out", help="output folder; must not exist unless --overwrite")
+    merge.add_argument("--format", choices=["hf", "neox"], required=True,
+                       help="hf: a transformers GPTNeoXForCausalLM folder (config.json, safetensors, "
+                            "tokenizer.json); neox: gpt-neox's layout with model_parallel_size 1")
+    merge.add_argument("--replicated", choices=["average", "first"], default="average",
+                       help="how to merge replicated tensors (layer norms): average the ranks (default) or take "
+                            "rank 0")
+    merge.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                       help="cast the weights (default: keep the stored dtype, fp16 for the 20B model)")
+    merge.add_argument("--report", metavar="R.json", default=None,
+                       help="write the divergence of every replicated tensor across ranks to this JSON file")
+    merge.add_argument("--warn-above", type=float, default=WARN_ABOVE,
+                       help=f"warn when replicated copies differ by more than this absolute amount (default "
+                            f"{WARN_ABOVE:g}, about one fp16 rounding step near 1)")
+    merge.add_argument("--trust-pickle", action="store_true",
+                       help="allow DeepSpeed files to unpickle arbitrary Python objects; only for files you "
+                            "trust (loading them can run code)")
+    merge.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only on success)")
+
+    download = commands.add_parser("download", help="download the GPT-NeoX-20B slim weights (resumable)",
+                                   description="Download the GPT-NeoX-20B slim weights (about 39 GB: both "
+                                               "tensor-parallel ranks, config, tokenizer). Interrupted downloads "
+                                               "resume from NAME.part; complete files are skipped.")
+    download.add_argument("dest", nargs="?", default=None, help=f"destination folder (default {default_dir()})")
+    download.add_argument("--base-url", default=BASE_URL, help="where the slim weights are served")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "download":
+            path = download_20b(args.dest, base_url=args.base_url)
+            print(f"Downloaded to {path}")
+            return 0
+        report = merge_checkpoint(args.src, args.out, format=args.format, replicated=args.replicated,
+                                  dtype=args.dtype, trust_pickle=args.trust_pickle, overwrite=args.overwrite,
+                                  report=args.report, warn_above=args.warn_above)
+        print(format_report(report))
+        print(f"Wrote {args.out} ({args.format})")
+        return 0
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+r"""
+# The merge command: all or nothing
+
+`merge_checkpoint(src, out, format=...)` reads a checkpoint in any layout and tensor-parallel degree and writes
+it as one rank, either in gpt-neox's own layout (`format="neox"`, which our loader and gpt-neox both read) or as
+a transformers `GPTNeoXForCausalLM` folder (`format="hf"`). It is what
+`python -m labml_nn.neox.checkpoint merge` runs.
+
+Two promises make it safe to run on a 40 GB checkpoint:
+
+* **Nothing half-written.** The output is built in a temporary folder beside `out` (`out.tmp-XXXX`, on the same
+  file system, so the final step is a rename) and appears under its name only when every part is written.
+  If anything fails, the temporary folder is removed, `out` does not exist, and the error names the file or
+  tensor at fault. An existing `out` is left alone unless `overwrite=True`.
+* **Memory near one layer.** Parts are read, merged and written one at a time (`Checkpoint.parts()`), with
+  the source files memory-mapped.
+
+## The divergence report
+
+Layer norms are replicated on every rank, and their copies drift apart during training. The report lists,
+for each replicated tensor, the largest absolute and relative difference between any two ranks (see
+`merge.Divergence`), prints the worst few, and warns above `warn_above`.
+
+We set the default threshold at $10^{-3}$ in absolute difference. That is one unit in the last place of an
+fp16 number near 1, where layer-norm weights sit ($2^{-10} \approx 0.98 \times 10^{-3}$): below it, the copies
+differ by rounding; above it, they have genuinely trained apart, averaging them and taking rank 0 give
+different models, and it is worth evaluating both (`--replicated first` vs the default `average`).
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from .files import CheckpointError
+from .merge import Divergence
+from .reader import open_checkpoint
+from .write import write_hf_checkpoint, write_neox_checkpoint
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+WARN_ABOVE = 1e-3
+
+
+def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, replicated: str = "average",
+                     dtype: Optional[str] = None, trust_pickle: bool = False, overwrite: bool = False,
+                     report: "str | Path | None" = None, warn_above: float = WARN_ABOVE,
+                     progress: bool = True) -> dict:
+    r"""
+    Merge `src` into a single-rank checkpoint at `out`. Returns the divergence report (also written to
+    `report` as JSON when given).
+    """
+    out = Path(out).expanduser().absolute()
+    if format not in ("neox", "hf"):
+        raise CheckpointError(f"format={format!r}: choose 'neox' (gpt-neox layout) or 'hf' (transformers).")
+    if dtype is not None and dtype not in DTYPES:
+        raise CheckpointError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}.")
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} already exists; remove it, choose another name, or pass --overwrite.")
+
+    # Opening checks the layout, the config and that every file is present, before anything is written.
+    ckpt = open_checkpoint(src, trust_pickle=trust_pickle, replicated=replicated)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        parts = _with_progress(ckpt, progress)
+        config = ckpt.config.with_updates(tensor_parallel_size=1)
+        torch_dtype = DTYPES[dtype] if dtype else None
+        if format == "hf":
+            write_hf_checkpoint(tmp, config, parts, tokenizer_path=ckpt.tokenizer_path, dtype=torch_dtype)
+        else:
+            write_neox_checkpoint(tmp, config, parts, tensor_parallel_size=1, tokenizer_path=ckpt.tokenizer_path,
+                                  dtype=torch_dtype)
+        result = divergence_report(ckpt.divergence, warn_above, source=str(src), replicated=replicated,
+                                   tensor_parallel_size=ckpt.config.tensor_parallel_size)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if report is not None:
+        Path(report).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _with_progress(ckpt, progress: bool):
+    # A labml progress bar over the parts; each step reads, merges and hands one part to the writer
+    from labml import monit
+
+    keys = ckpt.part_keys()
+    for part, layer in (monit.iterate("Merge", keys) if progress else keys):
+        yield part, layer, ckpt.read(part, layer)
+
+
+def _replace(tmp: Path, out: Path):
+    # With `overwrite`, the old folder is moved aside first and deleted only once the new one is in place
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=out.name + ".old-", dir=out.parent))
+        out.rename(old / out.name)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ## The report
+def divergence_report(records: List[Divergence], warn_above: float = WARN_ABOVE, **about) -> dict:
+    worst = max(records, key=lambda r: r.max_abs, default=None)
+    return {**about, "warn_above": warn_above,
+            "n_replicated_tensors": len(records),
+            "max_abs": worst.max_abs if worst else 0.0,
+            "max_rel": max((r.max_rel for r in records), default=0.0),
+            "above_threshold": [r.to_dict() for r in records if r.max_abs > warn_above],
+            "tensors": [r.to_dict() for r in records]}
+
+
+def format_report(report: dict, top: int = 10) -> str:
+    """The worst `top` tensors as a small table, and a warning line when any exceeds the threshold."""
+    rows = sorted(report["tensors"], key=lambda r: -r["max_abs"])[:top]
+    if not rows:
+        return "No replicated tensors to compare (the checkpoint has a single tensor-parallel rank)."
+    lines = [f"Replicated tensors across {report.get('tensor_parallel_size', '?')} ranks, worst {len(rows)} "
+             f"of {report['n_replicated_tensors']} (merged with {report.get('replicated', 'average')}):",
+             f"{'part':<10} {'layer':>5}  {'tensor':<34} {'max abs':>10} {'max rel':>10}"]
+    for r in rows:
+        layer = "" if r["layer"] is None else r["layer"]
+        lines.append(f"{r['part']:<10} {layer:>5}  {r['name']:<34} {r['max_abs']:>10.3g} {r['max_rel']:>10.3g}")
+    n = len(report["above_threshold"])
+    if n:
+        lines.append(f"WARNING: {n} replicated tensor(s) differ across ranks by more than {report['warn_above']:g}. "
+                     f"Averaging and taking rank 0 give measurably different models; evaluate both "
+                     f"(--replicated average / first).")
+    return "\n".join(lines)

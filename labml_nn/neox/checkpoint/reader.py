@@ -1,0 +1,212 @@
+r"""
+# Opening a checkpoint
+
+`open_checkpoint(path)` is the one door into the weights. It recognises the layout (`layouts.py`), finds the
+config and the tokenizer beside the weights, checks that every file the config implies is there, and returns a
+`Checkpoint` whose `read(part, layer)` gives one part of the model merged to a single rank (`merge.py`):
+
+```python
+ckpt = open_checkpoint("20B_checkpoints")
+ckpt.config                      # NeoXConfig, n_vocab and tensor_parallel_size filled from the files
+ckpt.read("embedding")           # {"word_embeddings.weight": [V, C]}
+ckpt.read("layer", 5)            # {"input_layernorm.weight": [C], ..., "mlp.dense_4h_to_h.bias": [C]}
+ckpt.read("norm"), ckpt.read("readout")
+ckpt.divergence                  # what the replicated tensors read so far looked like across ranks
+```
+
+Everything that can be checked without reading the weights is checked when the checkpoint is opened, so a
+missing file fails in a second rather than after forty minutes of merging. What needs the weights (a corrupt
+file, a missing tensor, a shape that disagrees with the config) fails in `read`, naming the file, the tensor
+and the config key to fix.
+"""
+
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from ..config import ConfigError, NeoXConfig
+from .files import CheckpointError
+from .layouts import HFLayout, describe, find_layout
+from .merge import INV_FREQ, Divergence, merge_part
+
+TOKENIZER_NAMES = ("20B_tokenizer.json", "tokenizer.json")
+
+
+class Checkpoint:
+    def __init__(self, layout, config: NeoXConfig, config_source: str, tokenizer_path: Optional[Path],
+                 replicated: str, check_rotary: bool):
+        self.layout = layout
+        self.config = config
+        self.config_source = config_source
+        self.tokenizer_path = tokenizer_path
+        self.replicated = replicated
+        self.check_rotary = check_rotary
+        # One record per replicated tensor, kept by `(part, layer, name)` so that reading a part twice does not
+        # count it twice
+        self._divergence: Dict[Tuple[str, Optional[int], str], Divergence] = {}
+
+    @property
+    def divergence(self) -> List[Divergence]:
+        """The divergence records of the replicated tensors read so far, in the order they were read."""
+        return list(self._divergence.values())
+
+    @property
+    def layout_name(self) -> str:
+        return self.layout.name
+
+    def part_keys(self) -> List[Tuple[str, Optional[int]]]:
+        """The parts in the model's order: `("embedding", None)`, `("layer", 0)`, ..., `("readout", None)`."""
+        return ([("embedding", None)] + [("layer", i) for i in range(self.config.n_layers)]
+                + [("norm", None), ("readout", None)])
+
+    def parts(self) -> Iterator[Tuple[str, Optional[int], Dict[str, torch.Tensor]]]:
+        """Stream `(part, layer, tensors)` one part at a time, the input the writers take."""
+        for part, layer in self.part_keys():
+            yield part, layer, self.read(part, layer)
+
+    # ## Reading one part
+    def read(self, part: str, layer: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        r"""
+        One part, merged. The shapes are checked against the config with $C$ = `d_model`, $F$ = `d_ff`,
+        $V$ = `n_vocab`, so a config that disagrees with the weights is caught here and not as a strange
+        error (or strange text) inside the model.
+        """
+        ranks = self.layout.load(part, layer)
+        merged, records = merge_part(part, layer, ranks, parallel_residual=self.config.parallel_residual,
+                                     replicated=self.replicated)
+        self._divergence.update({(r.part, r.layer, r.name): r for r in records})
+        sources = ", ".join(sorted({s for s, _ in ranks}))
+        inv_freq = merged.pop(INV_FREQ, None)
+        if inv_freq is not None and self.check_rotary:
+            self._check_inv_freq(inv_freq, sources, layer)
+        for name, tensor in merged.items():
+            self._check_shape(part, layer, name, tensor, sources)
+        return merged
+
+    # The shape of each merged tensor in terms of $C$, $3C$, $F$ and $V$; layer norms and biases not listed are `[C]`
+    SHAPES = {"word_embeddings.weight": ("V", "C"), "final_linear.weight": ("V", "C"),
+              "attention.query_key_value.weight": ("3C", "C"), "attention.query_key_value.bias": ("3C",),
+              "attention.dense.weight": ("C", "C"), "mlp.dense_h_to_4h.weight": ("F", "C"),
+              "mlp.dense_h_to_4h.bias": ("F",), "mlp.dense_4h_to_h.weight": ("C", "F")}
+
+    def _check_shape(self, part, layer, name, tensor, sources):
+        c = self.config
+        sizes = {"C": c.d_model, "3C": 3 * c.d_model, "F": c.d_ff, "V": c.n_vocab}
+        symbols = self.SHAPES.get(name, ("C",))
+        expected = [sizes[s] for s in symbols]
+        if list(tensor.shape) == expected:
+            return
+        # Which key of the config decides the dimension that disagrees
+        hf = isinstance(self.layout, HFLayout)
+        keys = {"V": "vocab_size" if hf else "padded_vocab_size", "C": "hidden_size", "3C": "hidden_size",
+                "F": "intermediate_size" if hf else "hidden_size (gpt-neox's MLP is 4 x hidden_size; another "
+                                                    "width means a gated MLP such as GeGLU, which we do not build)"}
+        bad = next((s for s, e, f in zip(symbols, expected, tensor.shape) if e != f), symbols[0])
+        raise CheckpointError(
+            f"`{name}` of {describe(part, layer)} ({sources}) has shape {list(tensor.shape)} after merging "
+            f"{c.tensor_parallel_size} rank(s), but the config ({self.config_source}) implies {expected} "
+            f"({' x '.join(symbols)}). Fix `{keys[bad]}` in the config, or use the config this checkpoint was "
+            f"trained with.")
+
+    def _check_inv_freq(self, inv_freq: torch.Tensor, sources: str, layer):
+        # $\theta_i = b^{-2i/d}$ for $i < d/2$, where $d$ is the number of rotated features per head
+        d = self.config.d_rotary
+        expected = 1.0 / self.config.rotary_base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+        key_pct = "partial_rotary_factor" if isinstance(self.layout, HFLayout) else "rotary_pct"
+        key_base = "rope_theta" if isinstance(self.layout, HFLayout) else "rotary_emb_base"
+        if inv_freq.shape != expected.shape:
+            raise CheckpointError(
+                f"`{INV_FREQ}` of transformer layer {layer} ({sources}) has {inv_freq.numel()} frequencies, so "
+                f"the model rotates {2 * inv_freq.numel()} features per head, but the config ({self.config_source}) "
+                f"says {d} ({key_pct} = {self.config.rotary_pct} of head size {self.config.d_head}). Fix `{key_pct}`.")
+        if not torch.allclose(inv_freq.to(torch.float64), expected, rtol=5e-3, atol=1e-7):
+            raise CheckpointError(
+                f"`{INV_FREQ}` of transformer layer {layer} ({sources}) does not match rotary base "
+                f"{self.config.rotary_base} from the config ({self.config_source}). Fix `{key_base}`.")
+
+
+# ## Opening
+def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicated: str = "average",
+                    check_rotary: bool = True) -> Checkpoint:
+    r"""
+    Open a checkpoint folder in any of the three layouts; raise `CheckpointError` saying what is wrong otherwise.
+
+    * `trust_pickle`: allow DeepSpeed files to unpickle arbitrary objects (only for files you trust).
+    * `replicated`: `"average"` the copies of replicated tensors across ranks, or take the `"first"`.
+    * `check_rotary`: compare the stored `rotary_emb.inv_freq` with the config's rotary settings.
+    """
+    if replicated not in ("average", "first"):
+        raise CheckpointError(f"replicated={replicated!r}: choose 'average' or 'first'.")
+    layout = find_layout(path, trust_pickle)
+    config, source = _read_config(layout)
+
+    # The tensor-parallel degree: the config's `model_parallel_size` or the ranks the files show, whichever is
+    # larger, so that a rank whose files are all missing is reported rather than silently skipped.
+    n_ranks = max(layout.ranks_found, config.tensor_parallel_size if not isinstance(layout, HFLayout) else 1)
+    layout.check(config.n_layers, n_ranks)
+
+    # The vocabulary is padded to a multiple of the rank count, and gpt-neox's YAML does not say by how much:
+    # the embedding's rows tell us. (With `mmap`, reading the shape does not read the tensor.)
+    rows = layout.embedding_rows()
+    n_vocab = sum(rows)
+    if config.n_vocab and rows and config.n_vocab != n_vocab:
+        key = "vocab_size" if isinstance(layout, HFLayout) else "padded_vocab_size"
+        raise CheckpointError(f"The config ({source}) says `{key}: {config.n_vocab}` but word_embeddings.weight "
+                              f"has {n_vocab} rows across {n_ranks} rank(s). Fix `{key}`.")
+    config = config.with_updates(tensor_parallel_size=n_ranks, n_vocab=config.n_vocab or n_vocab)
+    return Checkpoint(layout, config, source, _find_tokenizer(layout), replicated, check_rotary)
+
+
+def _search_folders(layout) -> List[Path]:
+    # Beside the weights, or one level up when the user pointed at a `global_step...` folder
+    folders = [layout.root / "configs", layout.root]
+    if getattr(layout, "folder", None) == layout.root and not isinstance(layout, HFLayout):
+        folders += [layout.root.parent / "configs", layout.root.parent]
+    return [f for f in folders if f.is_dir()]
+
+
+def _read_config(layout) -> Tuple[NeoXConfig, str]:
+    if isinstance(layout, HFLayout):
+        path = layout.folder / "config.json"
+        try:
+            return NeoXConfig.from_hf_config(path), str(path)
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+
+    # gpt-neox runs are often configured by several YAML files that it merges; so do we, and two files giving
+    # one key different values is an error rather than a guess.
+    for folder in _search_folders(layout):
+        files = sorted(list(folder.glob("*.yml")) + list(folder.glob("*.yaml")))
+        if files:
+            break
+    else:
+        raise CheckpointError(f"No gpt-neox config (*.yml) found in {layout.root}/configs/ or {layout.root}. "
+                              f"Copy the config the model was trained with there (for the 20B model, 20B.yml).")
+    import yaml
+
+    values, origin = {}, {}
+    for f in files:
+        try:
+            loaded = yaml.safe_load(f.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise CheckpointError(f"{f} is not valid YAML: {e}") from None
+        for key, value in loaded.items():
+            k = str(key).replace("-", "_")
+            if k in values and values[k] != value:
+                raise CheckpointError(f"{origin[k].name} and {f.name} give `{k}` different values "
+                                      f"({values[k]!r} and {value!r}); keep one config per model in {folder}.")
+            values[k], origin[k] = value, f
+    source = ", ".join(str(f) for f in files)
+    try:
+        return NeoXConfig.from_neox_yaml(files[0] if len(files) == 1 else values), source
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e}" if len(files) > 1 else str(e)) from None
+
+
+def _find_tokenizer(layout) -> Optional[Path]:
+    for folder in _search_folders(layout):
+        for name in TOKENIZER_NAMES:
+            if (folder / name).is_file():
+                return folder / name
+    return None

@@ -1,0 +1,167 @@
+r"""
+# Writing checkpoints
+
+Two writers, both fed the same stream of parts, `(part, layer, tensors)`, in the model's order (what
+`Checkpoint.parts()` yields, or what a fine-tuning loop produces from a model's `state_dict()`). Neither ever
+holds more than a part (or one safetensors shard) in memory.
+
+* `write_neox_checkpoint` writes the **gpt-neox pipeline layout** with any tensor-parallel degree $N$:
+  `latest`, `global_step{step}/layer_XX-model_RR-model_states.pt`, a small
+  `global_step{step}/mp_rank_RR_model_states.pt` per rank (DeepSpeed reads its bookkeeping from those
+  before it loads the layer files), `configs/{name}.yml` and the tokenizer. Splitting uses the inverse of
+  the merge rules (`merge.split_part`), so merging what we write gives back exactly what we were given.
+* `write_hf_checkpoint` writes a **transformers `GPTNeoXForCausalLM` folder**: `config.json`, the weights as
+  safetensors (one `model.safetensors`, or shards with `model.safetensors.index.json` when they exceed
+  `max_shard_bytes`), and `tokenizer.json`.
+
+The writers write into the folder they are given; making the result appear all at once, or not at all, is the
+caller's job (see `convert.py`).
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Tuple
+
+import torch
+
+from ..config import NeoXConfig
+from .files import CheckpointError
+from .layouts import expected_indices, pipeline_index
+from .merge import PART_TENSORS, split_part
+
+Part = Tuple[str, Optional[int], Dict[str, torch.Tensor]]
+
+
+def _cast(tensors: Dict[str, torch.Tensor], dtype: Optional[torch.dtype]) -> Dict[str, torch.Tensor]:
+    return {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in tensors.items()}
+
+
+def _check_part(part: str, layer: Optional[int], tensors: Dict[str, torch.Tensor]):
+    # What we write must be exactly what the reader expects, no more (an unknown tensor would be lost on the
+    # way back) and no less.
+    want, have = set(PART_TENSORS[part]), set(tensors)
+    if want != have:
+        raise CheckpointError(f"cannot write {part} {'' if layer is None else layer}: missing {sorted(want - have)}, "
+                              f"unexpected {sorted(have - want)}")
+
+
+# ## The gpt-neox layout
+def write_neox_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterable[Part], *,
+                          tensor_parallel_size: int = 1, tokenizer_path: "str | Path | None" = None,
+                          dtype: Optional[torch.dtype] = None, step: int = 0, name: str = "model") -> Path:
+    r"""
+    Write `parts` as a gpt-neox checkpoint with `tensor_parallel_size` ranks under `out_dir` (created if needed).
+    Returns the step folder.
+    """
+    out = Path(out_dir)
+    tag = f"global_step{step}"
+    folder = out / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    n = tensor_parallel_size
+    config = config.with_updates(tensor_parallel_size=n)
+    written = set()
+    for part, layer, tensors in parts:
+        _check_part(part, layer, tensors)
+        index = pipeline_index(part, layer, config.n_layers)
+        for rank, shard in enumerate(split_part(_cast(tensors, dtype), n, parallel_residual=config.parallel_residual)):
+            torch.save(shard, folder / f"layer_{index:02d}-model_{rank:02d}-model_states.pt")
+        written.add(index)
+    missing = sorted(set(expected_indices(config.n_layers)) - written)
+    if missing:
+        raise CheckpointError(f"the parts given to write_neox_checkpoint lacked pipeline stages {missing}")
+
+    # DeepSpeed's pipeline engine opens `mp_rank_RR_model_states.pt` for the step's bookkeeping and then loads
+    # the weights from the layer files; the weights are not repeated here (`module` is None, as in the 20B files).
+    for rank in range(n):
+        torch.save({"module": None, "buffer_names": [], "global_steps": step, "global_samples": 0,
+                    "skipped_steps": 0, "iteration": step, "mp_world_size": n, "dp_world_size": 1},
+                   folder / f"mp_rank_{rank:02d}_model_states.pt")
+    (out / "latest").write_text(tag)
+
+    # The config: the model's keys from `NeoXConfig`, and the tokenizer's, with the path relative to this folder
+    import yaml
+
+    values = config.to_neox_yaml()
+    if tokenizer_path is not None:
+        tokenizer_path = Path(tokenizer_path)
+        shutil.copyfile(tokenizer_path, out / tokenizer_path.name)
+        values.update({"tokenizer_type": "HFTokenizer", "vocab_file": tokenizer_path.name})
+    (out / "configs").mkdir(exist_ok=True)
+    header = ("# Written by labml_nn.neox.checkpoint. Paths are relative to the checkpoint folder; gpt-neox\n"
+              "# resolves them from where it runs, so make `vocab_file` and `load` absolute before training.\n")
+    (out / "configs" / f"{name}.yml").write_text(header + yaml.safe_dump(values, sort_keys=False))
+    return folder
+
+
+# ## The Hugging Face layout
+#
+# Our names map one-to-one onto transformers' names; only the prefixes differ.
+def hf_name(part: str, layer: Optional[int], name: str) -> str:
+    if part == "embedding":
+        return "gpt_neox.embed_in.weight"
+    if part == "readout":
+        return "embed_out.weight"
+    if part == "norm":
+        return "gpt_neox.final_layer_norm." + name.removeprefix("norm.")
+    return f"gpt_neox.layers.{layer}.{name}"
+
+
+def write_hf_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterable[Part], *,
+                        tokenizer_path: "str | Path | None" = None, dtype: Optional[torch.dtype] = None,
+                        max_shard_bytes: int = 2 * 1024 ** 3) -> Path:
+    r"""
+    Write `parts` as a `GPTNeoXForCausalLM` folder that `from_pretrained` loads offline.
+
+    Shards hold whole parts and are at most `max_shard_bytes` (2 GiB by default, which keeps the writer's
+    memory near one shard) unless a single part is larger. A stream that fits in one shard is written as a
+    plain `model.safetensors` with no index.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards, current, size, stored_dtype, written = [], {}, 0, None, set()
+
+    def flush():
+        nonlocal current, size
+        if current:
+            path = out / f"model-{len(shards) + 1:05d}.safetensors"
+            save_file(current, str(path), metadata={"format": "pt"})
+            shards.append((path, list(current)))
+        current, size = {}, 0
+
+    for part, layer, tensors in parts:
+        _check_part(part, layer, tensors)
+        tensors = {hf_name(part, layer, k): v for k, v in _cast(tensors, dtype).items()}
+        nbytes = sum(v.numel() * v.element_size() for v in tensors.values())
+        if current and size + nbytes > max_shard_bytes:
+            flush()
+        current.update(tensors)
+        size += nbytes
+        stored_dtype = stored_dtype or next(iter(tensors.values())).dtype
+        written.add(pipeline_index(part, layer, config.n_layers))
+    flush()
+    missing = sorted(set(expected_indices(config.n_layers)) - written)
+    if missing:
+        raise CheckpointError(f"the parts given to write_hf_checkpoint lacked pipeline stages {missing}")
+
+    # One shard is renamed `model.safetensors`; several get their final names, `-of-` the count, and an index
+    if len(shards) == 1:
+        shards[0][0].rename(out / "model.safetensors")
+    else:
+        weight_map, total = {}, 0
+        for i, (path, names) in enumerate(shards):
+            final = out / f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            path.rename(final)
+            weight_map.update({n: final.name for n in names})
+            total += final.stat().st_size
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+    hf = config.to_hf_config()
+    hf["dtype"] = str(stored_dtype).removeprefix("torch.") if stored_dtype else "float32"
+    (out / "config.json").write_text(json.dumps(hf, indent=2))
+    if tokenizer_path is not None:
+        shutil.copyfile(tokenizer_path, out / "tokenizer.json")
+    return out

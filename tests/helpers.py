@@ -1,0 +1,208 @@
+"""
+Tiny GPT-NeoX checkpoints for tests, in every layout the checkpoint package reads.
+
+    model = make_tiny_hf_model(num_hidden_layers=3)
+    slim = write_slim_from_hf(model, tmp_path / "ckpt", tp=2, layout="pipeline", replicated_noise=1e-3)
+    reference = load_hf_state_dict(slim.merged_hf_state_dict("average"))   # what a correct merge must equal
+
+These helpers split the weights themselves (the way gpt-neox's own converters do, row-parallel biases as
+b / N shares) instead of calling `labml_nn.neox.checkpoint.split_part`, so a test of the reader does not use
+the code under test to build its input.
+"""
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+TOKENIZER = Path("/work/shared/data/20B_tokenizer.json")
+
+ROW_BIASES = ("attention.dense.bias", "mlp.dense_4h_to_h.bias")
+REPLICATED = ("input_layernorm.weight", "input_layernorm.bias", "post_attention_layernorm.weight",
+              "post_attention_layernorm.bias", "norm.weight", "norm.bias")
+COLUMN = ("word_embeddings.weight", "final_linear.weight", "attention.query_key_value.weight",
+          "attention.query_key_value.bias", "mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias")
+ROW = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
+
+
+def make_tiny_hf_model(seed: int = 0, **overrides):
+    """A random `GPTNeoXForCausalLM`, float32, eager attention; vocabulary and heads divisible by 4 ranks."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    values = dict(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=256, hidden_act="gelu_fast", max_position_embeddings=64,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+                  use_parallel_residual=True, tie_word_embeddings=False, layer_norm_eps=1e-5,
+                  attn_implementation="eager")
+    values.update(overrides)
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(**values)).eval()
+    # Random init gives layer norms weight 1 and bias 0; perturb them so that mistakes in merging them show
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layernorm" in name or "layer_norm" in name or name.endswith(".bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def hf_to_neox(hf_state: Dict[str, torch.Tensor], n_layers: int) -> Dict[Tuple[str, Optional[int]], Dict]:
+    """`{(part, layer): {slim name: tensor}}` from a transformers state dict."""
+    parts = {("embedding", None): {"word_embeddings.weight": hf_state["gpt_neox.embed_in.weight"]},
+             ("norm", None): {"norm.weight": hf_state["gpt_neox.final_layer_norm.weight"],
+                              "norm.bias": hf_state["gpt_neox.final_layer_norm.bias"]},
+             ("readout", None): {"final_linear.weight": hf_state.get("embed_out.weight",
+                                                                     hf_state.get("lm_head.weight"))}}
+    for i in range(n_layers):
+        prefix = f"gpt_neox.layers.{i}."
+        parts["layer", i] = {k[len(prefix):]: v for k, v in hf_state.items()
+                             if k.startswith(prefix) and "rotary_emb" not in k}
+    return parts
+
+
+def neox_to_hf(parts: Dict[Tuple[str, Optional[int]], Dict]) -> Dict[str, torch.Tensor]:
+    out = {}
+    for (part, layer), tensors in parts.items():
+        for name, t in tensors.items():
+            if part == "embedding":
+                out["gpt_neox.embed_in.weight"] = t
+            elif part == "readout":
+                out["embed_out.weight"] = t
+            elif part == "norm":
+                out["gpt_neox.final_layer_norm." + name[len("norm."):]] = t
+            else:
+                out[f"gpt_neox.layers.{layer}.{name}"] = t
+    return out
+
+
+def pipeline_index(part: str, layer: Optional[int], n_layers: int) -> int:
+    return {"embedding": 0, "norm": n_layers + 3, "readout": n_layers + 4}.get(part, (layer or 0) + 2)
+
+
+def split_rank(name: str, t: torch.Tensor, tp: int, rank: int, parallel_residual: bool) -> torch.Tensor:
+    if name in COLUMN:
+        return torch.chunk(t, tp, 0)[rank].clone()
+    if name in ROW:
+        return torch.chunk(t, tp, 1)[rank].clone()
+    if name in ROW_BIASES and parallel_residual:
+        return t / tp
+    return t.clone()
+
+
+@dataclass
+class TinySlim:
+    path: Path
+    n_layers: int
+    tp: int
+    parts: Dict[Tuple[str, Optional[int]], Dict[str, torch.Tensor]]
+    # (part, layer, name) -> the copy each rank holds of a replicated tensor
+    replicas: Dict[Tuple[str, Optional[int], str], List[torch.Tensor]] = field(default_factory=dict)
+
+    def merged_parts(self, mode: str = "average") -> Dict[Tuple[str, Optional[int]], Dict[str, torch.Tensor]]:
+        """What a correct merge gives: the original weights, with replicated tensors averaged (or rank 0's)."""
+        out = {k: dict(v) for k, v in self.parts.items()}
+        for (part, layer, name), copies in self.replicas.items():
+            if mode == "first":
+                out[part, layer][name] = copies[0]
+            else:
+                mean = torch.stack([c.double() for c in copies]).mean(0)
+                out[part, layer][name] = mean.to(copies[0].dtype)
+        return out
+
+    def merged_hf_state_dict(self, mode: str = "average") -> Dict[str, torch.Tensor]:
+        return neox_to_hf(self.merged_parts(mode))
+
+
+def neox_yaml(hf_config, tp: int) -> str:
+    """A gpt-neox config for the tiny model, in gpt-neox's own mixed `-`/`_` spelling."""
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    return "\n".join([
+        "# tiny test model", "{",
+        f'  "num-layers": {hf_config.num_hidden_layers},', f'  "hidden-size": {hf_config.hidden_size},',
+        f'  "num_attention_heads": {hf_config.num_attention_heads},',
+        f'  "seq-length": {hf_config.max_position_embeddings},',
+        f'  "max_position_embeddings": {hf_config.max_position_embeddings},',
+        '  "norm": "layernorm",', '  "pos-emb": "rotary",',
+        f'  "rotary_pct": {rope.get("partial_rotary_factor", 1.0)},',
+        f'  "rotary_emb_base": {rope.get("rope_theta", 10000.0)},',
+        '  "no-weight-tying": true,', f'  "gpt_j_residual": {str(hf_config.use_parallel_residual).lower()},',
+        f'  "bias_gelu_fusion": {str(hf_config.hidden_act == "gelu_fast").lower()},',
+        f'  "layernorm-epsilon": {hf_config.layer_norm_eps},',
+        f'  "model-parallel-size": {tp},', '  "pipe-parallel-size": 1,', "}", ""])
+
+
+def write_slim_from_hf(hf_model, out: Path, tp: int = 2, layout: str = "pipeline", replicated_noise: float = 0.0,
+                       dtype: torch.dtype = torch.float32, tokenizer: bool = True, step: int = 10,
+                       seed: int = 1) -> TinySlim:
+    r"""
+    Write `hf_model` as a gpt-neox checkpoint with `tp` ranks: `layout="pipeline"` (latest, global_stepN/layer
+    files, configs/tiny.yml) or `"sequential"` (global_stepN/mp_rank_RR_model_states.pt with the weights under
+    `module` and an `argparse.Namespace`, as DeepSpeed saves them). Ranks $r \ge 1$ get Gaussian noise of
+    standard deviation `replicated_noise` on their copies of the replicated tensors.
+    """
+    out = Path(out)
+    cfg = hf_model.config
+    n_layers = cfg.num_hidden_layers
+    state = {k: v.detach().to(dtype) for k, v in hf_model.state_dict().items()}
+    parts = hf_to_neox(state, n_layers)
+    slim = TinySlim(out, n_layers, tp, parts)
+    gen = torch.Generator().manual_seed(seed)
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    d = int(cfg.hidden_size // cfg.num_attention_heads * rope.get("partial_rotary_factor", 1.0))
+    inv_freq = 1.0 / rope.get("rope_theta", 10000.0) ** (torch.arange(0, d, 2).float() / d)
+
+    ranks: List[Dict[Tuple[str, Optional[int]], Dict[str, torch.Tensor]]] = [{} for _ in range(tp)]
+    for (part, layer), tensors in parts.items():
+        for r in range(tp):
+            shard = {}
+            for name, t in tensors.items():
+                piece = split_rank(name, t, tp, r, cfg.use_parallel_residual)
+                if name in REPLICATED or (name in ROW_BIASES and not cfg.use_parallel_residual):
+                    if r > 0 and replicated_noise:
+                        piece = (piece + torch.randn(piece.shape, generator=gen) * replicated_noise).to(dtype)
+                    slim.replicas.setdefault((part, layer, name), []).append(piece)
+                shard[name] = piece
+            if part == "layer":
+                shard["attention.rotary_emb.inv_freq"] = inv_freq.clone()
+            ranks[r][part, layer] = shard
+
+    folder = out / f"global_step{step}"
+    folder.mkdir(parents=True)
+    (out / "latest").write_text(f"global_step{step}\n")
+    (out / "configs").mkdir()
+    (out / "configs" / "tiny.yml").write_text(neox_yaml(cfg, tp))
+    if tokenizer:
+        (out / "20B_tokenizer.json").write_bytes(TOKENIZER.read_bytes())
+    for r in range(tp):
+        if layout == "pipeline":
+            for (part, layer), shard in ranks[r].items():
+                index = pipeline_index(part, layer, n_layers)
+                torch.save(shard, folder / f"layer_{index:02d}-model_{r:02d}-model_states.pt")
+        elif layout == "sequential":
+            module = {f"sequential.{pipeline_index(p, l, n_layers)}.{name}": t
+                      for (p, l), shard in ranks[r].items() for name, t in shard.items()}
+            torch.save({"module": module, "args": argparse.Namespace(num_layers=n_layers, lr=1e-4),
+                        "mp_world_size": tp, "iteration": step, "ds_version": "0.x"},
+                       folder / f"mp_rank_{r:02d}_model_states.pt")
+        else:
+            raise ValueError(f"layout {layout!r}: choose 'pipeline' or 'sequential'")
+    return slim
+
+
+def load_hf_state_dict(state: Dict[str, torch.Tensor], like_model=None, **overrides):
+    """A transformers model (config from `like_model`, or a fresh tiny one) with `state` loaded strictly."""
+    from transformers import GPTNeoXForCausalLM
+
+    model = GPTNeoXForCausalLM(like_model.config) if like_model is not None else make_tiny_hf_model(**overrides)
+    state = {("lm_head.weight" if k == "embed_out.weight" else k): v.float() for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary_emb" in m for m in missing), (missing, unexpected)
+    return model.eval()
+
+
+def hf_logits(model, seed: int = 0, batch: int = 2, length: int = 12) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=gen)
+    with torch.no_grad():
+        return model(ids).logits
