@@ -61,6 +61,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     merge.add_argument("--trust-pickle", action="store_true",
                        help="allow DeepSpeed files to unpickle arbitrary Python objects; only for files you "
                             "trust (loading them can run code)")
+    merge.add_argument("--max-shard-mb", type=int, default=1024,
+                       help="hf: start a new safetensors shard past this size (default 1024 MB, about one 20B "
+                            "layer; the merge holds one shard in memory)")
     merge.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only on success)")
 
     download = commands.add_parser("download", help="download the GPT-NeoX-20B slim weights (resumable)",
@@ -78,7 +81,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         report = merge_checkpoint(args.src, args.out, format=args.format, replicated=args.replicated,
                                   dtype=args.dtype, trust_pickle=args.trust_pickle, overwrite=args.overwrite,
-                                  report=args.report, warn_above=args.warn_above)
+                                  report=args.report, warn_above=args.warn_above,
+                                  max_shard_bytes=args.max_shard_mb * 1024 ** 2)
         print(format_report(report))
         print(f"Wrote {args.out} ({args.format})")
         return 0

@@ -47,7 +47,7 @@ WARN_ABOVE = 1e-3
 def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, replicated: str = "average",
                      dtype: Optional[str] = None, trust_pickle: bool = False, overwrite: bool = False,
                      report: "str | Path | None" = None, warn_above: float = WARN_ABOVE,
-                     progress: bool = True) -> dict:
+                     max_shard_bytes: int = 1024 ** 3, progress: bool = True) -> dict:
     r"""
     Merge `src` into a single-rank checkpoint at `out`. Returns the divergence report (also written to
     `report` as JSON when given).
@@ -69,7 +69,8 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
         config = ckpt.config.with_updates(tensor_parallel_size=1)
         torch_dtype = DTYPES[dtype] if dtype else None
         if format == "hf":
-            write_hf_checkpoint(tmp, config, parts, tokenizer_path=ckpt.tokenizer_path, dtype=torch_dtype)
+            write_hf_checkpoint(tmp, config, parts, tokenizer_path=ckpt.tokenizer_path, dtype=torch_dtype,
+                                max_shard_bytes=max_shard_bytes)
         else:
             write_neox_checkpoint(tmp, config, parts, tensor_parallel_size=1, tokenizer_path=ckpt.tokenizer_path,
                                   dtype=torch_dtype)

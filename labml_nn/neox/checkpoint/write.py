@@ -12,7 +12,7 @@ holds more than a part (or one safetensors shard) in memory.
   the merge rules (`merge.split_part`), so merging what we write gives back exactly what we were given.
 * `write_hf_checkpoint` writes a **transformers `GPTNeoXForCausalLM` folder**: `config.json`, the weights as
   safetensors (one `model.safetensors`, or shards with `model.safetensors.index.json` when they exceed
-  `max_shard_bytes`), and `tokenizer.json`.
+  `max_shard_bytes`, 1 GiB by default), and `tokenizer.json`.
 
 The writers write into the folder they are given; making the result appear all at once, or not at all, is the
 caller's job (see `convert.py`).
@@ -109,12 +109,13 @@ def hf_name(part: str, layer: Optional[int], name: str) -> str:
 
 def write_hf_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterable[Part], *,
                         tokenizer_path: "str | Path | None" = None, dtype: Optional[torch.dtype] = None,
-                        max_shard_bytes: int = 2 * 1024 ** 3) -> Path:
+                        max_shard_bytes: int = 1024 ** 3) -> Path:
     r"""
     Write `parts` as a `GPTNeoXForCausalLM` folder that `from_pretrained` loads offline.
 
-    Shards hold whole parts and are at most `max_shard_bytes` (2 GiB by default, which keeps the writer's
-    memory near one shard) unless a single part is larger. A stream that fits in one shard is written as a
+    A shard is written as soon as the next part would take it past `max_shard_bytes`, so the writer holds at
+    most one shard in memory. The default, 1 GiB, is about one layer of the 20B model in fp16 (906 MB), which
+    keeps a merge's memory near one layer; a part larger than the limit gets a shard of its own. A stream that fits in one shard is written as a
     plain `model.safetensors` with no index.
     """
     from safetensors.torch import save_file
