@@ -114,3 +114,12 @@ def test_hf_layout_reads_as_one_rank_and_matches_transformers(tiny, tmp_path):
             state[key] = t
     reloaded = load_hf_state_dict(state, like_model=tiny)
     assert torch.equal(hf_logits(reloaded), hf_logits(tiny))
+
+
+def test_the_step_folder_itself_can_be_opened_and_the_config_found_beside_it(tiny, tmp_path):
+    write_slim_from_hf(tiny, tmp_path / "ckpt", tp=2)
+    ckpt = open_checkpoint(tmp_path / "ckpt/global_step10")
+    assert ckpt.config.tensor_parallel_size == 2 and ckpt.tokenizer_path.name == "20B_tokenizer.json"
+    # without `latest`, a single step folder is found too
+    (tmp_path / "ckpt/latest").unlink()
+    assert open_checkpoint(tmp_path / "ckpt").read("norm")["norm.weight"].shape == (64,)
