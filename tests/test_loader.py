@@ -1,0 +1,196 @@
+r"""
+`LayerGenerator` turns checkpoint files into our modules, and `nn.Sequential` of them gives transformers'
+logits on the same weights: for the gpt-neox layouts with 1, 2 and 4 tensor-parallel ranks, for Hugging Face
+folders, and for checkpoints whose replicated tensors disagree across ranks.
+
+The tiny checkpoints come from `helpers.py` (which splits weights itself, independently of the code under
+test). The merge rules have their own tests in `test_checkpoint_merge.py`; these go through the model.
+"""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest.importorskip("transformers")
+
+from helpers import load_hf_state_dict, make_tiny_hf_model, write_slim_from_hf  # noqa: E402
+from labml_nn.neox.checkpoint import CheckpointError  # noqa: E402
+from labml_nn.neox.loader import LayerGenerator  # noqa: E402
+from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerLayer  # noqa: E402
+
+TOLERANCE = 2e-4
+
+
+def ids_for(hf_model, batch: int = 2, length: int = 12) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, hf_model.config.vocab_size, (batch, length), generator=gen)
+
+
+def load_model(path, **kwargs) -> torch.nn.Sequential:
+    return torch.nn.Sequential(*LayerGenerator(path, progress=False, **kwargs).load())
+
+
+def max_logit_error(model, hf_model) -> float:
+    ids = ids_for(hf_model)
+    with torch.no_grad():
+        return (model(ids) - hf_model(ids).logits).abs().max().item()
+
+
+# ## The gpt-neox layouts
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_slim_checkpoint_with_tp_ranks_gives_transformers_logits(tmp_path, tp):
+    hf = make_tiny_hf_model()
+    write_slim_from_hf(hf, tmp_path / "ckpt", tp=tp, tokenizer=False)
+    assert max_logit_error(load_model(tmp_path / "ckpt"), hf) <= TOLERANCE
+
+
+@pytest.mark.parametrize("hidden_act,parallel_residual", [("gelu", True), ("gelu_fast", False), ("gelu", False)])
+def test_both_gelus_and_both_residuals_through_the_loader(tmp_path, hidden_act, parallel_residual):
+    # The config comes from the checkpoint's YAML (`bias_gelu_fusion`, `gpt_j_residual`); a wrong reading of
+    # either gives logits far outside the tolerance (see test_model.py)
+    hf = make_tiny_hf_model(hidden_act=hidden_act, use_parallel_residual=parallel_residual)
+    write_slim_from_hf(hf, tmp_path / "ckpt", tp=2, tokenizer=False)
+    assert max_logit_error(load_model(tmp_path / "ckpt"), hf) <= TOLERANCE
+
+
+def test_sequential_mp_rank_layout_gives_transformers_logits(tmp_path):
+    hf = make_tiny_hf_model(num_hidden_layers=3)
+    write_slim_from_hf(hf, tmp_path / "ckpt", tp=2, layout="sequential", tokenizer=False)
+    assert max_logit_error(load_model(tmp_path / "ckpt"), hf) <= TOLERANCE
+
+
+@pytest.mark.parametrize("replicated", ["average", "first"])
+def test_noisy_replicated_tensors_give_the_logits_of_the_merged_norms(tmp_path, replicated):
+    # Rank 1's copies of the layer norms differ from rank 0's (as in large trained models). The model must give
+    # transformers' logits on the merged norms: averaged, or rank 0's with replicated="first".
+    hf = make_tiny_hf_model()
+    slim = write_slim_from_hf(hf, tmp_path / "ckpt", tp=2, replicated_noise=0.05, tokenizer=False)
+    generator = LayerGenerator(tmp_path / "ckpt", progress=False, replicated=replicated)
+    model = torch.nn.Sequential(*generator.load())
+    reference = load_hf_state_dict(slim.merged_hf_state_dict(replicated), like_model=hf)
+    assert max_logit_error(model, reference) <= TOLERANCE
+    other = load_hf_state_dict(slim.merged_hf_state_dict("first" if replicated == "average" else "average"),
+                               like_model=hf)
+    assert max_logit_error(model, other) > 10 * TOLERANCE
+    # The loader reports how far the copies diverged
+    assert max(d.max_abs for d in generator.checkpoint.divergence) > 0.01
+
+
+# ## Hugging Face folders
+
+@pytest.mark.parametrize("max_shard_size", [None, "20KB"])
+def test_hf_folder_single_or_sharded_gives_transformers_logits(tmp_path, max_shard_size):
+    hf = make_tiny_hf_model()
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    hf.save_pretrained(tmp_path / "hf", **kwargs)
+    index = tmp_path / "hf" / "model.safetensors.index.json"
+    assert index.exists() == (max_shard_size is not None)
+    assert max_logit_error(load_model(tmp_path / "hf"), hf) <= TOLERANCE
+
+
+def test_fp16_checkpoint_loads_in_the_dtype_asked_for(tmp_path):
+    hf = make_tiny_hf_model()
+    write_slim_from_hf(hf, tmp_path / "ckpt", tp=2, dtype=torch.float16, tokenizer=False)
+    model = load_model(tmp_path / "ckpt", dtype=torch.float32)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    # fp16 rounding of the weights only
+    assert max_logit_error(model, hf) < 0.02
+
+
+# ## Loading part of a model, and several devices
+
+def test_filter_layers_reads_and_builds_only_the_chosen_parts(tmp_path):
+    hf = make_tiny_hf_model(num_hidden_layers=3)
+    write_slim_from_hf(hf, tmp_path / "ckpt", tp=2, tokenizer=False)
+    generator = LayerGenerator(tmp_path / "ckpt", progress=False, filter_layers={0, 2, 5})
+    read = []
+    original = generator.checkpoint.read
+    generator.checkpoint.read = lambda part, layer=None: read.append((part, layer)) or original(part, layer)
+    modules = list(generator.load())
+    # 0 is the embedding, 1 ... 3 the transformer layers (so 2 is layer 1), 4 the final norm, 5 the readout
+    assert read == [("embedding", None), ("layer", 1), ("readout", None)]
+    assert [type(m) for m in modules] == [Embedding, TransformerLayer, ReadoutLayer]
+    assert modules[1].layer_idx == 1
+    with pytest.raises(ValueError, match="outside 0 ... 5"):
+        LayerGenerator(tmp_path / "ckpt", progress=False, filter_layers={6})
+
+
+def test_two_devices_split_the_parameter_bytes_evenly(tmp_path):
+    hf = make_tiny_hf_model(num_hidden_layers=4)
+    write_slim_from_hf(hf, tmp_path / "ckpt", tp=2, tokenizer=False)
+    # Two CPUs: the model runs and is exact
+    assert max_logit_error(load_model(tmp_path / "ckpt", devices=["cpu", "cpu"]), hf) <= TOLERANCE
+    # The placement, with two distinguishable devices: contiguous runs, each device about half the bytes
+    generator = LayerGenerator(tmp_path / "ckpt", progress=False, devices=["cpu", "cpu"])
+    generator.devices = ["first", "second"]
+    parts = generator._parts()
+    placement = generator._placement(parts)
+    assert placement == sorted(placement) and set(placement) == {"first", "second"}
+    modules = [generator._new_module(part, layer) for _, part, layer in parts]
+    nbytes = [sum(p.numel() for p in m.parameters()) for m in modules]
+    first = sum(n for n, d in zip(nbytes, placement) if d == "first")
+    assert abs(first / sum(nbytes) - 0.5) <= max(nbytes) / sum(nbytes) / 2 + 1e-9
+
+
+def test_modules_are_in_eval_mode_and_carry_the_config(tmp_path):
+    hf = make_tiny_hf_model()
+    write_slim_from_hf(hf, tmp_path / "ckpt", tp=2, tokenizer=False)
+    generator = LayerGenerator(tmp_path / "ckpt", progress=False)
+    for module in generator.load():
+        assert not module.training
+        assert module.config == generator.config
+
+
+# ## Bad checkpoints: the error names the file or tensor, and what to do
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("good") / "ckpt"
+    write_slim_from_hf(make_tiny_hf_model(), path, tp=2, tokenizer=False)
+    return path
+
+
+@pytest.fixture
+def checkpoint(good_checkpoint, tmp_path):
+    shutil.copytree(good_checkpoint, tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def fails_to_load(path, *fragments):
+    with pytest.raises((CheckpointError, ValueError)) as e:
+        list(LayerGenerator(path, progress=False).load())
+    for fragment in fragments:
+        assert fragment in str(e.value), str(e.value)
+
+
+def test_missing_checkpoint_folder(tmp_path):
+    fails_to_load(tmp_path / "nowhere", "nowhere")
+
+
+def test_missing_rank_file_is_named(checkpoint):
+    (checkpoint / "global_step10" / "layer_03-model_01-model_states.pt").unlink()
+    fails_to_load(checkpoint, "layer_03-model_01-model_states.pt", "rank 1")
+
+
+def test_truncated_file_is_named(checkpoint):
+    path = checkpoint / "global_step10" / "layer_02-model_00-model_states.pt"
+    path.write_bytes(path.read_bytes()[:200])
+    fails_to_load(checkpoint, "layer_02-model_00-model_states.pt")
+
+
+def test_missing_tensor_is_named(checkpoint):
+    path = checkpoint / "global_step10" / "layer_02-model_01-model_states.pt"
+    state = torch.load(path)
+    del state["mlp.dense_h_to_4h.bias"]
+    torch.save(state, path)
+    fails_to_load(checkpoint, "mlp.dense_h_to_4h.bias")
+
+
+def test_config_that_disagrees_with_the_weights_names_the_key(checkpoint):
+    config = checkpoint / "configs" / "tiny.yml"
+    config.write_text(config.read_text().replace('"hidden-size": 64', '"hidden-size": 128'))
+    fails_to_load(checkpoint, "hidden_size")
