@@ -33,7 +33,7 @@ from torch import nn
 
 from labml import monit
 
-from labml_nn.neox.checkpoint import open_checkpoint
+from labml_nn.neox.checkpoint import CheckpointError, open_checkpoint
 from labml_nn.neox.config import NeoXConfig
 from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerLayer
 
@@ -160,11 +160,11 @@ def _check_state(module: nn.Module, state: dict, part: str, layer: Optional[int]
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"The checkpoint's {where} has tensors {sorted(state)}, but the model expects "
+        raise CheckpointError(f"The checkpoint's {where} has tensors {sorted(state)}, but the model expects "
                          f"{sorted(expected)} (missing {missing}, unexpected {unexpected}). Is this a GPT-NeoX "
                          f"checkpoint with the architecture in its config?")
     for name, tensor in expected.items():
         if tuple(state[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"The checkpoint's {where} has `{name}` of shape {tuple(state[name].shape)}, but "
+            raise CheckpointError(f"The checkpoint's {where} has `{name}` of shape {tuple(state[name].shape)}, but "
                              f"the config gives {tuple(tensor.shape)}. Check hidden_size, num_attention_heads, "
                              f"intermediate_size and the vocabulary size in the checkpoint's config.")
