@@ -1,0 +1,273 @@
+r"""
+# Generating text from the command line
+
+This sample puts the pieces together: `LayerGenerator` (loader.py) reads a checkpoint one layer at a time,
+`generate_stream` (generation.py) runs the model with a key-value cache and picks one token per step, and the
+tokenizer's `StreamDecoder` turns each token into text as soon as it is chosen, so the text appears as it is
+generated.
+
+With no arguments it loads the **demo model** that ships with the package: a tiny GPT-NeoX trained on
+Shakespeare's plays, stored in the same layout as the 20B slim weights (two tensor-parallel ranks) with its
+tokenizer. It runs in a few seconds on a CPU. Point `--checkpoint` at the 20B weights or at a Pythia folder to
+use a real model.
+
+## How to run
+
+```
+python samples/generate.py                                    # the demo model, unconditional
+python samples/generate.py --prompt "ROMEO:" --max-new-tokens 200
+python samples/generate.py --checkpoint ~/data/20B_checkpoints --prompt "The meaning of life is"
+python samples/generate.py --checkpoint pythia-160m --prompt-file prompts.txt --output results.jsonl
+python samples/generate.py --interactive --temperature 0.7 --top-p 0.9
+python samples/generate.py --help
+```
+
+Sampling: `--temperature 0` is greedy decoding; otherwise tokens are drawn from the softmax of the logits
+divided by the temperature, after `--top-k` and `--top-p` (nucleus) filtering. `--seed` makes a run
+repeatable. The 20B model needs about 40 GB of GPU memory in fp16 (`--dtype` defaults to fp16 on CUDA and fp32
+on a CPU).
+
+## What it prints
+
+For `--prompt`, and each turn of `--interactive`: the prompt, then the generated text as it comes, then a line
+on standard error with the decoding speed (tokens after the first, each one decoding step) and the time the
+prompt took, such as
+
+```
+[100 new tokens, 52.9 tokens/s; prompt of 3 tokens in 0.02 s]
+```
+
+Without a prompt it generates unconditionally, starting from the end-of-text token (id 0), which is how every
+document began during training.
+
+For `--prompt-file` (one prompt per line) it writes one JSON object per prompt,
+`{"prompt": ..., "completion": ..., "prompt_tokens": ..., "new_tokens": ..., "tokens_per_second": ...}`, to
+`--output`, or to standard output when no `--output` is given; then standard output holds nothing but the JSON
+lines. (labml's loading progress bar, which it draws on standard output, appears only when standard output is a
+terminal; otherwise a one-line summary of the loading goes to standard error.)
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, TextIO
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ## The demo model's folder
+#
+# The demo checkpoint is package data of `labml_nn.neox`, so we find it through the installed package rather
+# than relative to this file: the sample then works from any working directory and from an installed wheel.
+def demo_checkpoint() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("labml_nn.neox") / "demo"))
+
+
+# ## Command-line arguments
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Generate text with a GPT-NeoX model (the 20B slim weights, any gpt-neox checkpoint, or a "
+                    "Hugging Face GPT-NeoX folder such as Pythia). With no arguments, the bundled Shakespeare "
+                    "demo model generates unconditionally.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="checkpoint folder (default: the demo model inside the installed package)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--prompt", help="text to continue; without any prompt, generate unconditionally from "
+                                         "the end-of-text token")
+    source.add_argument("--prompt-file", type=Path,
+                        help="a text file with one prompt per line; writes one JSON line per prompt")
+    source.add_argument("--interactive", action="store_true",
+                        help="ask for a prompt, generate, and ask again (an empty line or Ctrl-D quits)")
+    parser.add_argument("--output", type=Path, help="with --prompt-file: write the JSON lines here "
+                                                    "(default: standard output)")
+    parser.add_argument("--max-new-tokens", type=int, default=100, help="the most tokens to generate per prompt")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=0.95,
+                        help="sample only among the most likely tokens whose probabilities add up to p")
+    parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where to run the model")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None,
+                        help="parameter dtype (default: fp16 on CUDA, fp32 on a CPU)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="tokenizer JSON file (default: the one in the checkpoint folder)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow DeepSpeed checkpoint files that pickle arbitrary objects (only files you trust)")
+    args = parser.parse_args(argv)
+    if args.output is not None and args.prompt_file is None:
+        parser.error("--output is for --prompt-file")
+    if args.max_new_tokens < 1:
+        parser.error("--max-new-tokens must be at least 1")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        parser.error("--top-p must be in (0, 1]")
+    if args.dtype is None:
+        args.dtype = "fp16" if str(args.device).startswith("cuda") else "fp32"
+    return args
+
+
+class UsageError(Exception):
+    """Something the user can fix; printed without a traceback."""
+
+
+# ## Loading the model and its tokenizer
+def load(args: argparse.Namespace, progress: bool):
+    from labml_nn.neox.checkpoint import CheckpointError
+    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.tokenizer import load_tokenizer
+
+    checkpoint = args.checkpoint or demo_checkpoint()
+    if not checkpoint.exists():
+        if args.checkpoint is None:
+            raise UsageError(f"The demo model is not installed at {checkpoint}. Reinstall the package "
+                             f"(pip install -e .) or pass --checkpoint PATH.")
+        raise UsageError(f"Checkpoint folder {checkpoint} does not exist. Pass --checkpoint with the folder "
+                         f"holding the 20B slim weights, a gpt-neox checkpoint, or a Hugging Face GPT-NeoX model.")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but PyTorch sees no GPU; use --device cpu")
+    try:
+        generator = LayerGenerator(checkpoint, dtype=DTYPES[args.dtype], device=args.device,
+                                   trust_pickle=args.trust_pickle, progress=progress)
+        tokenizer_path = args.tokenizer or generator.checkpoint.tokenizer_path
+        if tokenizer_path is None:
+            raise UsageError(f"No tokenizer found beside {checkpoint} (20B_tokenizer.json or tokenizer.json); "
+                             f"pass --tokenizer PATH.")
+        model = torch.nn.Sequential(*generator.load())
+        tokenizer = load_tokenizer(tokenizer_path)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    return model, tokenizer
+
+
+# ## Generating for one prompt
+#
+# The prompt is encoded, or replaced by the end-of-text token for unconditional generation, and checked
+# against the model's context length before any work is done. `generate_stream` yields one token `[1]` per
+# step; `on_text` receives each piece of decoded text. The end-of-text token ends the generation and is not
+# printed.
+def complete(model, tokenizer, prompt: str, args: argparse.Namespace, on_text=None) -> dict:
+    from labml_nn.neox.generation import generate_stream
+    from labml_nn.neox.tokenizer import StreamDecoder, encode
+
+    config = model[0].config
+    ids = encode(tokenizer, prompt) if prompt else [config.eos_token_id]
+    if len(ids) >= config.n_ctx:
+        raise UsageError(f"The prompt has {len(ids)} tokens but the model's context is {config.n_ctx}, which "
+                         f"leaves no room to generate; shorten the prompt.")
+    prompt_ids = torch.tensor([ids], device=args.device)
+    decoder = StreamDecoder(tokenizer, skip_special_tokens=True)
+    pieces = []
+    start = time.perf_counter()
+    first_token_at = None
+    n_new = 0
+    for next_ids in generate_stream(model, prompt_ids, args.max_new_tokens, temperature=args.temperature,
+                                    top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                    eos_token_id=config.eos_token_id):
+        token = int(next_ids[0])
+        if first_token_at is None:
+            first_token_at = time.perf_counter()
+        n_new += 1
+        if token == config.eos_token_id:
+            break
+        text = decoder.step(token)
+        pieces.append(text)
+        if on_text is not None and text:
+            on_text(text)
+    end = time.perf_counter()
+    # The first token costs a pass over the whole prompt; the rest are one decoding step each
+    decode_time = end - (first_token_at or end)
+    return {"prompt": prompt, "completion": "".join(pieces), "prompt_tokens": len(ids) if prompt else 0,
+            "new_tokens": n_new, "prompt_seconds": round((first_token_at or end) - start, 4),
+            "tokens_per_second": round((n_new - 1) / decode_time, 2) if n_new > 1 and decode_time > 0 else None}
+
+
+def report(result: dict):
+    # Standard error, so that redirecting standard output keeps only the text
+    speed = result["tokens_per_second"]
+    print(f"[{result['new_tokens']} new tokens{'' if speed is None else f', {speed:.1f} tokens/s'}; "
+          f"prompt of {result['prompt_tokens']} tokens in {result['prompt_seconds']:.2f} s]",
+          file=sys.stderr, flush=True)
+
+
+def stream_to_stdout(text: str):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+# ## The three modes
+def run_one(model, tokenizer, prompt: Optional[str], args):
+    if prompt:
+        stream_to_stdout(prompt)
+    result = complete(model, tokenizer, prompt or "", args, on_text=stream_to_stdout)
+    stream_to_stdout("\n")
+    report(result)
+
+
+def run_interactive(model, tokenizer, args):
+    print("Type a prompt and press Enter; an empty line or Ctrl-D quits.", file=sys.stderr)
+    while True:
+        try:
+            prompt = input("\n> ")
+        except EOFError:
+            break
+        if not prompt.strip():
+            break
+        try:
+            run_one(model, tokenizer, prompt, args)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+
+
+def run_prompt_file(model, tokenizer, args, out: TextIO):
+    try:
+        prompts = [line.rstrip("\n") for line in args.prompt_file.read_text().splitlines()]
+    except FileNotFoundError:
+        raise UsageError(f"Prompt file {args.prompt_file} does not exist.") from None
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise UsageError(f"{args.prompt_file} has no prompts (one per line).")
+    for prompt in prompts:
+        out.write(json.dumps(complete(model, tokenizer, prompt, args)) + "\n")
+        out.flush()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    # labml draws its progress bar on standard output, with terminal escape codes even when the output is
+    # piped. We show it only on a terminal, and never when standard output carries JSON lines; otherwise a
+    # one-line summary goes to standard error.
+    json_to_stdout = args.prompt_file is not None and args.output is None
+    progress = sys.stdout.isatty() and not json_to_stdout
+    try:
+        if args.prompt_file is not None and not args.prompt_file.is_file():
+            raise UsageError(f"Prompt file {args.prompt_file} does not exist.")
+        start = time.perf_counter()
+        model, tokenizer = load(args, progress=progress)
+        if not progress:
+            print(f"[loaded {len(model)} modules ({model[0].config.n_layers} transformer layers) on {args.device} "
+                  f"in {args.dtype} in {time.perf_counter() - start:.1f} s]", file=sys.stderr, flush=True)
+        if args.prompt_file is not None:
+            if json_to_stdout:
+                run_prompt_file(model, tokenizer, args, sys.stdout)
+            else:
+                with open(args.output, "w") as out:
+                    run_prompt_file(model, tokenizer, args, out)
+        elif args.interactive:
+            run_interactive(model, tokenizer, args)
+        else:
+            run_one(model, tokenizer, args.prompt, args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+r"""
+`samples/generate.py`, run as a user runs it: a subprocess, on a tiny two-rank checkpoint with a tiny
+byte-level BPE tokenizer (trained here in milliseconds, so that no file from outside the repository is needed).
+"""
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest.importorskip("transformers")
+
+from helpers import make_tiny_hf_model, write_slim_from_hf  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "generate.py"
+TEXT = ("ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n"
+        "JULIET: O Romeo, Romeo, wherefore art thou Romeo? Deny thy father and refuse thy name.\n") * 4
+
+
+def tiny_tokenizer(path: Path, vocab_size: int = 300):
+    # Byte-level BPE like the 20B tokenizer's, with `<|endoftext|>` as id 0
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|padding|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator([TEXT], trainer)
+    tokenizer.save(str(path))
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sample") / "ckpt"
+    hf = make_tiny_hf_model(vocab_size=320, max_position_embeddings=48)
+    write_slim_from_hf(hf, path, tp=2, tokenizer=False)
+    tiny_tokenizer(path / "20B_tokenizer.json")
+    return path
+
+
+def run(*args, stdin: str = "") -> subprocess.CompletedProcess:
+    # As a user runs it: a fresh interpreter, standard output and error captured (so not a terminal)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONIOENCODING="utf-8")
+    return subprocess.run([sys.executable, str(SAMPLE), *map(str, args)], capture_output=True, text=True,
+                          input=stdin, env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    # The same script imported, for the tests that need no fresh interpreter (each subprocess pays for
+    # importing torch)
+    spec = importlib.util.spec_from_file_location("generate_sample", SAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_help_explains_the_options(sample, capsys):
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--checkpoint", "--prompt-file", "--interactive", "--temperature", "--top-k", "--top-p",
+                   "--seed", "--max-new-tokens", "--device", "--dtype", "demo"):
+        assert option in out
+
+
+def test_greedy_output_is_what_generate_gives_and_the_speed_is_reported(checkpoint):
+    # The sample's text must be the decoding of `generate`'s tokens on the same checkpoint
+    from labml_nn.neox.generation import generate
+    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.tokenizer import encode, load_tokenizer
+
+    tokenizer = load_tokenizer(checkpoint)
+    model = torch.nn.Sequential(*LayerGenerator(checkpoint, progress=False).load())
+    ids = torch.tensor([encode(tokenizer, "JULIET: O")])
+    out = generate(model, ids, 10, temperature=0.0)[0, ids.shape[1]:].tolist()
+    if 0 in out:
+        out = out[:out.index(0)]
+    expected = "JULIET: O" + tokenizer.decode(out)
+
+    result = run("--checkpoint", checkpoint, "--prompt", "JULIET: O", "--max-new-tokens", 10, "--temperature", 0)
+    assert result.returncode == 0, result.stderr
+    # Standard output is not a terminal here, so it holds only the text (no progress bar)
+    assert result.stdout == expected + "\n"
+    assert "tokens/s" in result.stderr and "loaded" in result.stderr
+
+
+def test_a_seed_repeats_a_sample_and_no_prompt_generates_unconditionally(sample, checkpoint, capsys):
+    args = ["--checkpoint", str(checkpoint), "--max-new-tokens", "16", "--seed", "7", "--temperature", "1.0"]
+    assert sample.main(args) == 0
+    first = capsys.readouterr()
+    assert sample.main(args) == 0
+    assert capsys.readouterr().out == first.out
+    assert sample.main(args[:-3] + ["8", "--temperature", "1.0"]) == 0
+    assert capsys.readouterr().out != first.out
+    assert "prompt of 0 tokens" in first.err
+
+
+def test_prompt_file_gives_clean_json_lines(sample, checkpoint, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ROMEO:\nJULIET: O\n\nthe sun\n")
+    result = run("--checkpoint", checkpoint, "--prompt-file", prompts, "--max-new-tokens", 5, "--seed", 0)
+    assert result.returncode == 0, result.stderr
+    # Nothing but JSON on standard output: no progress bars, no ANSI codes
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["prompt"] for r in records] == ["ROMEO:", "JULIET: O", "the sun"]
+    assert all(1 <= r["new_tokens"] <= 5 for r in records)
+
+    out = tmp_path / "out.jsonl"
+    assert sample.main(["--checkpoint", str(checkpoint), "--prompt-file", str(prompts), "--output", str(out),
+                        "--max-new-tokens", "5", "--seed", "0"]) == 0
+    assert [json.loads(line)["completion"] for line in out.read_text().splitlines()] == \
+           [r["completion"] for r in records]
+
+
+def test_interactive_answers_each_prompt_until_an_empty_line(sample, checkpoint, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("ROMEO:\nthe sun\n\n"))
+    assert sample.main(["--checkpoint", str(checkpoint), "--interactive", "--max-new-tokens", "4"]) == 0
+    result = capsys.readouterr()
+    assert "ROMEO:" in result.out and "the sun" in result.out
+    assert result.err.count("tokens/s") == 2
+
+
+def test_bad_input_fails_with_a_message_not_a_traceback(sample, checkpoint, tmp_path, capsys):
+    # `main` returns 2 and prints one line for errors the user can fix (a traceback would end the test)
+    assert sample.main(["--checkpoint", str(tmp_path / "nowhere"), "--prompt", "hi"]) == 2
+    missing = capsys.readouterr().err
+    assert "nowhere" in missing and "--checkpoint" in missing
+
+    assert sample.main(["--checkpoint", str(checkpoint), "--prompt", "ROMEO " * 60]) == 2
+    assert "context is 48" in capsys.readouterr().err
+
+    assert sample.main(["--checkpoint", str(checkpoint), "--prompt-file", str(tmp_path / "none.txt")]) == 2
+    assert "none.txt" in capsys.readouterr().err
