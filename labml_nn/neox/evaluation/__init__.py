@@ -1,0 +1,335 @@
+r"""
+# Evaluating with lm-eval
+
+EleutherAI's [lm-evaluation-harness](https://github.com/EleutherAI/lm-evaluation-harness) (lm-eval) is how
+GPT-NeoX-20B's published numbers were measured, and how most papers report theirs. It holds hundreds of tasks
+(LAMBADA, HellaSwag, PIQA, WinoGrande, ...), and reduces every one of them to three questions it asks a model:
+
+* `loglikelihood(context, continuation)`: $\log P(\text{continuation} \mid \text{context})$, the sum of the
+  log-probabilities of the continuation's tokens, and whether greedy decoding would have produced exactly
+  those tokens. Multiple-choice tasks compare the log-likelihoods of the choices; LAMBADA asks whether the
+  last word is the greedy continuation.
+* `loglikelihood_rolling(text)`: $\log P(\text{text})$ of a whole document, for perplexity. A document longer
+  than the model's context is scored in windows.
+* `generate_until(context, until)`: the text the model generates, up to a stop sequence.
+
+This module answers them for our model: `EvalHarnessAdapter` is an `lm_eval.api.model.LM` over the modules
+of `model.py` (the `nn.Sequential` that `LayerGenerator` gives) and a `tokenizers.Tokenizer`. It works with
+lm-eval 0.4; the adapter of the annotated reference implementation only works with lm-eval 0.2.
+
+```python
+from lm_eval import simple_evaluate
+adapter = EvalHarnessAdapter(model, tokenizer, batch_size=8)
+results = simple_evaluate(model=adapter, tasks=["lambada_openai"])
+```
+
+`python -m labml_nn.neox.evaluation` (in `__main__.py`) does this for a checkpoint from the command line, and
+`tasks.py` defines tasks that read local files, for machines without internet.
+
+## What lm-eval does before it asks us
+
+lm-eval's `TemplateLM` (our base class) tokenizes each `(context, continuation)` pair: it encodes
+`context + continuation` together and splits the tokens after the context's, so that a word is tokenized as
+it would be in running text (the continuation carries its leading space, `" word"`). An empty context is
+replaced by the end-of-text token. We receive token ids and only have to score them, in
+`_loglikelihood_tokens`. We follow lm-eval's own `hf` model (`HFLM`) in every choice that changes a number,
+so that our results equal its results on the same weights; `tests/test_evaluation.py` checks this.
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from lm_eval import utils as lm_eval_utils
+from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import Collator
+from tokenizers import Tokenizer
+
+from labml_nn.neox.generation import context_length, forward, generate_stream
+
+# One scoring request as `TemplateLM` hands it to us: the original strings (or `None` for the windows of a
+# rolling log-likelihood), the context's token ids and the continuation's token ids
+Request = Tuple[Optional[Tuple[str, str]], List[int], List[int]]
+
+
+class EvalHarnessAdapter(TemplateLM):
+    r"""
+    ## The adapter
+
+    * `model`: the modules of `model.py` in order (an `nn.Sequential` or a list), in any dtype (fp32, fp16,
+      bf16) or with LLM.int8 layers, on one device or spread over several.
+    * `tokenizer`: a `tokenizers.Tokenizer` (`tokenizer.load_tokenizer`), or the path of one.
+    * `batch_size`: how many requests run through the model together.
+    * `device`: where input ids are placed; by default the device of the model's first parameter (the
+      embedding). With layers on several GPUs the activations follow the layers.
+    * `max_length`: the longest input in tokens; by default the context the model was trained on, the
+      `n_ctx` of the config its modules carry (2048 for the 20B model).
+    * `max_gen_toks`: how many tokens `generate_until` may produce when the task does not say (256, as HFLM).
+    * `eot_token_id`: the end-of-text token, `0` in the GPT-NeoX tokenizer. It stands in for an empty context,
+      starts a rolling window, pads batches and ends generation.
+    """
+
+    def __init__(self, model: Union[nn.Sequential, Sequence[nn.Module]], tokenizer: Union[Tokenizer, str], *,
+                 batch_size: int = 8, device: Union[str, torch.device, None] = None,
+                 max_length: Optional[int] = None, max_gen_toks: int = 256,
+                 eot_token_id: Optional[int] = None, progress: bool = True):
+        super().__init__()
+        if isinstance(tokenizer, (str, bytes)) or hasattr(tokenizer, "__fspath__"):
+            from labml_nn.neox.tokenizer import load_tokenizer
+            tokenizer = load_tokenizer(tokenizer)
+        modules = list(model)
+        if not modules:
+            raise ValueError("the model has no modules; pass the list (or nn.Sequential) from LayerGenerator")
+        # `nn.Sequential` so that `generation.forward` walks it and a cache can be passed to each module
+        self.model = model if isinstance(model, nn.Sequential) else nn.Sequential(*modules)
+        self.model.eval()
+        self.tokenizer = tokenizer
+        self._batch_size = int(batch_size)
+        self._max_length = max_length or context_length(self.model) or 2048
+        self._max_gen_toks = max_gen_toks
+        self._device = torch.device(device) if device is not None else _first_device(self.model)
+        config = getattr(modules[0], "config", None)
+        self._eot_token_id = eot_token_id if eot_token_id is not None else getattr(config, "eos_token_id", 0)
+        self.progress = progress
+
+    # lm-eval reads these properties
+    @property
+    def eot_token_id(self) -> int:
+        return self._eot_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def tokenizer_name(self) -> str:
+        # lm-eval keys its request cache on this; the vocabulary size tells tokenizers apart well enough
+        return f"neox-tokenizer-{self.tokenizer.get_vocab_size()}"
+
+    # ### Tokens
+    #
+    # The GPT-NeoX tokenizer adds no special tokens around a text, so `add_special_tokens` changes nothing;
+    # we always encode the text alone.
+    def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None, **kwargs) -> List[int]:
+        return self.tokenizer.encode(string, add_special_tokens=False).ids
+
+    def tok_decode(self, tokens: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=skip_special_tokens)
+
+    # ### Scoring continuations
+    @torch.inference_mode()
+    def _loglikelihood_tokens(self, requests: List[Request], disable_tqdm: bool = False,
+                              **kwargs) -> List[Tuple[float, bool]]:
+        r"""
+        For each request, the log-likelihood of the continuation tokens $y_1 \dots y_m$ after the context
+        tokens $x_1 \dots x_n$,
+
+        $$\log P(y \mid x) = \sum_{j=1}^{m} \log \operatorname{softmax}(z_{n+j-1})_{y_j}$$
+
+        where $z_t$ are the logits at position $t$ of the input $x_1 \dots x_n y_1 \dots y_{m-1}$ (the last
+        continuation token is never an input), and whether $y_j = \arg\max z_{n+j-1}$ for every $j$.
+        """
+        # Longest first, as HFLM does: a batch is as long as its first request, so padding is small, and if
+        # the model runs out of memory it does so at the start rather than after an hour.
+        collator = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])))
+        results = []
+        progress = tqdm(total=len(requests), desc="Scoring", disable=disable_tqdm or not self.progress)
+        for batch in collator.get_batched(n=self.batch_size):
+            results += self._score_batch(batch)
+            progress.update(len(batch))
+        progress.close()
+        return collator.get_original(results)
+
+    def _score_batch(self, batch: List[Request]) -> List[Tuple[float, bool]]:
+        r"""
+        #### One batch
+
+        **Truncation.** An input longer than `max_length` loses tokens from the left, exactly as in HFLM:
+        of `context + continuation` we keep the last `max_length + 1` tokens and drop the last one, so the
+        model sees at most `max_length` tokens and the continuation is always scored in full.
+
+        **Padding.** Inputs of different lengths are padded on the right to `[B, T]`. The attention is
+        causal, so the real position $t$ attends only to positions $\le t$, all real: the padding after it
+        cannot change its logits, and we never read the logits at padded positions. No attention mask is
+        needed. (`test_right_padding_does_not_change_scores` checks this.)
+        """
+        inputs = [(context + continuation)[-(self.max_length + 1):][:-1] for _, context, continuation in batch]
+        longest = max(len(x) for x in inputs)
+        ids = torch.full((len(batch), longest), self.eot_token_id, dtype=torch.long)
+        for row, x in enumerate(inputs):
+            ids[row, :len(x)] = torch.tensor(x, dtype=torch.long)
+
+        # `[B, T, V]`, in the model's dtype, on the device of the readout
+        logits = forward(self.model, ids.to(self.device))
+
+        results = []
+        for row, ((strings, _, continuation), x) in enumerate(zip(batch, inputs)):
+            # The logits that predict the continuation: the last `m` positions of this row's real tokens.
+            # The log-softmax is computed in fp32 whatever the model's dtype: in fp16 the sum over 50,000
+            # exponentials loses digits that change perplexities in the third decimal.
+            m = len(continuation)
+            log_probs = F.log_softmax(logits[row, len(x) - m:len(x)].float(), dim=-1)  # `[m, V]`
+            target = torch.tensor(continuation, device=log_probs.device)
+            log_likelihood = float(log_probs.gather(-1, target[:, None]).sum())
+            is_greedy = bool((log_probs.argmax(dim=-1) == target).all())
+            results.append((log_likelihood, is_greedy))
+            if strings is not None:
+                # lm-eval's optional request cache (`--use_cache`) stores each answer through this hook
+                self.cache_hook.add_partial("loglikelihood", strings, (log_likelihood, is_greedy))
+        return results
+
+    # ### The log-likelihood of whole documents
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> List[float]:
+        r"""
+        $\log P(\text{document})$ for perplexity and bits per byte. A document of $N$ tokens is cut into
+        windows of at most `max_length` predicted tokens; lm-eval's `get_rolling_token_windows` gives, for a
+        window length $L$,
+
+        * the first window: input `[eot, t_1 ... t_{L-1}]`, predicting $t_1 \dots t_L$ (the end-of-text token
+          stands for "start of a document");
+        * each later window: the $L$ tokens before its last prediction as input, predicting only the tokens
+          not yet predicted, so each token is predicted once, with as much context as fits.
+
+        `make_disjoint_window` splits each window into a (context, continuation) pair, and we score all windows
+        of all documents as one list of requests, so they are batched and sorted together. The document's
+        log-likelihood is the sum over its windows.
+        """
+        windows, owners = [], []
+        for index, request in enumerate(requests):
+            (text,) = request.args
+            for window in lm_eval_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(text), prefix_token=self.eot_token_id,
+                    max_seq_len=self.max_length, context_len=1):
+                context, continuation = lm_eval_utils.make_disjoint_window(window)
+                windows.append((None, context, continuation))
+                owners.append(index)
+        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        totals = [0.0] * len(requests)
+        for index, (log_likelihood, _) in zip(owners, scores):
+            totals[index] += log_likelihood
+        for request, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+        return totals
+
+    # ### Generating
+    def generate_until(self, requests, disable_tqdm: bool = False) -> List[str]:
+        r"""
+        Greedy (or sampled) continuations of each context, cut at the first of the request's stop sequences
+        `until`. The end-of-text token always stops generation too, and at most `max_gen_toks` tokens are
+        generated (from the request's options, or this adapter's default).
+
+        The context is left-truncated to `max_length - max_gen_toks` tokens, leaving room for the new ones.
+        Each batch is generated with `generation.generate_stream` and its KV cache; a row stops when it has
+        produced end-of-text or one of the stop sequences appears in its text, and the batch stops when every
+        row has.
+
+        Generation cannot use right padding (the next token of a short row would be predicted after padding),
+        and our model has no attention mask for left padding, so only contexts with the same number of tokens
+        share a batch.
+        """
+        encoded = [(self.tok_encode(context), context, options) for context, options in
+                   (request.args for request in requests)]
+        # Group by the options (greedy and sampled requests never share a batch) and by length, longest first
+        collator = Collator(encoded, sort_fn=lambda r: (-len(r[0]), r[1]), group_by="gen_kwargs",
+                            group_fn=lambda r: _options_key(r[2]))
+        results = []
+        progress = tqdm(total=len(requests), desc="Generating", disable=disable_tqdm or not self.progress)
+        for batch in collator.get_batched(n=self.batch_size):
+            results += self._generate_batch(batch)
+            progress.update(len(batch))
+        progress.close()
+        return collator.get_original(results)
+
+    def _generate_batch(self, batch) -> List[str]:
+        options = _normalise_options(batch[0][2], self.max_gen_toks)
+        max_new = options["max_gen_toks"]
+        # The end-of-text token's text ends generation too, as in HFLM
+        until = options["until"] + [self.tok_decode([self.eot_token_id], skip_special_tokens=False)]
+        room = self.max_length - max_new
+        if room <= 0:
+            raise ValueError(f"max_gen_toks={max_new} leaves no room for a context in max_length="
+                             f"{self.max_length}; lower max_gen_toks")
+        # Left truncation; an empty context becomes the end-of-text token
+        prompts = [(ids[-room:] or [self.eot_token_id]) for ids, _, _ in batch]
+
+        texts: Dict[int, str] = {}
+        by_length: Dict[int, List[int]] = {}
+        for row, prompt in enumerate(prompts):
+            by_length.setdefault(len(prompt), []).append(row)
+        for rows in by_length.values():
+            prompt_ids = torch.tensor([prompts[r] for r in rows], dtype=torch.long, device=self.device)
+            for row, text in zip(rows, self._generate(prompt_ids, max_new, until, options)):
+                texts[row] = text
+        return [texts[row] for row in range(len(batch))]
+
+    def _generate(self, prompt_ids: torch.Tensor, max_new: int, until: List[str], options: dict) -> List[str]:
+        new_tokens: List[List[int]] = [[] for _ in range(prompt_ids.shape[0])]
+        done = [False] * prompt_ids.shape[0]
+        stream = generate_stream(self.model, prompt_ids, max_new, temperature=options["temperature"],
+                                 top_k=options.get("top_k"), top_p=options.get("top_p"),
+                                 eos_token_id=self.eot_token_id, max_len=prompt_ids.shape[1] + max_new)
+        for next_ids in stream:
+            for row, token in enumerate(next_ids.tolist()):
+                if done[row]:
+                    continue
+                if token == self.eot_token_id:
+                    done[row] = True
+                    continue
+                new_tokens[row].append(token)
+                # Decoding the whole continuation each step is simple and cheap next to a forward pass
+                if any(stop and stop in self.tok_decode(new_tokens[row]) for stop in until):
+                    done[row] = True
+            if all(done):
+                break
+        # The text up to (without) the first stop sequence
+        texts = []
+        for tokens in new_tokens:
+            text = self.tok_decode(tokens)
+            for stop in until:
+                if stop:
+                    text = text.split(stop)[0]
+            texts.append(text)
+        return texts
+
+
+def _first_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _options_key(options: dict) -> str:
+    # Options are dictionaries (unhashable); the Collator groups by this string
+    return repr(sorted(options.items())) if options else ""
+
+
+def _normalise_options(options: Optional[dict], default_max_gen_toks: int) -> dict:
+    r"""
+    The generation options of a task (`generation_kwargs` in its YAML), read the way HFLM reads them:
+    `until` a string or a list, `max_gen_toks` (or `max_new_tokens`), and sampling only with `do_sample` and a
+    temperature above 0; otherwise greedy.
+    """
+    options = dict(options or {})
+    until = options.get("until") or []
+    until = [until] if isinstance(until, str) else list(until)
+    max_gen_toks = int(options.get("max_gen_toks") or options.get("max_new_tokens") or default_max_gen_toks)
+    temperature = float(options.get("temperature") or 0.0)
+    if not options.get("do_sample", temperature > 0):
+        temperature = 0.0
+    return {"until": until, "max_gen_toks": max_gen_toks, "temperature": temperature,
+            "top_k": options.get("top_k"), "top_p": options.get("top_p")}

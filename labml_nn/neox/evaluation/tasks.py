@@ -1,0 +1,135 @@
+r"""
+# Tasks from local files
+
+lm-eval's tasks download their documents from the Hugging Face Hub the first time they run. On a machine
+without internet (a cluster's compute nodes, or the machines this project was built on), a task must read
+a local file instead. lm-eval supports this: a task's YAML may say `dataset_path: json` and name the file in
+`dataset_kwargs.data_files`, and `TaskManager(include_path=folder)` adds the YAML files of a folder to the
+tasks it knows.
+
+We ship two such task definitions in `task_configs/`:
+
+| task | what it is | file it reads |
+|---|---|---|
+| `lambada_openai_local` | lm-eval's `lambada_openai`, word for word: context, target word with its leading space, `perplexity` and `acc` | `lambada_test.jsonl`, lines of `{"text": ...}` |
+| `text_local` | held-out text scored like lm-eval's `wikitext`: word and byte perplexity, bits per byte | your documents |
+
+The path of the file is only known at run time, so `write_local_tasks` copies the YAML into a temporary
+folder with the user's path filled in, and returns the folder for `TaskManager`.
+
+Even with local files, the `datasets` library tries the network unless told not to. `go_offline` sets
+`HF_DATASETS_OFFLINE=1` and `HF_HUB_OFFLINE=1`, which must happen before `datasets` is imported, or be
+patched into its config afterwards, as we do.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import yaml
+
+# The folder of task YAML templates shipped with the package
+CONFIG_DIR = Path(__file__).parent / "task_configs"
+LAMBADA_TASK = "lambada_openai_local"
+TEXT_TASK = "text_local"
+LOCAL_TASKS = (LAMBADA_TASK, TEXT_TASK)
+
+PathLike = Union[str, Path]
+
+
+def go_offline():
+    r"""
+    Stop `datasets` and `huggingface_hub` from reaching the network. They read these variables when they are
+    imported; if they already are, we set the flags they copied the variables into.
+    """
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "datasets" in sys.modules:
+        import datasets.config
+        datasets.config.HF_DATASETS_OFFLINE = True
+        datasets.config.HF_HUB_OFFLINE = True
+    if "huggingface_hub" in sys.modules:
+        import huggingface_hub.constants
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def write_local_tasks(out_dir: PathLike, *, lambada_file: Optional[PathLike] = None,
+                      text_files: Optional[Sequence[PathLike]] = None,
+                      cache_dir: Optional[PathLike] = None) -> List[str]:
+    r"""
+    Write the YAML of the local tasks whose files are given into `out_dir`, and return their names. Pass
+    `out_dir` to `TaskManager(include_path=...)`.
+
+    * `lambada_file`: the LAMBADA (OpenAI) test set as JSON lines, `{"text": ...}` per line.
+    * `text_files`: held-out text: one `.jsonl` file of `{"text": ...}` documents, or any number of plain text
+      files, each one document.
+    * `cache_dir`: where `datasets` keeps its prepared copy of the files (by default its own cache folder).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if lambada_file is not None:
+        path = _check_jsonl(lambada_file, "LAMBADA file",
+                            "It is lambada_test.jsonl, the file lm-eval's lambada_openai task reads "
+                            "(5,153 lines of {\"text\": ...}); pass its path with --lambada-file.")
+        _write_task(LAMBADA_TASK, path, out_dir, cache_dir)
+        written.append(LAMBADA_TASK)
+    if text_files:
+        path = _text_documents(text_files, out_dir)
+        _write_task(TEXT_TASK, path, out_dir, cache_dir)
+        written.append(TEXT_TASK)
+    return written
+
+
+def _write_task(name: str, data_file: Path, out_dir: Path, cache_dir: Optional[PathLike]):
+    # Our templates use no lm-eval YAML extensions (`!function`), so plain PyYAML reads and writes them
+    config = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    config["dataset_kwargs"]["data_files"] = {"test": str(data_file.resolve())}
+    if cache_dir is not None:
+        config["dataset_kwargs"]["cache_dir"] = str(cache_dir)
+    (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _check_jsonl(path: PathLike, what: str, hint: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist. {hint}")
+    with path.open() as f:
+        first = f.readline()
+    try:
+        if "text" not in json.loads(first):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{what} {path} is not JSON lines of {{\"text\": ...}}: its first line is "
+                         f"{first[:80]!r}. {hint}") from None
+    return path
+
+
+def _text_documents(paths: Sequence[PathLike], out_dir: Path) -> Path:
+    r"""
+    One `.jsonl` file is used as it is. Plain text files become one document each, written to
+    `out_dir/documents.jsonl`.
+    """
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1 and paths[0].suffix == ".jsonl":
+        return _check_jsonl(paths[0], "Text file", "Give a .jsonl file of {\"text\": ...} lines or .txt files.")
+    documents = out_dir / "documents.jsonl"
+    with documents.open("w") as out:
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"Text file {path} does not exist")
+            out.write(json.dumps({"text": path.read_text(encoding="utf-8")}) + "\n")
+    return documents
+
+
+def task_manager(include_path: Optional[PathLike] = None, include_defaults: bool = True):
+    r"""
+    lm-eval's `TaskManager`, knowing the local tasks written to `include_path` and, with `include_defaults`,
+    lm-eval's built-in tasks. Indexing the built-in tasks reads thousands of YAML files (about 15 s); when
+    only local tasks run, leave them out.
+    """
+    from lm_eval.tasks import TaskManager
+    return TaskManager(include_path=str(include_path) if include_path is not None else None,
+                       include_defaults=include_defaults)

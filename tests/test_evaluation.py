@@ -1,0 +1,280 @@
+r"""
+Our lm-eval adapter gives the numbers lm-eval's own Hugging Face model (`HFLM`) gives on the same weights.
+
+A tiny random GPT-NeoX is built in transformers, its weights copied into our modules, and a tiny byte-level
+BPE tokenizer is trained here on a few sentences. Both models then answer the same lm-eval requests: LAMBADA
+through `simple_evaluate` and our local task (a synthetic file always; the first documents of the real file
+when `../shared/data/lambada_test.jsonl` is present), rolling log-likelihoods of long documents, and
+generation with stop sequences. The model's context is short (64 tokens) so that truncation and rolling
+windows happen often.
+"""
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("lm_eval")
+pytest.importorskip("accelerate")  # lm-eval's HFLM imports it
+
+from lm_eval import simple_evaluate  # noqa: E402
+from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.models.huggingface import HFLM  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+
+from labml_nn.neox.config import NeoXConfig  # noqa: E402
+from labml_nn.neox.evaluation import EvalHarnessAdapter  # noqa: E402
+from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, go_offline, task_manager, write_local_tasks  # noqa: E402
+from labml_nn.neox.model import build_layers  # noqa: E402
+
+# Per-request log-likelihoods of the two implementations agree to this (fp32; they differ by ~1e-5)
+TOLERANCE = 1e-3
+N_CTX = 64
+REAL_LAMBADA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lambada_test.jsonl"
+WORDS = ("the of and to in is it that was he for on are with as his they at be this from have or by one had not "
+         "but what all were when we there can an your which their said if do will each about how up out them then "
+         "she many some so these would other into has more her two like him see time could no make than first "
+         "been its who now people my made over did down only way find use may water long little very after words "
+         "called just where most know").split()
+
+
+def words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+@pytest.fixture(scope="module")
+def tokenizers_(tmp_path_factory):
+    r"""
+    A byte-level BPE tokenizer like GPT-NeoX's (id 0 `<|endoftext|>`, id 1 `<|padding|>`), 300 ids, and the
+    same file wrapped for transformers.
+    """
+    rng = random.Random(0)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|padding|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator([words(rng, 30) + "." for _ in range(200)], trainer)
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    tokenizer.save(str(path))
+    hf_tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token="<|endoftext|>",
+                                                        bos_token="<|endoftext|>", pad_token="<|padding|>")
+    return tokenizer, hf_tokenizer
+
+
+@pytest.fixture(scope="module")
+def models_(tokenizers_):
+    """A random transformers GPT-NeoX and our modules holding the same weights."""
+    tokenizer, _ = tokenizers_
+    torch.manual_seed(0)
+    hf = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=256, rotary_pct=0.25, max_position_embeddings=N_CTX, hidden_act="gelu_fast",
+        use_parallel_residual=True, eos_token_id=0, bos_token_id=0, tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name and name.endswith("weight")
+                    else 0.2 * torch.randn_like(p))
+    return hf, ours_from_hf(hf)
+
+
+def ours_from_hf(hf) -> torch.nn.Sequential:
+    # The checkpoint names after `gpt_neox.layers.N.` are ours; the embedding, final norm and readout are renamed
+    state = hf.state_dict()
+    layers = build_layers(NeoXConfig.from_hf_config(hf.config.to_dict()))
+    layers[0].load_state_dict({"word_embeddings.weight": state["gpt_neox.embed_in.weight"]})
+    for i, layer in enumerate(layers[1:-2]):
+        prefix = f"gpt_neox.layers.{i}."
+        layer.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                               if k.startswith(prefix) and "rotary_emb" not in k})
+    layers[-2].load_state_dict({"norm.weight": state["gpt_neox.final_layer_norm.weight"],
+                                "norm.bias": state["gpt_neox.final_layer_norm.bias"]})
+    readout = state["lm_head.weight"] if "lm_head.weight" in state else state["embed_out.weight"]
+    layers[-1].load_state_dict({"final_linear.weight": readout})
+    return torch.nn.Sequential(*layers).eval()
+
+
+@pytest.fixture(scope="module")
+def lms(models_, tokenizers_):
+    hf, ours = models_
+    tokenizer, hf_tokenizer = tokenizers_
+    reference = HFLM(pretrained=hf, tokenizer=hf_tokenizer, batch_size=4)
+    return EvalHarnessAdapter(ours, tokenizer, batch_size=4, progress=False), reference
+
+
+def synthetic_lambada(path: Path, hf, tokenizer, n_docs: int = 24) -> Path:
+    r"""
+    LAMBADA-like documents whose last word is, for half of them, the reference model's greedy next token (a
+    single token `" word"`), and a random word for the others, so that accuracy is neither 0 nor 1 and the
+    greedy flags are tested both ways. A few documents are longer than the context.
+    """
+    rng = random.Random(1)
+    contexts = [words(rng, rng.choice([10, 20, 30, 80])) for _ in range(20 * n_docs)]
+    # The reference model's next token after each context, in one right-padded batch
+    ids = [tokenizer.encode(c).ids[-N_CTX:] for c in contexts]
+    batch = torch.tensor([x + [0] * (N_CTX - len(x)) for x in ids])
+    with torch.no_grad():
+        logits = hf(batch).logits
+    greedy, other = [], []
+    for context, x, row in zip(contexts, ids, logits):
+        best = tokenizer.decode([int(row[len(x) - 1].argmax())])
+        if best.startswith(" ") and best[1:].isalpha():
+            greedy.append(context + best)
+        else:
+            other.append(context + " " + rng.choice(WORDS))
+    assert len(greedy) >= n_docs // 2 and len(other) >= n_docs // 2
+    with path.open("w") as f:
+        for text in [d for pair in zip(greedy[:n_docs // 2], other) for d in pair]:
+            f.write(json.dumps({"text": text}) + "\n")
+    return path
+
+
+def lambada_files(tmp_path, hf, tokenizer):
+    yield "synthetic", synthetic_lambada(tmp_path / "synthetic.jsonl", hf, tokenizer)
+    if REAL_LAMBADA.is_file():
+        real = tmp_path / "real.jsonl"
+        with REAL_LAMBADA.open() as f:
+            real.write_text("".join(f.readline() for _ in range(30)))
+        yield "real", real
+
+
+def test_lambada_through_simple_evaluate_matches_hf_model(lms, models_, tokenizers_, tmp_path):
+    ours, reference = lms
+    go_offline()
+    checked = []
+    for name, data in lambada_files(tmp_path, models_[0], tokenizers_[0]):
+        task_dir = tmp_path / name
+        write_local_tasks(task_dir, lambada_file=data, cache_dir=tmp_path / "cache")
+        tasks = task_manager(task_dir, include_defaults=False)
+        runs = [simple_evaluate(model=lm, tasks=[LAMBADA_TASK], task_manager=tasks, log_samples=True,
+                                bootstrap_iters=0) for lm in (ours, reference)]
+        # Per document: the log-likelihood of the last word and whether it is the greedy continuation
+        got, expected = [[s["resps"][0][0] for s in sorted(run["samples"][LAMBADA_TASK], key=lambda s: s["doc_id"])]
+                         for run in runs]
+        assert len(got) == len(expected) == sum(1 for _ in data.open())
+        for (ll, greedy), (ll_ref, greedy_ref) in zip(got, expected):
+            assert abs(ll - ll_ref) <= TOLERANCE
+            assert greedy == greedy_ref
+        # The aggregates: accuracy exactly, perplexity to the same relative tolerance
+        metrics, metrics_ref = [run["results"][LAMBADA_TASK] for run in runs]
+        assert metrics["acc,none"] == metrics_ref["acc,none"]
+        assert metrics["perplexity,none"] == pytest.approx(metrics_ref["perplexity,none"], rel=TOLERANCE)
+        checked.append((name, metrics["acc,none"]))
+    # The synthetic file has greedy and non-greedy last words, so the accuracy is strictly between 0 and 1
+    assert 0 < checked[0][1] < 1
+
+
+def test_right_padding_does_not_change_scores(lms):
+    # Batched with right padding (batch 4, lengths 3 to 40) and one request at a time give the same numbers
+    ours, _ = lms
+    rng = random.Random(2)
+    requests = [Instance("loglikelihood", {}, (words(rng, n), " " + rng.choice(WORDS)), i)
+                for i, n in enumerate([2, 30, 5, 17, 9, 25, 1, 12])]
+    batched = ours.loglikelihood(requests)
+    one_by_one = EvalHarnessAdapter(ours.model, ours.tokenizer, batch_size=1, progress=False).loglikelihood(requests)
+    for (ll, greedy), (ll_one, greedy_one) in zip(batched, one_by_one):
+        assert ll == pytest.approx(ll_one, abs=1e-5)
+        assert greedy == greedy_one
+
+
+def test_greedy_continuation_tokens_are_flagged_greedy(lms, models_):
+    # Continuations that the reference model generates greedily are greedy for our adapter; change one token
+    # and they are not
+    ours, _ = lms
+    hf, _ = models_
+    rng = random.Random(3)
+    requests = []
+    for n in (3, 8, 20):
+        context = ours.tok_encode(words(rng, n))
+        continuation = hf.generate(torch.tensor([context]), max_new_tokens=4, do_sample=False,
+                                   pad_token_id=1)[0, len(context):].tolist()
+        requests.append((None, context, continuation))
+        requests.append((None, context, continuation[:-1] + [(continuation[-1] + 1) % 300]))
+    flags = [greedy for _, greedy in ours._loglikelihood_tokens(requests)]
+    assert flags == [True, False] * 3
+
+
+def test_long_contexts_are_truncated_from_the_left_like_hflm(lms):
+    # Contexts of up to 4 windows: both keep the last N_CTX tokens of context + continuation
+    ours, reference = lms
+    rng = random.Random(4)
+    requests = [Instance("loglikelihood", {}, (words(rng, n), " " + words(rng, 2)), i)
+                for i, n in enumerate([40, 100, 200])]
+    assert max(len(ours.tok_encode(r.args[0])) for r in requests) > 3 * N_CTX
+    for (ll, greedy), (ll_ref, greedy_ref) in zip(ours.loglikelihood(requests), reference.loglikelihood(requests)):
+        assert abs(ll - ll_ref) <= TOLERANCE and greedy == greedy_ref
+
+
+def test_rolling_loglikelihood_is_the_sum_of_token_log_probs(lms, models_):
+    r"""
+    Computed directly from the reference model: token $t_j$ is predicted once, from at most `N_CTX` inputs
+    ending at $t_{j-1}$, in windows of `N_CTX` predictions (the first input starting with end-of-text).
+    """
+    ours, _ = lms
+    hf, _ = models_
+    rng = random.Random(5)
+    texts = [words(rng, 5), words(rng, 40), words(rng, 300)]
+    expected = []
+    for text in texts:
+        tokens = ours.tok_encode(text)
+        padded = [0] + tokens
+        total = 0.0
+        for start in range(0, len(tokens), N_CTX):
+            end = min(start + N_CTX, len(tokens))
+            inputs = padded[max(0, end - N_CTX):end]
+            with torch.no_grad():
+                log_probs = hf(torch.tensor([inputs])).logits[0].double().log_softmax(-1)
+            predicted = torch.tensor(tokens[start:end])
+            total += float(log_probs[-len(predicted):].gather(-1, predicted[:, None]).sum())
+        expected.append(total)
+    assert len(ours.tok_encode(texts[-1])) > 3 * N_CTX
+    got = ours.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)])
+    for value, reference in zip(got, expected):
+        assert value == pytest.approx(reference, abs=TOLERANCE * max(1.0, abs(reference) / 100))
+
+
+def test_generate_until_stops_at_stop_sequences_and_max_gen_toks(lms, models_):
+    ours, reference = lms
+    hf, _ = models_
+    rng = random.Random(6)
+    contexts = [words(rng, n) for n in (4, 4, 9, 15)]
+
+    def generate(lm, stops, max_gen_toks):
+        return lm.generate_until([Instance("generate_until", {}, (c, {"until": s, "max_gen_toks": max_gen_toks}), i)
+                                  for i, (c, s) in enumerate(zip(contexts, stops))])
+
+    free = generate(ours, [[]] * len(contexts), 24)
+    assert free == generate(reference, [[]] * len(contexts), 24)
+    # A stop sequence from the middle of each free generation: the text now ends right before its first
+    # occurrence
+    stops = [[text[len(text) // 2:len(text) // 2 + 2]] for text in free]
+    cut = generate(ours, stops, 24)
+    for text, (stop,), short in zip(free, stops, cut):
+        assert stop and stop in text and stop not in short
+        assert short == text.split(stop)[0]
+    assert cut == generate(reference, stops, 24)
+    # At most `max_gen_toks` tokens: the 5 tokens the reference model generates greedily
+    short = generate(ours, [[]] * len(contexts), 5)
+    for context, text, full in zip(contexts, short, free):
+        ids = torch.tensor([ours.tok_encode(context)])
+        expected = hf.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=1)[0, ids.shape[1]:]
+        assert text == ours.tok_decode(expected.tolist()) and len(text) < len(full)
+
+
+def test_half_precision_models_score_close_to_fp32(lms, models_):
+    ours, _ = lms
+    rng = random.Random(7)
+    requests = [Instance("loglikelihood", {}, (words(rng, n), " " + rng.choice(WORDS)), i)
+                for i, n in enumerate([3, 10, 30])]
+    full = ours.loglikelihood(requests)
+    for dtype in (torch.bfloat16, torch.float16):
+        half = EvalHarnessAdapter(ours_from_hf(models_[0]).to(dtype), ours.tokenizer, progress=False)
+        for (ll, _), (ll_half, _) in zip(full, half.loglikelihood(requests)):
+            assert isinstance(ll_half, float)
+            assert ll_half == pytest.approx(ll, rel=0.05, abs=0.1)
