@@ -1,0 +1,423 @@
+"""
+Tests of the website: the annotating parser of `docs/hooks/annotate.py` on tricky sources, and the built site.
+
+The site is built twice, once per session (`build_site`, shared with `test_docs_browser.py`):
+
+* `"real"`: this repository, exactly as `mkdocs build --strict` builds it;
+* `"fixture"`: the same `mkdocs.yml`, hook and `docs/`, but with the package and samples replaced by the
+  fixed sources in `tests/fixtures/docs/project/`, so that checks of layout and maths do not depend on what
+  the package's modules happen to contain.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import html as html_lib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_PROJECT = ROOT / "tests" / "fixtures" / "docs" / "project"
+TRICKY = FIXTURE_PROJECT / "labml_nn" / "neox" / "tricky.py"
+
+
+def load_hook():
+    """`docs/hooks/annotate.py` as a module (it is not inside a package)."""
+    if "docs_hook_annotate" in sys.modules:
+        return sys.modules["docs_hook_annotate"]
+    spec = importlib.util.spec_from_file_location("docs_hook_annotate", ROOT / "docs" / "hooks" / "annotate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["docs_hook_annotate"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building the site
+# ---------------------------------------------------------------------------------------------------------------
+
+def _source_modules(root: Path) -> list[str]:
+    package = sorted(p.relative_to(root).as_posix() for p in (root / "labml_nn" / "neox").rglob("*.py")
+                     if "__pycache__" not in p.parts)
+    samples = sorted(p.relative_to(root).as_posix() for p in (root / "samples").glob("*.py"))
+    return package + samples
+
+
+def _page_html(site: Path, module_path: str) -> Path:
+    stem = module_path[:-3]
+    if stem.endswith("/__init__"):
+        stem = stem[: -len("/__init__")]
+    return site / stem / "index.html"
+
+
+@functools.cache
+def build_site(kind: str) -> Path:
+    """Build the site once per test session into a temporary folder; returns the folder."""
+    if shutil.which("mkdocs") is None and importlib.util.find_spec("mkdocs") is None:
+        pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
+    tmp = Path(tempfile.mkdtemp(prefix=f"neox-docs-{kind}-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    if kind == "real":
+        project = ROOT
+    else:
+        # the real machinery (config, hook, docs) over fixed sources
+        project = tmp / "project"
+        project.mkdir()
+        shutil.copy(ROOT / "mkdocs.yml", project / "mkdocs.yml")
+        (project / "docs").symlink_to(ROOT / "docs", target_is_directory=True)
+        for name in ("labml_nn", "samples"):
+            (project / name).symlink_to(FIXTURE_PROJECT / name, target_is_directory=True)
+    site = tmp / "site"
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
+                            cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    return site
+
+
+@pytest.fixture(scope="session")
+def real_site() -> Path:
+    return build_site("real")
+
+
+@pytest.fixture(scope="session")
+def fixture_site() -> Path:
+    return build_site("fixture")
+
+
+class _Page(HTMLParser):
+    """Collects, from one HTML page, what the checks need: text outside maths and code, resources, sections."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[tuple[str, set[str]]] = []
+        self.plain_text: list[str] = []      # text outside .arithmatex, code, pre, script, style, svg
+        self.resources: list[tuple[str, str]] = []   # (tag, url) of scripts, stylesheets, images, icons
+        self.sections = 0
+        self.sections_with_prose_and_code = 0
+        self.arithmatex = 0
+
+    def _skipping(self) -> bool:
+        for tag, classes in self.stack:
+            if tag in ("code", "pre", "script", "style", "svg", "textarea") or "arithmatex" in classes:
+                return True
+        return False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        classes = set((attrs.get("class") or "").split())
+        if tag == "script" and attrs.get("src"):
+            self.resources.append((tag, attrs["src"]))
+        if tag == "link" and ({"stylesheet", "icon", "preload", "modulepreload"} & set((attrs.get("rel") or "").split())):
+            self.resources.append((tag, attrs.get("href", "")))
+        if tag in ("img", "source", "iframe", "video", "audio") and attrs.get("src"):
+            self.resources.append((tag, attrs["src"]))
+        if "ann-section" in classes:
+            self.sections += 1
+            if "ann-no-prose" not in classes and "ann-no-code" not in classes:
+                self.sections_with_prose_and_code += 1
+        if "arithmatex" in classes:
+            self.arithmatex += 1
+        if tag not in self.VOID:
+            self.stack.append((tag, classes))
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        if tag not in self.VOID:
+            self.stack.pop()
+
+    def handle_endtag(self, tag):
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i][0] == tag:
+                del self.stack[i:]
+                break
+
+    def handle_data(self, data):
+        if not self._skipping():
+            self.plain_text.append(data)
+
+
+def parse_page(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def _external(url: str) -> bool:
+    return bool(re.match(r"^(https?:)?//", url.strip(), re.I))
+
+
+RAW_LATEX = re.compile(r"\$\$|\\frac|\\begin\{|\\end\{|\\sqrt|\\theta|\\operatorname|\\left|\\right")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The built site
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_every_module_and_sample_has_a_page(real_site):
+    modules = _source_modules(ROOT)
+    assert modules, "no modules found"
+    missing = [m for m in modules if not _page_html(real_site, m).is_file()]
+    assert not missing, f"modules without an annotated page: {missing}"
+
+
+def test_every_module_page_shows_sections_of_code_with_real_line_numbers(real_site):
+    for module in _source_modules(ROOT):
+        text = _page_html(real_site, module).read_text(encoding="utf-8")
+        source_lines = (ROOT / module).read_text(encoding="utf-8").splitlines()
+        if not any(s.code for s in load_hook().parse("\n".join(source_lines)).sections):
+            continue  # a docstring-only `__init__.py`
+        lines = re.findall(r'<span class="ann-line[^"]*" data-ln="(\d+)">(.*?)</span>\n', text)
+        assert lines, f"{module}: no code lines on its page"
+        for number, line_html in lines:
+            shown = html_lib.unescape(re.sub(r"<[^>]+>", "", line_html))
+            assert shown == source_lines[int(number) - 1].expandtabs(4), f"{module}: line {number} differs"
+
+
+def test_fixture_pages_have_sections_with_prose_beside_code(fixture_site):
+    page = parse_page(fixture_site / "labml_nn" / "neox" / "tricky" / "index.html")
+    assert page.sections >= 10
+    assert page.sections_with_prose_and_code >= 8
+    sample = parse_page(fixture_site / "samples" / "demo" / "index.html")
+    assert sample.sections_with_prose_and_code >= 1
+    text = (fixture_site / "samples" / "demo" / "index.html").read_text(encoding="utf-8")
+    assert "How to run" in text and "What it prints" in text
+
+
+def test_real_module_pages_have_sections_with_prose_beside_code(real_site):
+    pages = [parse_page(_page_html(real_site, m)) for m in _source_modules(ROOT)]
+    assert sum(p.sections_with_prose_and_code for p in pages) >= 1
+
+
+@pytest.mark.parametrize("kind", ["real", "fixture"])
+def test_no_raw_latex_outside_math(kind):
+    site = build_site(kind)
+    bad = {}
+    for path in site.rglob("*.html"):
+        text = "".join(parse_page(path).plain_text)
+        found = sorted(set(RAW_LATEX.findall(text)))
+        if found:
+            bad[str(path.relative_to(site))] = found
+    assert not bad, f"LaTeX left as plain text (outside .arithmatex): {bad}"
+
+
+def test_fixture_maths_is_marked_for_katex_in_intro_and_in_side_by_side_prose(fixture_site):
+    text = (fixture_site / "labml_nn" / "neox" / "tricky" / "index.html").read_text(encoding="utf-8")
+    intro = text[text.index('class="ann-intro"'):text.index('class="ann-sections"')]
+    assert intro.count('class="arithmatex"') >= 3, "inline, display and align maths of the module docstring"
+    assert r"\begin{align}" in intro
+    assert re.search(r'<div class="ann-docs">.*?<span class="arithmatex">\\\(\\theta_i = b\^\{-2i/d\}\\\)</span>',
+                     text, re.S), "maths in a docstring beside its code"
+
+
+@pytest.mark.parametrize("kind", ["real", "fixture"])
+def test_no_external_resources(kind):
+    site = build_site(kind)
+    bad = []
+    for path in site.rglob("*.html"):
+        for tag, url in parse_page(path).resources:
+            if _external(url):
+                bad.append(f"{path.relative_to(site)}: <{tag}> {url}")
+    for path in site.rglob("*.css"):
+        for url in re.findall(r"url\(\s*['\"]?([^'\")]+)", path.read_text(encoding="utf-8", errors="replace")):
+            if _external(url):
+                bad.append(f"{path.relative_to(site)}: url({url})")
+        assert "@import" not in path.read_text(encoding="utf-8", errors="replace") or path.name.startswith("main")
+    assert not bad, "resources loaded from outside the site:\n" + "\n".join(bad)
+
+
+def test_katex_fonts_are_vendored(real_site):
+    css = (real_site / "assets" / "katex" / "katex.min.css").read_text(encoding="utf-8")
+    fonts = re.findall(r"url\(([^)]+)\)", css)
+    assert fonts and all(f.endswith(".woff2") for f in fonts)
+    for font in fonts:
+        assert (real_site / "assets" / "katex" / font).is_file(), font
+
+
+def test_pages_link_to_api_reference_and_back(fixture_site):
+    page = (fixture_site / "labml_nn" / "neox" / "tricky" / "index.html").read_text(encoding="utf-8")
+    assert 'href="../../../reference/labml_nn/neox/tricky/#labml_nn.neox.tricky.Outer.Inner.value"' in page
+    api = (fixture_site / "reference" / "labml_nn" / "neox" / "tricky" / "index.html").read_text(encoding="utf-8")
+    assert 'id="labml_nn.neox.tricky.Outer"' in api
+    assert 'href="../../../../labml_nn/neox/tricky/#src-Outer.Inner.value"' in api
+    assert "_private" not in api
+    # sections link to their lines in the repository, on the host configured in mkdocs.yml
+    assert re.search(r'href="https://[^"]+/blob/main/labml_nn/neox/tricky\.py#L38-L44"', page)
+
+
+def test_every_sample_page_says_how_to_run_it_and_what_it_prints(real_site):
+    for sample in sorted((ROOT / "samples").glob("*.py")):
+        text = (real_site / "samples" / sample.stem / "index.html").read_text(encoding="utf-8")
+        intro = text[text.find('class="ann-intro"'):]
+        for heading in ("How to run", "What it prints"):
+            assert re.search(rf"<h\d[^>]*>{heading}", intro), (
+                f"samples/{sample.name}: its module docstring needs a '## {heading}' section")
+
+
+def test_home_page_lists_every_module_page(real_site):
+    text = (real_site / "index.html").read_text(encoding="utf-8")
+    for module in _source_modules(ROOT):
+        assert f"<code>{module}</code>" in text, module
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The parser, on sources that broke Pycco-style annotators
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tricky():
+    return load_hook().parse(TRICKY.read_text(encoding="utf-8"))
+
+
+def _section(annotated, qualname):
+    found = [s for s in annotated.sections if s.qualname == qualname]
+    assert len(found) == 1, f"{qualname}: {len(found)} sections"
+    return found[0]
+
+
+def _code(annotated, section) -> list[str]:
+    return [annotated.lines[n - 1] for n in section.code]
+
+
+def _all_code(annotated) -> str:
+    return "\n".join(line for s in annotated.sections for line in _code(annotated, s))
+
+
+def test_module_docstring_is_the_introduction_and_keeps_its_latex(tricky):
+    assert tricky.intro.startswith("# Tricky module")
+    assert r"$$\operatorname{softmax}\left(\frac{q k^\top}{\sqrt{D}}\right) v$$" in tricky.intro
+    assert "\\begin{align}\na &= b + c \\\\\nd &= e\n\\end{align}" in tricky.intro
+    assert "# A Markdown heading inside a docstring is prose" in tricky.intro
+    assert "Tricky module" not in _all_code(tricky)
+
+
+def test_shebang_and_encoding_lines_stay_in_the_code(tricky):
+    first = tricky.sections[0]
+    assert first.prose == ""
+    assert _code(tricky, first)[:2] == ["#!/usr/bin/env python3", "# -*- coding: utf-8 -*-"]
+
+
+def test_comments_at_the_end_of_a_code_line_stay_in_the_code(tricky):
+    assert "import re  # a comment at the end of a code line stays in the code" in _code(tricky, tricky.sections[0])
+    assert not any("a comment at the end" in s.prose for s in tricky.sections)
+
+
+def test_strings_that_look_like_comments_stay_in_the_code(tricky):
+    code = _all_code(tricky)
+    assert "# not a heading: this line is inside a string" in code
+    assert 'HASH = "# not a comment"' in code
+    assert 'URL = "http://example.com/#fragment"' in code
+    assert 'PATTERN = f"{URL}#{HASH}"' in code
+    assert not any("not a heading" in s.prose or "not a comment" in s.prose for s in tricky.sections)
+
+
+def test_a_comment_run_is_one_paragraphed_prose_block(tricky):
+    rules = [s for s in tricky.sections if s.prose.startswith("The merge rules")]
+    assert len(rules) == 1
+    assert rules[0].prose == ("The merge rules, one per tensor.\n\nA blank comment line is a paragraph break; "
+                              "the comment inside the brackets below stays in the code.")
+    assert _code(tricky, rules[0]) == ["RULES = {", "    # concatenated on dim 0",
+                                       '    "word_embeddings.weight": 0,', "}"]
+
+
+def test_decorators_stay_with_their_def_and_the_docstring_is_its_prose(tricky):
+    s = _section(tricky, "decorated")
+    assert s.prose == ("A comment block right above a decorated function\njoins the function's docstring in one "
+                       "section.\n\n" r"The docstring of `decorated`, with $\theta_i = b^{-2i/d}$.")
+    assert _code(tricky, s) == ["@staticmethod", "@decorator(", "    option=1,  # inside the decorator's brackets",
+                                ")", "def decorated(x):", "    return x"]
+    assert s.code == [38, 39, 40, 41, 42, 44], "real line numbers, with the docstring's line left out"
+    assert s.api_path == "decorated"
+
+
+def test_closing_quotes_on_a_text_line_end_the_docstring(tricky):
+    s = _section(tricky, "closing_on_text_line")
+    assert s.prose == "First line.\n\nThe closing quotes are on this text line."
+    code = _code(tricky, s)
+    assert code[0] == "def closing_on_text_line():"
+    assert code[1] == '    return "not a docstring" + \'"""\''
+    assert not any("closing quotes" in line for line in code)
+
+
+def test_a_docstring_on_the_def_line_stays_in_the_code(tricky):
+    assert 'def one_liner(): "stays in the code column"' in _all_code(tricky)
+    assert not any("stays in the code column" in s.prose for s in tricky.sections)
+
+
+def test_nested_classes_and_functions_get_their_own_sections(tricky):
+    assert _section(tricky, "Outer").prose.startswith("## The outer class")
+    assert _code(tricky, _section(tricky, "Outer")) == ["class Outer:"]
+    assert _code(tricky, _section(tricky, "Outer.Inner")) == ["    class Inner:"]
+    prop = _section(tricky, "Outer.Inner.value")
+    assert prop.prose == "A property's docstring belongs to the property."
+    assert _code(tricky, prop) == ["        @property", "        def value(self):"]
+    helper = _section(tricky, "Outer.Inner.method.helper")
+    assert helper.prose == "The nested helper."
+    assert helper.api_path is None, "functions inside functions are not in the API reference"
+    assert _section(tricky, "Outer.__init__").api_path == "Outer"
+    assert _section(tricky, "Outer._private").api_path is None
+    assert _section(tricky, "fetch").api_path == "fetch"
+
+
+def test_comments_inside_a_method_are_prose_beside_the_following_lines(tricky):
+    s = [s for s in tricky.sections if s.prose == "a comment inside a method is prose beside the lines that follow"]
+    assert len(s) == 1 and _code(tricky, s[0]) == ["            result = 1"]
+    s = [s for s in tricky.sections if s.prose == "two comment blocks separated by code are two sections"]
+    assert len(s) == 1 and _code(tricky, s[0]) == ["            return result"]
+
+
+def test_a_string_that_is_not_the_first_statement_is_code(tricky):
+    s = _section(tricky, "Outer._private")
+    assert '        "a second string statement is not a docstring"' in _code(tricky, s)
+
+
+def test_the_last_comment_of_a_file_is_a_section_without_code(tricky):
+    last = tricky.sections[-1]
+    assert last.prose == "The last comment of the file, with nothing after it." and last.code == []
+
+
+def test_every_source_line_is_shown_once_or_is_prose(tricky):
+    hook = load_hook()
+    shown = [n for s in tricky.sections for n in s.code]
+    assert len(shown) == len(set(shown)) and shown == sorted(shown)
+    highlighted = hook.highlight_lines(tricky.lines)
+    assert len(highlighted) == len(tricky.lines)
+    for n, line_html in enumerate(highlighted, 1):
+        assert html_lib.unescape(re.sub(r"<[^>]+>", "", line_html)) == tricky.lines[n - 1]
+
+
+def test_section_anchors_are_unique(tricky):
+    anchors = [s.anchor for s in tricky.sections]
+    assert len(anchors) == len(set(anchors))
+
+
+def test_non_raw_docstring_and_tabs_and_crlf():
+    hook = load_hook()
+    source = 'def f():\r\n    """Tab\\there."""\r\n\treturn 1\r\n'
+    parsed = hook.parse(source)
+    assert parsed.sections[0].prose == "Tab     here.", "the string's value, tabs expanded like inspect.cleandoc"
+    assert parsed.lines[parsed.sections[0].code[-1] - 1] == "    return 1"
+
+
+def test_a_file_that_does_not_parse_still_gets_a_page_of_code():
+    parsed = load_hook().parse("def broken(:\n    pass\n")
+    assert parsed.syntax_error and [s.code for s in parsed.sections] == [[1, 2]]
+
+
+def test_public_members_follow_all_and_skip_private_names():
+    hook = load_hook()
+    assert hook.public_members("class A: pass\ndef _b(): pass\ndef c(): pass\n") == ["A", "c"]
+    assert hook.public_members("__all__ = ['c']\nclass A: pass\ndef c(): pass\n") == ["c"]
+    assert hook.public_members("from x import A\n") == []
