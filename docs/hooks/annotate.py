@@ -599,7 +599,7 @@ def _section_tools(module: Module, section: Section, page, files, config) -> str
         ident = f"{module.dotted}.{section.api_path}"
         tools.append(f'<a class="ann-api" href="{_url(page, files, module.api_page, ident)}" '
                      f'title="{html.escape(ident)} in the API reference">API</a>')
-    return '<div class="ann-tools">' + "".join(tools) + "</div>"
+    return '<div class="ann-tools" data-search-exclude>' + "".join(tools) + "</div>"
 
 
 _SECTION_MARK = re.compile(r"(?:<p>)?<!--ann-section:(\d+)-->(?:</p>)?")
@@ -639,7 +639,7 @@ def _module_content(html_text, module: Module, page, files, config) -> str:
         meta.append(f'<a href="{html.escape(url)}">source</a>')
     if module.api_page:
         meta.append(f'<a href="{_url(page, files, module.api_page)}">API reference</a>')
-    html_text = html_text.replace("<!--ann-meta-->", '<p class="ann-meta">' + " · ".join(meta) + "</p>", 1)
+    html_text = html_text.replace("<!--ann-meta-->", '<p class="ann-meta" data-search-exclude>' + " · ".join(meta) + "</p>", 1)
 
     head, _, tail = html_text.partition("<!--ann-end-->")
     tail = tail.removeprefix("</p>")
@@ -665,7 +665,7 @@ def _api_content(html_text, module: Module, page, files, config) -> str:
     url = _source_url(config, module.path)
     if url:
         meta.append(f'<a href="{html.escape(url)}">source</a>')
-    html_text = html_text.replace("<!--ann-api-meta-->", '<p class="ann-meta">' + " · ".join(meta) + "</p>", 1)
+    html_text = html_text.replace("<!--ann-api-meta-->", '<p class="ann-meta" data-search-exclude>' + " · ".join(meta) + "</p>", 1)
     # after each documented object's heading, a link back to the section that explains it
     for section in module.annotated.sections:
         if not section.api_path:
