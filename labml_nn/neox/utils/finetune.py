@@ -1,0 +1,227 @@
+r"""
+# Fine-tuning: choosing what trains, and keeping only that
+
+Fine-tuning continues training a trained model on new text. Updating all 20 billion parameters of GPT-NeoX-20B
+needs, with AdamW in fp32, about 16 bytes per parameter (weights, gradients and two moment estimates): 320 GB.
+Training a small, well-chosen part of the model instead keeps everything else frozen in fp16 and needs optimiser
+state only for that part.
+
+| `train` | what changes | share of the 20B model |
+|---|---|---|
+| `biases` | every bias: of the linear layers and of the layer norms ([BitFit](https://arxiv.org/abs/2106.10199)) | 0.06% |
+| `ffn` | the feed-forward networks, `mlp.dense_h_to_4h` and `mlp.dense_4h_to_h`, weights and biases | 2/3 |
+| `all` | everything | 100% |
+
+BitFit showed that training only the biases recovers much of what full fine-tuning gains on small tasks; the
+20B model's biases are about 12 million numbers, which with their optimiser state fit beside the fp16 model on
+two GPUs.
+
+## How a parameter is frozen
+
+Each parameter has `requires_grad`. `select_trainable` sets it to `False` everywhere and back to `True` on the
+chosen tensors; backward then computes no gradient for the rest, and the optimiser (`trainer.py`) takes only the
+parameters that train. The chosen tensors are also converted to fp32, so that a model loaded in fp16 gets fp32
+copies of exactly the parameters that are updated (small updates to fp16 numbers round away).
+
+## Saving just the trained tensors
+
+The trained tensors are a small file (a few MB for BitFit of the 20B model) that, with the base checkpoint,
+reproduces the fine-tuned model. We write them with [safetensors](https://github.com/huggingface/safetensors),
+which stores raw tensors and a JSON header and runs no code when loaded, keyed by the module's index in the model
+and the parameter's name, `"{index}.{name}"`: `"5.mlp.dense_4h_to_h.bias"` is a bias of transformer layer 4
+(index 0 is the embedding, $1 \dots L$ the transformer layers, $L + 1$ the final norm, $L + 2$ the readout, the
+same indices as `LayerGenerator(filter_layers=...)`). The header's metadata records what was trained and the
+model's config, so that a file is never applied to a model of another shape.
+
+`merge_into_checkpoint` puts the tensors back into the base checkpoint's weights and writes a complete
+checkpoint, which any tool that reads gpt-neox checkpoints can load.
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from labml_nn.neox.config import NeoXConfig
+from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerLayer
+
+TRAINABLE = ("biases", "ffn", "all")
+FORMAT = "labml_nn.neox.finetune/1"
+
+
+# ## Which tensors train
+def is_trained(train: str, module: nn.Module, name: str) -> bool:
+    """Whether parameter `name` of `module` trains under the choice `train` (one of `TRAINABLE`)."""
+    if train == "all":
+        return True
+    if train == "biases":
+        return name.endswith("bias")
+    if train == "ffn":
+        return isinstance(module, TransformerLayer) and name.startswith("mlp.")
+    raise ValueError(f"train={train!r}: choose one of {', '.join(TRAINABLE)}")
+
+
+def select_trainable(modules: Sequence[nn.Module], train: str,
+                     dtype: Optional[torch.dtype] = torch.float32) -> List[str]:
+    r"""
+    Freeze every parameter of `modules` but the ones `train` selects, convert those to `dtype` (fp32 by default;
+    `None` keeps them as they are), and return their keys, `"{index}.{name}"`.
+    """
+    keys = []
+    for index, module in enumerate(modules):
+        for name, p in module.named_parameters():
+            trained = is_trained(train, module, name)
+            if trained and dtype is not None and p.dtype != dtype:
+                # `p.data = ...` keeps the `nn.Parameter` object (and any reference to it) while changing its dtype
+                p.data = p.data.to(dtype)
+            p.requires_grad_(trained)
+            if trained:
+                keys.append(f"{index}.{name}")
+    if not keys:
+        raise ValueError(f"train={train!r} selected no parameter of these {len(modules)} modules")
+    return keys
+
+
+def count_parameters(modules: Sequence[nn.Module]) -> Tuple[int, int]:
+    """(trained, total) numbers of parameters."""
+    params = [p for m in modules for p in m.parameters()]
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def trained_tensors(modules: Sequence[nn.Module]) -> Dict[str, torch.Tensor]:
+    """The parameters with `requires_grad`, keyed `"{index}.{name}"`, detached, on the CPU."""
+    return {f"{index}.{name}": p.detach().cpu().contiguous()
+            for index, module in enumerate(modules)
+            for name, p in module.named_parameters() if p.requires_grad}
+
+
+# ## The file of trained tensors
+def save_trained(path: Union[str, Path], modules: Sequence[nn.Module], train: str,
+                 config: NeoXConfig, extra: Optional[Dict[str, str]] = None) -> Path:
+    r"""
+    Write the trained tensors of `modules` to a safetensors file, with metadata: the format, what was
+    trained (`train`), the model's config as JSON, and any `extra` strings (such as the base checkpoint's path).
+    """
+    from safetensors.torch import save_file
+    metadata = {"format": FORMAT, "train": train, "config": json.dumps(config.to_dict())}
+    metadata.update(extra or {})
+    path = Path(path)
+    save_file(trained_tensors(modules), str(path), metadata=metadata)
+    return path
+
+
+def load_trained(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """The tensors and the metadata of a file `save_trained` wrote."""
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: pass the .safetensors file that fine-tuning wrote")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        if metadata.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a file of fine-tuned tensors (its metadata says format="
+                             f"{metadata.get('format')!r}, expected {FORMAT!r})")
+        return {key: f.get_tensor(key) for key in f.keys()}, metadata
+
+
+def apply_trained(modules: Sequence[nn.Module], tensors: Dict[str, torch.Tensor],
+                  metadata: Optional[Dict[str, str]] = None):
+    r"""
+    Copy fine-tuned tensors into `modules` (the whole model, in order). When `metadata` is given, the config it
+    records must match the model's in every field that sets a tensor's shape.
+    """
+    if metadata is not None and "config" in metadata:
+        _check_config(NeoXConfig.from_dict(json.loads(metadata["config"])), modules[0].config)
+    for key, value in tensors.items():
+        index, _, name = key.partition(".")
+        if not index.isdigit() or int(index) >= len(modules):
+            raise KeyError(f"fine-tuned tensor `{key}` names module {index}, but the model has modules "
+                           f"0 ... {len(modules) - 1}")
+        params = dict(modules[int(index)].named_parameters())
+        if name not in params:
+            raise KeyError(f"fine-tuned tensor `{key}`: module {index} ({type(modules[int(index)]).__name__}) has "
+                           f"no parameter `{name}`")
+        p = params[name]
+        if p.shape != value.shape:
+            raise ValueError(f"fine-tuned tensor `{key}` has shape {tuple(value.shape)}, the model's "
+                             f"{tuple(p.shape)}: the file was trained on another model")
+        with torch.no_grad():
+            p.copy_(value.to(device=p.device, dtype=p.dtype))
+
+
+def _check_config(saved: NeoXConfig, model: NeoXConfig):
+    for field in ("n_layers", "d_model", "n_heads", "n_vocab", "d_ff"):
+        if getattr(saved, field) != getattr(model, field):
+            raise ValueError(f"the fine-tuned tensors were trained on a model with {field}="
+                             f"{getattr(saved, field)}, this model has {getattr(model, field)}")
+
+
+# ## Writing a complete checkpoint
+def model_parts(modules: Sequence[nn.Module], dtype: Optional[torch.dtype] = None
+                ) -> Iterator[Tuple[str, Optional[int], Dict[str, torch.Tensor]]]:
+    r"""
+    The model's weights as the checkpoint writer takes them: `(part, layer, tensors)` for the embedding, each
+    transformer layer, the final norm and the readout, on the CPU, in `dtype` if given.
+    """
+    for module in modules:
+        tensors = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        if dtype is not None:
+            tensors = {k: v.to(dtype) for k, v in tensors.items()}
+        if isinstance(module, Embedding):
+            yield "embedding", None, tensors
+        elif isinstance(module, TransformerLayer):
+            yield "layer", module.layer_idx, tensors
+        elif isinstance(module, FinalNorm):
+            yield "norm", None, tensors
+        elif isinstance(module, ReadoutLayer):
+            yield "readout", None, tensors
+        else:
+            raise TypeError(f"{type(module).__name__} is not a module of model.py; cannot write it to a checkpoint")
+
+
+def write_checkpoint(out_dir: Union[str, Path], modules: Sequence[nn.Module], *, tensor_parallel_size: int = 1,
+                     tokenizer_path: Union[str, Path, None] = None, dtype: Optional[torch.dtype] = None,
+                     extra_files: Sequence[Path] = (), overwrite: bool = False) -> Path:
+    r"""
+    Write `modules` as a gpt-neox checkpoint (the 20B slim layout) at `out_dir`, all at once or not at all: the
+    files go to a temporary folder beside `out_dir`, which is renamed when complete. `extra_files` are copied
+    in too (such as the file of fine-tuned tensors).
+    """
+    from labml_nn.neox.checkpoint import write_neox_checkpoint
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another folder or allow overwriting")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        write_neox_checkpoint(tmp, modules[0].config, model_parts(modules, dtype),
+                              tensor_parallel_size=tensor_parallel_size, tokenizer_path=tokenizer_path)
+        for f in extra_files:
+            shutil.copyfile(f, tmp / Path(f).name)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def merge_into_checkpoint(base: Union[str, Path], trained_path: Union[str, Path], out_dir: Union[str, Path],
+                          *, dtype: Optional[torch.dtype] = None, overwrite: bool = False) -> Path:
+    r"""
+    Load the base checkpoint, put the fine-tuned tensors into it and write the result as a complete checkpoint
+    with the base's tensor-parallel degree and tokenizer. (This holds the whole model in memory.)
+    """
+    from labml_nn.neox.loader import LayerGenerator
+    tensors, metadata = load_trained(trained_path)
+    generator = LayerGenerator(base, dtype=torch.float32, device="cpu", progress=False)
+    modules = list(generator.load())
+    apply_trained(modules, tensors, metadata)
+    checkpoint = generator.checkpoint
+    return write_checkpoint(out_dir, modules, tensor_parallel_size=generator.config.tensor_parallel_size,
+                            tokenizer_path=checkpoint.tokenizer_path, dtype=dtype, overwrite=overwrite)

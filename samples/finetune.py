@@ -1,0 +1,182 @@
+r"""
+# Fine-tuning GPT-NeoX on your own text
+
+This sample continues training a GPT-NeoX checkpoint on a text file and writes the result as a complete
+checkpoint, which `samples/generate.py --checkpoint DIR2` (and anything that reads gpt-neox checkpoints) loads.
+
+It puts together `finetune.py` (choosing what trains: the biases only, the feed-forward networks, or all), 
+`text_dataset.py` (the text as windows of tokens, with the last 10% held out for validation) and `trainer.py`
+(AdamW, warm-up and cosine schedule, gradient clipping, mixed precision, activation checkpointing).
+
+By default only the **biases** train (BitFit): the rest of the model stays frozen in the dtype it was loaded in,
+and the optimiser holds state for a tiny fraction of the parameters. This is how GPT-NeoX-20B can be fine-tuned
+on two 48 GB GPUs: `--dtype fp16 --devices cuda:0,cuda:1 --activation-checkpointing` loads the fp16 model spread
+over both, with fp32 copies of the biases that train.
+
+## How to run
+
+```
+python samples/finetune.py --checkpoint labml_nn/neox/demo --text my_text.txt --steps 200 --out my_model
+python samples/generate.py --checkpoint my_model --prompt "To be"
+python samples/finetune.py --checkpoint ~/data/20B_checkpoints --text my_text.txt --steps 500 --out neox-ft \
+    --dtype fp16 --devices cuda:0,cuda:1 --activation-checkpointing --batch-size 4 --seq-len 1024
+torchrun --nproc-per-node 8 samples/finetune.py --checkpoint pythia-1b --text my_text.txt --steps 500 \
+    --out pythia-ft --train all --distributed fsdp       # one process per GPU, PyTorch's FSDP
+python samples/finetune.py --help
+```
+
+The output folder holds the fine-tuned model in the 20B slim-weights layout, with the source's tensor-parallel
+degree (1 for a Hugging Face source), its tokenizer and its config, and `finetuned.safetensors`: only the trained
+tensors, which `labml_nn.neox.utils.finetune.merge_into_checkpoint` puts back into the source checkpoint. The
+folder is written beside its final place and renamed when complete, so an interrupted run leaves nothing
+half-written.
+
+## What it prints
+
+How many parameters train out of how many; labml's progress line per step (training loss, learning rate,
+gradient norm) and the validation loss every `--valid-every` steps and at the end; then the folder written.
+labml also writes the losses to files under `--log-dir`.
+"""
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The learning rate that suits each choice: biases tolerate (and need) larger steps than whole matrices
+DEFAULT_LR = {"biases": 1e-3, "ffn": 1e-4, "all": 1e-4}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Fine-tune a GPT-NeoX checkpoint on a text file and write a complete checkpoint that "
+                    "samples/generate.py loads. By default only the biases train (BitFit).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="the checkpoint to start from: 20B slim weights, any gpt-neox checkpoint, or a "
+                             "Hugging Face GPT-NeoX folder")
+    parser.add_argument("--text", type=Path, required=True, help="a UTF-8 text file to train on")
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write the fine-tuned checkpoint to")
+    parser.add_argument("--steps", type=int, default=100, help="optimiser steps")
+    parser.add_argument("--train", choices=["biases", "ffn", "all"], default="biases",
+                        help="what trains: every bias (BitFit), the feed-forward networks, or everything")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate (default: 1e-3 for biases, 1e-4 for ffn and all)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per step (over all processes)")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="tokens per window (default: the model's context length, at most 512)")
+    parser.add_argument("--valid-fraction", type=float, default=0.1, help="the end of the text held out")
+    parser.add_argument("--valid-every", type=int, default=0, help="validate every N steps (0: only at the end)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--devices", default=None,
+                        help="comma-separated devices to spread the layers over, for models larger than one GPU")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None,
+                        help="dtype of the frozen weights and of autocast (default: fp16 on CUDA, fp32 on CPU); "
+                             "trained tensors are always kept in fp32")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute each layer's activations during backward to save memory")
+    parser.add_argument("--distributed", choices=["ddp", "fsdp"], default="ddp",
+                        help="under torchrun: replicate the model (ddp) or shard it (fsdp)")
+    parser.add_argument("--log-dir", type=Path, default=Path("logs"), help="where labml writes its logs")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow DeepSpeed files that pickle Python objects (only for files you trust)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+# ## Processes
+#
+# `torchrun` starts one process per GPU and tells each its rank through environment variables. Without it,
+# this is one process.
+def init_distributed(device: torch.device) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0
+    import torch.distributed as dist
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank()
+
+
+def main(argv: Optional[List[str]] = None):
+    args = parse_args(argv)
+    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.tokenizer import load_tokenizer
+    from labml_nn.neox.utils.finetune import count_parameters, save_trained, select_trainable, write_checkpoint
+    from labml_nn.neox.utils.text_dataset import TokenWindows, split_train_valid, tokenize_file
+    from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, create_experiment
+
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        raise SystemExit(f"{args.out} exists and is not empty: choose another --out, or pass --overwrite")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = init_distributed(device)
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    dtype_name = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+    torch.manual_seed(args.seed)
+
+    # ### The model, with the chosen tensors trainable
+    devices = args.devices.split(",") if args.devices else None
+    generator = LayerGenerator(args.checkpoint, dtype=DTYPES[dtype_name], device=device, devices=devices,
+                               trust_pickle=args.trust_pickle, progress=rank == 0)
+    config, checkpoint = generator.config, generator.checkpoint
+    if checkpoint.tokenizer_path is None:
+        raise SystemExit(f"{args.checkpoint} has no tokenizer file; copy the model's tokenizer.json there")
+    # The dtype the source stores its weights in, which the output keeps
+    stored_dtype = next(iter(checkpoint.read("norm").values())).dtype
+    modules = list(generator.load())
+    select_trainable(modules, args.train)
+    trained, total = count_parameters(modules)
+    if rank == 0:
+        print(f"Training {args.train}: {trained:,} of {total:,} parameters ({trained / total:.3%})")
+
+    # ### The text
+    tokenizer = load_tokenizer(checkpoint.tokenizer_path)
+    seq_len = args.seq_len or min(config.n_ctx, 512)
+    train_ids, valid_ids = split_train_valid(tokenize_file(tokenizer, args.text), args.valid_fraction, seq_len)
+    train, valid = TokenWindows(train_ids, seq_len), TokenWindows(valid_ids, seq_len) if len(valid_ids) else None
+    if rank == 0:
+        print(f"{len(train_ids):,} training tokens ({len(train)} windows of {seq_len}), "
+              f"{len(valid_ids):,} validation tokens")
+
+    # ### Training
+    training = TrainingConfig(steps=args.steps, batch_size=args.batch_size,
+                              learning_rate=args.lr or DEFAULT_LR[args.train], valid_every=args.valid_every,
+                              precision=dtype_name, activation_checkpointing=args.activation_checkpointing,
+                              seed=args.seed)
+    trainer = Trainer(modules, train, valid, training, distributed=args.distributed if distributed else None)
+    if rank == 0:
+        from labml import experiment
+        print(f"labml logs: {create_experiment('neox_finetune', args.log_dir)}")
+        with experiment.start():
+            trainer.train()
+    else:
+        trainer.train()
+
+    # ### Writing the result
+    if distributed and args.distributed == "fsdp":
+        # FSDP leaves each rank a shard of every parameter; gather whole tensors (every rank takes part)
+        from labml_nn.neox.utils.trainer import gather_full_modules
+        modules = gather_full_modules(modules)
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            trained_file = save_trained(Path(tmp) / "finetuned.safetensors", modules, args.train, config,
+                                        extra={"base": str(args.checkpoint.resolve())})
+            out = write_checkpoint(args.out, modules, tensor_parallel_size=config.tensor_parallel_size,
+                                   tokenizer_path=checkpoint.tokenizer_path, dtype=stored_dtype,
+                                   extra_files=[trained_file], overwrite=args.overwrite)
+        print(f"Wrote {out} ({config.tensor_parallel_size} tensor-parallel rank(s), {stored_dtype}); "
+              f"generate with: python samples/generate.py --checkpoint {out}")
+    if distributed:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
