@@ -10,6 +10,7 @@ windows happen often.
 """
 
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -42,6 +43,15 @@ WORDS = ("the of and to in is it that was he for on are with as his they at be t
          "she many some so these would other into has more her two like him see time could no make than first "
          "been its who now people my made over did down only way find use may water long little very after words "
          "called just where most know").split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The models are tiny: one thread is as fast as two, and much faster when other processes share the CPU
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -278,3 +288,44 @@ def test_half_precision_models_score_close_to_fp32(lms, models_):
         for (ll, _), (ll_half, _) in zip(full, half.loglikelihood(requests)):
             assert isinstance(ll_half, float)
             assert ll_half == pytest.approx(ll, rel=0.05, abs=0.1)
+
+
+def test_command_line_evaluates_a_checkpoint_offline(models_, tokenizers_, lms, tmp_path, capsys):
+    r"""
+    `python -m labml_nn.neox.evaluation` on a two-rank slim checkpoint of the same weights: LAMBADA from a
+    local file and perplexity of local text, printed as a table and written as JSON; the figures are the
+    adapter's (which the tests above compare with HFLM).
+    """
+    from helpers import write_slim_from_hf
+    from labml_nn.neox.evaluation.__main__ import main
+
+    hf, _ = models_
+    tokenizer, _ = tokenizers_
+    checkpoint = tmp_path / "checkpoint"
+    write_slim_from_hf(hf, checkpoint, tp=2, tokenizer=False)
+    tokenizer.save(str(checkpoint / "20B_tokenizer.json"))
+    lambada = synthetic_lambada(tmp_path / "lambada.jsonl", hf, tokenizer, n_docs=8)
+    rng = random.Random(8)
+    texts = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    for path, n in zip(texts, (50, 150)):
+        path.write_text(words(rng, n) + ".\n")
+
+    output = tmp_path / "results.json"
+    main(["--checkpoint", str(checkpoint), "--tasks", "lambada_openai", "--lambada-file", str(lambada),
+          "--text-file", *map(str, texts), "--device", "cpu", "--batch-size", "3", "--output", str(output)])
+    printed = capsys.readouterr().out
+    results = json.loads(output.read_text())["results"]
+    assert "lambada_openai_local" in printed and "bits_per_byte" in printed
+
+    # LAMBADA accuracy: the fraction of documents whose last word is greedy, from the adapter directly
+    documents = [json.loads(line)["text"] for line in lambada.open()]
+    requests = [Instance("loglikelihood", {}, (d.rsplit(" ", 1)[0], " " + d.rsplit(" ", 1)[1]), i)
+                for i, d in enumerate(documents)]
+    scores = lms[0].loglikelihood(requests)
+    assert results["lambada_openai_local"]["acc,none"] == pytest.approx(sum(g for _, g in scores) / len(scores))
+    # Bits per byte: minus the total log-likelihood in bits over the total UTF-8 bytes of the documents
+    contents = [p.read_text() for p in texts]
+    total = sum(lms[0].loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (c,), i)
+                                              for i, c in enumerate(contents)]))
+    n_bytes = sum(len(c.encode()) for c in contents)
+    assert results["text_local"]["bits_per_byte,none"] == pytest.approx(-total / n_bytes / math.log(2), rel=1e-4)

@@ -1,0 +1,178 @@
+r"""
+# Evaluating a checkpoint from the command line
+
+```
+python -m labml_nn.neox.evaluation --checkpoint DIR [--tasks lambada_openai,hellaswag,piqa,winogrande]
+       [--int8] [--dtype float16] [--device cuda] [--batch-size 8] [--limit N] [--output results.json]
+       [--lambada-file lambada_test.jsonl] [--text-file held_out.txt ...] [--offline]
+```
+
+## How to run
+
+The published GPT-NeoX-20B table (LAMBADA, HellaSwag, PIQA, WinoGrande, as in the GPT-NeoX paper) on one
+GPU with 48 GB or more, from the 20B slim weights:
+
+```
+python -m labml_nn.neox.evaluation --checkpoint 20B_checkpoints --dtype float16 --device cuda \
+       --output neox20b_fp16.json
+python -m labml_nn.neox.evaluation --checkpoint 20B_checkpoints --int8 --device cuda \
+       --output neox20b_int8.json
+```
+
+Without internet, give lm-eval's LAMBADA file with `--lambada-file`: `lambada_openai` is then read from it
+(task `lambada_openai_local`, see `tasks.py`) and nothing touches the network. `--text-file` adds `text_local`,
+the perplexity and bits per byte of your own held-out text. The other tasks download their data from the
+Hugging Face Hub the first time (or read it from the `datasets` cache with `--offline`).
+
+## What it prints
+
+Loading progress, lm-eval's progress bars, then a table like
+
+```
+task                  metric       value    stderr
+lambada_openai_local  perplexity   3.6375   0.0753
+lambada_openai_local  acc          0.7204   0.0063
+```
+
+and, with `--output`, the same results with lm-eval's task configs and this run's settings as JSON.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, LOCAL_TASKS, TEXT_TASK, go_offline, write_local_tasks
+
+# The four tasks of the published GPT-NeoX-20B table
+DEFAULT_TASKS = "lambada_openai,hellaswag,piqa,winogrande"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m labml_nn.neox.evaluation",
+                                     description="Evaluate a GPT-NeoX checkpoint with lm-eval 0.4.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (20B slim weights, a gpt-neox "
+                        "checkpoint, or a Hugging Face GPT-NeoX/Pythia folder)")
+    parser.add_argument("--tokenizer", help="tokenizers JSON file (default: the one in the checkpoint folder)")
+    parser.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated lm-eval tasks ({DEFAULT_TASKS})")
+    parser.add_argument("--int8", action="store_true", help="convert the transformer layers to LLM.int8")
+    parser.add_argument("--int8-threshold", type=float, default=6.0, help="LLM.int8 outlier threshold")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="float16 on a GPU, float32 on a CPU by default")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, help="context length (default: the model's, n_ctx)")
+    parser.add_argument("--limit", type=float, help="only the first N documents of each task (or a fraction < 1)")
+    parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--lambada-file", help="read lambada_openai from this local lambada_test.jsonl")
+    parser.add_argument("--text-file", nargs="+", help="held-out text (.txt files or one .jsonl) for text_local")
+    parser.add_argument("--offline", action="store_true", help="never reach the network (datasets' cache only)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow DeepSpeed checkpoint files that pickle Python objects (only files you trust)")
+    parser.add_argument("--bootstrap-iters", type=int, default=1000,
+                        help="bootstrap resamples for the standard errors of perplexities (lm-eval's default is "
+                             "100000, which takes minutes on LAMBADA)")
+    return parser.parse_args(argv)
+
+
+def resolve_tasks(args: argparse.Namespace) -> List[str]:
+    r"""
+    The task names to run. With `--lambada-file`, `lambada_openai` means the same task read from that file;
+    `--text-file` adds `text_local`. A local task without its file is an error that says which flag to give.
+    """
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.lambada_file:
+        tasks = [LAMBADA_TASK if t == "lambada_openai" else t for t in tasks]
+    if args.text_file and TEXT_TASK not in tasks:
+        tasks.append(TEXT_TASK)
+    if LAMBADA_TASK in tasks and not args.lambada_file:
+        raise SystemExit(f"{LAMBADA_TASK} reads a local file: give its path with --lambada-file")
+    if TEXT_TASK in tasks and not args.text_file:
+        raise SystemExit(f"{TEXT_TASK} reads local text: give the files with --text-file")
+    return tasks
+
+
+def load_model(args: argparse.Namespace):
+    r"""
+    The model, layer by layer (`LayerGenerator`), and its tokenizer. LLM.int8 layers are made right after each
+    layer is loaded, so the fp16 model never has to fit on the GPU whole.
+    """
+    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.tokenizer import find_tokenizer, load_tokenizer
+
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if args.device.startswith("cuda") else torch.float32)
+    generator = LayerGenerator(args.checkpoint, dtype=dtype, device=args.device, is_llm_int8=args.int8,
+                               llm_int8_threshold=args.int8_threshold, trust_pickle=args.trust_pickle)
+    model = torch.nn.Sequential(*generator.load())
+    tokenizer_path = args.tokenizer or getattr(generator.checkpoint, "tokenizer_path", None) \
+        or find_tokenizer(args.checkpoint)
+    if tokenizer_path is None:
+        raise SystemExit(f"No tokenizer found in {args.checkpoint}: pass --tokenizer path/to/20B_tokenizer.json")
+    return model, load_tokenizer(tokenizer_path), dtype
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    tasks = resolve_tasks(args)
+    # Local tasks alone need no network; say so before `datasets` is imported
+    only_local = all(t in LOCAL_TASKS for t in tasks)
+    if args.offline or only_local:
+        go_offline()
+    import lm_eval
+    from labml_nn.neox.evaluation import EvalHarnessAdapter
+    from labml_nn.neox.evaluation.tasks import task_manager
+
+    model, tokenizer, dtype = load_model(args)
+    adapter = EvalHarnessAdapter(model, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+    limit = None if args.limit is None else (args.limit if args.limit < 1 else int(args.limit))
+    started = time.time()
+    with tempfile.TemporaryDirectory() as task_dir:
+        write_local_tasks(task_dir, lambada_file=args.lambada_file, text_files=args.text_file)
+        results = lm_eval.simple_evaluate(model=adapter, tasks=tasks, limit=limit,
+                                          task_manager=task_manager(task_dir, include_defaults=not only_local),
+                                          log_samples=False,
+                                          bootstrap_iters=args.bootstrap_iters)
+    results["run"] = {"checkpoint": str(args.checkpoint), "dtype": str(dtype).replace("torch.", ""),
+                      "int8": args.int8, "int8_threshold": args.int8_threshold if args.int8 else None,
+                      "device": args.device, "batch_size": args.batch_size, "max_length": adapter.max_length,
+                      "limit": limit, "seconds": round(time.time() - started, 1),
+                      "lm_eval": getattr(lm_eval, "__version__", "unknown")}
+    return results
+
+
+def format_table(results: dict) -> str:
+    """One row per task and metric: value and standard error."""
+    rows = [("task", "metric", "value", "stderr")]
+    for task, metrics in results["results"].items():
+        for key, value in metrics.items():
+            if "," not in key or "_stderr" in key:
+                continue
+            metric, filter_name = key.split(",", 1)
+            stderr = metrics.get(f"{metric}_stderr,{filter_name}")
+            rows.append((task, metric, _number(value), _number(stderr)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else str(value if value is not None else "")
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    args = parse_args(argv)
+    results = evaluate(args)
+    print(format_table(results))
+    if args.output:
+        keep = {k: results[k] for k in ("results", "versions", "n-shot", "n-samples", "configs", "run")
+                if k in results}
+        Path(args.output).write_text(json.dumps(keep, indent=2, default=str))
+        print(f"Results written to {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
