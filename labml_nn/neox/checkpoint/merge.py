@@ -9,13 +9,17 @@ Let a linear layer compute $y = x W^\top + b$ with $W$ of shape `[out, in]`.
 
 * **Column parallel** (`query_key_value`, `dense_h_to_4h`, and the vocabulary of `word_embeddings` and
   `final_linear`): rank $r$ holds the rows $W_r$ and bias $b_r$ of a contiguous block of outputs, so
-  $$W = \begin{bmatrix} W_0 \\ \vdots \\ W_{N-1} \end{bmatrix}, \qquad b = [b_0, \dots, b_{N-1}]$$
-  and merging concatenates on dim 0. For `query_key_value` each block is a group of whole heads (the output is
-  viewed as `[H, 3 D]`), so concatenation keeps the heads in order.
+
+    $$W = \begin{bmatrix} W_0 \\ \vdots \\ W_{N-1} \end{bmatrix}, \qquad b = [b_0, \dots, b_{N-1}]$$
+
+    and merging concatenates on dim 0. For `query_key_value` each block is a group of whole heads (the output is
+    viewed as `[H, 3 D]`), so concatenation keeps the heads in order.
 * **Row parallel** (`attention.dense`, `dense_4h_to_h`): rank $r$ holds the columns $W_r$ that read its slice
   $x_r$ of the input, and the ranks add their partial products:
-  $$y = \sum_r x_r W_r^\top + b, \qquad W = [W_0, \dots, W_{N-1}]$$
-  Merging concatenates on dim 1. The bias depends on *when* it is added:
+
+    $$y = \sum_r x_r W_r^\top + b, \qquad W = [W_0, \dots, W_{N-1}]$$
+
+    Merging concatenates on dim 1. The bias depends on *when* it is added:
     * with the **parallel residual** of the 20B model and Pythia, $x + \text{attn}(\text{ln}_1(x)) +
       \text{mlp}(\text{ln}_2(x))$, gpt-neox saves one all-reduce per layer by letting every rank add its own
       copy $b_r$ of the bias before the single sum: $y = \sum_r (x_r W_r^\top + b_r)$. The effective bias is
@@ -97,7 +101,9 @@ class Divergence:
     How far apart the $N$ copies $x^{(0)}, \dots, x^{(N-1)}$ of a replicated tensor are. Element by element,
     the spread is $s_i = \max_r x^{(r)}_i - \min_r x^{(r)}_i$ (the largest difference between any two ranks)
     and the magnitude $m_i = \max_r |x^{(r)}_i|$; we keep
+
     $$\text{max\_abs} = \max_i s_i, \qquad \text{max\_rel} = \max_{i : m_i > 0} s_i / m_i$$
+
     (an element with $m_i = 0$ is zero on every rank and has $s_i = 0$).
     """
     part: str
