@@ -63,6 +63,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated lm-eval tasks ({DEFAULT_TASKS})")
     parser.add_argument("--int8", action="store_true", help="convert the transformer layers to LLM.int8")
     parser.add_argument("--int8-threshold", type=float, default=6.0, help="LLM.int8 outlier threshold")
+    parser.add_argument("--int8-implementation", choices=("bitsandbytes", "reference"), default="bitsandbytes",
+                        help="bitsandbytes' Linear8bitLt, or the plain PyTorch Int8Linear of utils/llm_int8.py")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="float16 on a GPU, float32 on a CPU by default")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -107,7 +109,8 @@ def load_model(args: argparse.Namespace):
 
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if args.device.startswith("cuda") else torch.float32)
     generator = LayerGenerator(args.checkpoint, dtype=dtype, device=args.device, is_llm_int8=args.int8,
-                               llm_int8_threshold=args.int8_threshold, trust_pickle=args.trust_pickle)
+                               llm_int8_threshold=args.int8_threshold,
+                               llm_int8_implementation=args.int8_implementation, trust_pickle=args.trust_pickle)
     model = torch.nn.Sequential(*generator.load())
     tokenizer_path = args.tokenizer or getattr(generator.checkpoint, "tokenizer_path", None) \
         or find_tokenizer(args.checkpoint)
@@ -138,6 +141,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                                           bootstrap_iters=args.bootstrap_iters)
     results["run"] = {"checkpoint": str(args.checkpoint), "dtype": str(dtype).replace("torch.", ""),
                       "int8": args.int8, "int8_threshold": args.int8_threshold if args.int8 else None,
+                      "int8_implementation": args.int8_implementation if args.int8 else None,
                       "device": args.device, "batch_size": args.batch_size, "max_length": adapter.max_length,
                       "limit": limit, "seconds": round(time.time() - started, 1),
                       "lm_eval": getattr(lm_eval, "__version__", "unknown")}
