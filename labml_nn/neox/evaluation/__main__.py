@@ -135,10 +135,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     started = time.time()
     with tempfile.TemporaryDirectory() as task_dir:
         write_local_tasks(task_dir, lambada_file=args.lambada_file, text_files=args.text_file)
-        results = lm_eval.simple_evaluate(model=adapter, tasks=tasks, limit=limit,
-                                          task_manager=task_manager(task_dir, include_defaults=not only_local),
-                                          log_samples=False,
-                                          bootstrap_iters=args.bootstrap_iters)
+        try:
+            results = lm_eval.simple_evaluate(model=adapter, tasks=tasks, limit=limit,
+                                              task_manager=task_manager(task_dir, include_defaults=not only_local),
+                                              log_samples=False, bootstrap_iters=args.bootstrap_iters)
+        except ConnectionError as e:
+            raise SystemExit(f"{e}\nA task's data is neither in the `datasets` cache nor reachable. Run once with "
+                             f"internet (without --offline) to cache it, or use the local tasks (--lambada-file, "
+                             f"--text-file).") from None
     results["run"] = {"checkpoint": str(args.checkpoint), "dtype": str(dtype).replace("torch.", ""),
                       "int8": args.int8, "int8_threshold": args.int8_threshold if args.int8 else None,
                       "int8_implementation": args.int8_implementation if args.int8 else None,
