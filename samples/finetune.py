@@ -65,17 +65,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--train", choices=["biases", "ffn", "all"], default="biases",
                         help="what trains: every bias (BitFit), the feed-forward networks, or everything")
     parser.add_argument("--lr", type=float, default=None,
-                        help="peak learning rate (default: 1e-3 for biases, 1e-4 for ffn and all)")
+                        help="peak learning rate; None means 1e-3 for biases, 1e-4 for ffn and all")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per step (over all processes)")
     parser.add_argument("--seq-len", type=int, default=None,
-                        help="tokens per window (default: the model's context length, at most 512)")
+                        help="tokens per window; None means the model's context length, at most 512")
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="the end of the text held out")
     parser.add_argument("--valid-every", type=int, default=0, help="validate every N steps (0: only at the end)")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu; None means cuda when available")
     parser.add_argument("--devices", default=None,
                         help="comma-separated devices to spread the layers over, for models larger than one GPU")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None,
-                        help="dtype of the frozen weights and of autocast (default: fp16 on CUDA, fp32 on CPU); "
+                        help="dtype of the frozen weights and of autocast; None means fp16 on CUDA, fp32 on CPU; "
                              "trained tensors are always kept in fp32")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute each layer's activations during backward to save memory")

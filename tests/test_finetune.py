@@ -104,6 +104,22 @@ def test_biases_include_every_linear_and_norm_bias_and_nothing_else():
     assert not any(k.startswith("4.") for k in keys)
 
 
+def test_bitfit_on_bf16_weights_trains_fp32_biases_under_autocast():
+    # How a large model is fine-tuned: frozen weights in half precision, fp32 copies of what trains
+    layers = [m.to(torch.bfloat16) for m in tiny_layers()]
+    select_trainable(layers, "biases")
+    frozen = layers[1].attention.query_key_value.weight
+    frozen_before = frozen.detach().clone()
+    data = TokenWindows(random_ids(1, 1, 2000)[0], 16)
+    trainer = Trainer(layers, data, None, TrainingConfig(steps=3, batch_size=4, learning_rate=1e-2,
+                                                         precision="bf16"), track=False)
+    bias_before = layers[1].attention.query_key_value.bias.detach().clone()
+    trainer.train()
+    assert frozen.dtype == torch.bfloat16 and torch.equal(frozen, frozen_before)
+    assert all(p.dtype == torch.float32 for m in layers for p in m.parameters() if p.requires_grad)
+    assert not torch.equal(layers[1].attention.query_key_value.bias, bias_before)
+
+
 # ## The file of trained tensors
 def test_trained_tensors_round_trip_through_safetensors(tmp_path):
     tuned = fine_tune(tiny_layers(), "biases")

@@ -81,6 +81,14 @@ def select_trainable(modules: Sequence[nn.Module], train: str,
             p.requires_grad_(trained)
             if trained:
                 keys.append(f"{index}.{name}")
+        # A layer norm takes a half-precision input with fp32 parameters, but not with one fp32 and one
+        # half-precision parameter (a trained bias beside a frozen gain); so a norm with a trained parameter is
+        # converted whole. Linear layers need no such care: autocast casts their weight and bias alike.
+        for norm in module.modules():
+            if isinstance(norm, nn.LayerNorm) and dtype is not None:
+                if any(p.requires_grad for p in norm.parameters()):
+                    for p in norm.parameters():
+                        p.data = p.data.to(dtype)
     if not keys:
         raise ValueError(f"train={train!r} selected no parameter of these {len(modules)} modules")
     return keys
