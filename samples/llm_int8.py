@@ -6,9 +6,9 @@ This sample loads a checkpoint with every transformer layer converted to int8 ri
 weights take against fp16, and generates text. With `--compare` it then loads the same checkpoint without
 quantization and shows how far the two models' logits and greedy continuations agree.
 
-The 20B model takes about 22 GB this way instead of about 41 GB in fp16 (its transformer layers shrink to just
-over half; the embedding and the readout, 0.6 B parameters each, stay in fp16), so it fits one 24 GB or 40 GB
-GPU. On a CPU it works too, for small models: bitsandbytes does real int8 products on CPU in eval mode, and the
+The 20B model's weights take about 21 GB this way instead of 41 GB in fp16 (its transformer layers, 19.9 B
+parameters, shrink to just over half; the embedding and the readout, 0.3 B parameters each, stay in fp16), so it
+fits a single 40 GB GPU with room for activations and the key-value cache. On a CPU it works too, for small models: bitsandbytes does real int8 products on CPU in eval mode, and the
 plain PyTorch implementation (`--implementation reference`) uses `torch._int_mm`. Neither is faster than fp32
 on a CPU; the point there is memory, and being able to read and check the method.
 
