@@ -38,6 +38,7 @@ checkpoint, which any tool that reads gpt-neox checkpoints can load.
 """
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -210,6 +211,10 @@ def write_checkpoint(out_dir: Union[str, Path], modules: Sequence[nn.Module], *,
                               tensor_parallel_size=tensor_parallel_size, tokenizer_path=tokenizer_path)
         for f in extra_files:
             shutil.copyfile(f, tmp / Path(f).name)
+        # `mkdtemp` makes a folder only its owner can read; give the checkpoint the usual permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
