@@ -18,8 +18,7 @@ from labml_nn.neox.loader import LayerGenerator
 from labml_nn.neox.tokenizer import encode, load_tokenizer
 from labml_nn.neox.utils.trainer import lm_loss
 
-DEMO = Path(os.environ.get("NEOX_DEMO_CHECKPOINT",
-                           Path(__file__).resolve().parent.parent / "labml_nn" / "neox" / "demo"))
+DEMO = Path(__file__).resolve().parent.parent / "labml_nn" / "neox" / "demo"
 
 # Macbeth, Act V, Scene V: one of the three plays held out from the demo's training (and its tokenizer's)
 PASSAGE = """MACBETH.

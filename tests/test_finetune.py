@@ -61,7 +61,8 @@ def tiny_layers(seed: int = 0):
 @pytest.fixture
 def tiny_checkpoint(tmp_path) -> Path:
     path = tmp_path / "base"
-    write_checkpoint(path, tiny_layers(), tensor_parallel_size=2, tokenizer_path=tiny_tokenizer(tmp_path / "20B_tokenizer.json"))
+    tokenizer = tiny_tokenizer(tmp_path / "20B_tokenizer.json")
+    write_checkpoint(path, tiny_layers(), tensor_parallel_size=2, tokenizer_path=tokenizer)
     return path
 
 

@@ -8,13 +8,13 @@ state only for that part.
 
 | `train` | what changes | share of the 20B model |
 |---|---|---|
-| `biases` | every bias: of the linear layers and of the layer norms ([BitFit](https://arxiv.org/abs/2106.10199)) | 0.06% |
-| `ffn` | the feed-forward networks, `mlp.dense_h_to_4h` and `mlp.dense_4h_to_h`, weights and biases | 2/3 |
+| `biases` | every bias, of the linear layers and the layer norms ([BitFit](https://arxiv.org/abs/2106.10199)) | 0.015% |
+| `ffn` | the feed-forward networks, `mlp.dense_h_to_4h` and `mlp.dense_4h_to_h`, weights and biases | 65% |
 | `all` | everything | 100% |
 
 BitFit showed that training only the biases recovers much of what full fine-tuning gains on small tasks; the
-20B model's biases are about 12 million numbers, which with their optimiser state fit beside the fp16 model on
-two GPUs.
+20B model's biases are about 3 million numbers (11 vectors of $C$ per layer), which with their optimiser state
+take a few dozen megabytes beside the 41 GB fp16 model, spread over two GPUs.
 
 ## How a parameter is frozen
 
@@ -25,7 +25,7 @@ copies of exactly the parameters that are updated (small updates to fp16 numbers
 
 ## Saving just the trained tensors
 
-The trained tensors are a small file (a few MB for BitFit of the 20B model) that, with the base checkpoint,
+The trained tensors are a small file (12 MB in fp32 for BitFit of the 20B model) that, with the base checkpoint,
 reproduces the fine-tuned model. We write them with [safetensors](https://github.com/huggingface/safetensors),
 which stores raw tensors and a JSON header and runs no code when loaded, keyed by the module's index in the model
 and the parameter's name, `"{index}.{name}"`: `"5.mlp.dense_4h_to_h.bias"` is a bias of transformer layer 4
