@@ -333,8 +333,8 @@ class Trainer:
     # ### The loop
     def train(self) -> Dict[str, float]:
         r"""
-        Run the remaining steps, printing the losses as it goes, and validate every `valid_every` steps and at
-        the end. Returns the last training loss and the final validation loss.
+        Run the remaining steps, printing the losses as it goes, and validate before the first step, every
+        `valid_every` steps and at the end. Returns the last training loss and the final validation loss.
         """
         from labml import monit, tracker
         config = self.config
@@ -346,6 +346,12 @@ class Trainer:
         else:
             steps = range(self.step_index, config.steps)
         values = {}
+        if self.step_index == 0 and self.valid_data is not None:
+            # The validation loss before any update: the baseline a fine-tuning run is measured against
+            start = self.validate()
+            if self.track:
+                tracker.save(0, {"loss.valid": start})
+                tracker.new_line()
         for step in steps:
             values = self.train_step()
             last = self.step_index == config.steps
