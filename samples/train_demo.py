@@ -36,7 +36,7 @@ checkpoint (the shipped demo by default).
 ## What it prints
 
 labml's progress line per step (training loss, learning rate, gradient norm) and the validation loss (on 10
-batches) every 100 steps; at the end the validation loss in nats per token, the bits per character, the size
+batches) before the first step and every 100 steps; at the end the validation loss in nats per token, the bits per character, the size
 of the written folder, and a few lines of generated text.
 """
 
