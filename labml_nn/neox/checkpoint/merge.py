@@ -148,8 +148,12 @@ def merge_part(part: str, layer: Optional[int], ranks: List[RankTensors], *, par
         copies = [tensors[name] for _, tensors in ranks]
         _check_same_shape(name, ranks, copies)
         how = rule(name, parallel_residual)
-        if len(copies) == 1 or how == "first":
+        if len(copies) == 1:
             merged[name] = copies[0]
+        elif how == "first":
+            # A copy, not rank 0's tensor itself: that is a view into rank 0's memory-mapped file, and keeping
+            # it would keep the whole file mapped (and its pages resident) for as long as the model lives
+            merged[name] = copies[0].clone()
         elif how == "sum":
             # Summed in float64 too, for the same reason as the average
             merged[name] = torch.stack([c.to(torch.float64) for c in copies]).sum(0).to(copies[0].dtype)
@@ -157,7 +161,7 @@ def merge_part(part: str, layer: Optional[int], ranks: List[RankTensors], *, par
             record = divergence(part, layer, name, copies)
             records.append(record)
             same = record.max_abs == 0 and all(c.dtype == copies[0].dtype for c in copies)
-            merged[name] = copies[0] if same or replicated == "first" else average(copies)
+            merged[name] = copies[0].clone() if same or replicated == "first" else average(copies)
         else:
             merged[name] = torch.cat(copies, dim=how[1])
     return merged, records
