@@ -3,22 +3,43 @@ r"""
 
 An annotated, working implementation of [GPT-NeoX](https://arxiv.org/abs/2204.06745), EleutherAI's 20-billion
 parameter language model, and of the Pythia family, which shares its architecture. Every module is written to
-be read top to bottom beside its code, and to run on the real checkpoints.
+be read top to bottom beside its code, and to run on the real checkpoints: the 20B "slim weights", any
+gpt-neox checkpoint, or a Pythia model in Hugging Face format.
+
+The package is built in layers, each page leaning only on the ones before it:
+
+* `config.py` holds the model's numbers; `model.py` is the model itself, and depends on nothing else of ours,
+  so it can be copied into other code; `utils/cache.py` is the key/value cache it reads while generating.
+* `checkpoint/` reads and merges the checkpoint files; `loader.py` turns them into `model.py`'s modules, one
+  layer at a time.
+* `tokenizer.py` and `generation.py` turn the model into a text generator; `utils/llm_int8.py` quantizes it to
+  half the memory; `utils/finetune.py`, `utils/text_dataset.py` and `utils/trainer.py` fine-tune it;
+  `evaluation/` scores it on LAMBADA with lm-eval.
 
 Notation used on every page: `B` batch, `T` sequence length, `H` heads, `D` head dimension, `C = H * D` the
 hidden size, `V` the vocabulary. Shapes are written `[B, T, H, D]`.
 
-The public API:
+The public API, here on the small demo model that ships inside the package (any checkpoint folder works the
+same way):
 
 ```python
+import torch
+from importlib.resources import files
 from labml_nn.neox import LayerGenerator, generate, load_tokenizer
+from labml_nn.neox.tokenizer import encode
 
-layers = list(LayerGenerator("path/to/checkpoint", dtype=torch.float32, device="cpu").load())
+path = files("labml_nn.neox") / "demo"
+layers = list(LayerGenerator(path, dtype=torch.float32, device="cpu").load())
 model = torch.nn.Sequential(*layers)       # ids [B, T] -> logits [B, T, V]
+
+tokenizer = load_tokenizer(path)
+ids = torch.tensor([encode(tokenizer, "ROMEO:")])
+print(tokenizer.decode(generate(model, ids, 20)[0].tolist()))
 ```
 """
 
-# The names above, imported when first used, so that `import labml_nn.neox.config` stays light
+# The names this package exports. Each is imported only when first used (PEP 562's module `__getattr__`), so that
+# `import labml_nn.neox.config` does not pay for importing torch, the loader and the tokenizer.
 _EXPORTS = {
     "NeoXConfig": "labml_nn.neox.config",
     "LayerGenerator": "labml_nn.neox.loader",

@@ -21,7 +21,7 @@ another project together.
 | `d_model` | 6144 | hidden size $C = H \cdot D$ |
 | `n_heads` | 64 | attention heads $H$, so $D = 96$ |
 | `d_ff` | 24576 | FFN hidden size, $4C$ |
-| `n_vocab` | 50432 | rows of the embedding $V$: 50,277 tokens padded to a multiple of 256 |
+| `n_vocab` | 50432 | rows of the embedding $V$: 50,277 tokens padded to a multiple of 256 (128 $\times$ 2 ranks) |
 | `rotary_pct` | 0.25 | fraction of each head's $D$ features that are rotated (24 of 96) |
 | `parallel_residual` | true | $x + \text{attn}(\text{ln}_1(x)) + \text{mlp}(\text{ln}_2(x))$ |
 | `activation` | `gelu_tanh` | `bias_gelu_fusion: true` fuses the tanh approximation of GELU |
@@ -50,38 +50,42 @@ class NeoXConfig:
     each one is read from.
     """
 
-    # `num_layers` / `num_hidden_layers`
+    # $L$, the number of transformer layers: `num_layers` in the YAML, `num_hidden_layers` in `config.json`.
     n_layers: int
-    # `hidden_size` in both: $C$
+    # The hidden size $C$, `hidden_size` in both files.
     d_model: int
-    # `num_attention_heads` in both: $H$
+    # The number of attention heads $H$, `num_attention_heads` in both files.
     n_heads: int
-    # Rows of the embedding and of the readout, $V$. gpt-neox does not write it in the YAML: it pads the
-    # tokenizer's size to a multiple of `make_vocab_size_divisible_by` $\times$ the tensor-parallel degree.
-    # The loader fills it from the shape of `word_embeddings.weight` when it is 0.
+    # Rows of the embedding and of the readout, $V$ (`vocab_size` in `config.json`). gpt-neox's own YAML does
+    # not hold it: gpt-neox pads the tokenizer's size to a multiple of `make_vocab_size_divisible_by` $\times$
+    # the tensor-parallel degree at start-up. Our exports write it as `padded_vocab_size`; when it is 0, the
+    # loader fills it from the shape of `word_embeddings.weight`.
     n_vocab: int = 0
     # `intermediate_size`; gpt-neox always uses $4C$. 0 means $4C$.
     d_ff: int = 0
     # `max_position_embeddings` / `seq_length`: the longest context the model was trained on.
     n_ctx: int = 2048
-    # `rotary_pct` / `partial_rotary_factor`
+    # The fraction of each head's $D$ features that rotary embeddings rotate: `rotary_pct` in the YAML,
+    # `partial_rotary_factor` (5.x) or `rotary_pct` (4.x) in `config.json`.
     rotary_pct: float = 1.0
-    # `rotary_emb_base` / `rope_theta`
+    # The base $b$ of the rotation angles $\theta_i = b^{-2i/d}$: `rotary_emb_base` / `rope_theta`.
     rotary_base: float = 10000.0
-    # `layernorm_epsilon` / `layer_norm_eps`
+    # The $\epsilon$ of every layer norm: `layernorm_epsilon` / `layer_norm_eps`.
     layer_norm_eps: float = 1e-5
-    # `gpt_j_residual` / `use_parallel_residual`
+    # Whether attention and the feed-forward network read the same input and are added to the residual
+    # together (`gpt_j_residual` / `use_parallel_residual`; true in every published NeoX model).
     parallel_residual: bool = False
     # `bias_gelu_fusion` or `activation` / `hidden_act`, normalised to one of `ACTIVATIONS`
     activation: str = "gelu"
     # `model_parallel_size`: how many tensor-parallel ranks the checkpoint was *written* with.
     # The model itself always runs unpartitioned; only the loader and the merge tool read this.
     tensor_parallel_size: int = 1
-    # The end-of-text token of the 20B tokenizer and of Pythia's.
+    # The end-of-text token, `eos_token_id` in `config.json`; 0 in the 20B tokenizer and in Pythia's.
     eos_token_id: int = 0
 
+    # Fill the derived default $4C$ and check the numbers fit together. A frozen dataclass still lets
+    # `__post_init__` set a field through `object.__setattr__`.
     def __post_init__(self):
-        # A frozen dataclass still lets `__post_init__` fill derived defaults through `object.__setattr__`.
         if self.d_ff == 0:
             object.__setattr__(self, "d_ff", 4 * self.d_model)
         if self.d_model % self.n_heads != 0:
@@ -270,6 +274,10 @@ class NeoXConfig:
         }
 
 
+# ## Helpers
+#
+# A gpt-neox YAML file, or the dictionary it parses to; returns a name for error messages and the keys.
+# gpt-neox's configs parse with PyYAML's `safe_load` despite their comments and trailing commas.
 def _read_yaml(source) -> "tuple[str, dict]":
     if isinstance(source, Mapping):
         return "config", dict(source)
@@ -287,8 +295,8 @@ def _read_yaml(source) -> "tuple[str, dict]":
     return str(path), values
 
 
+# The many names of the two GELUs across gpt-neox and transformers, mapped to one of `ACTIVATIONS`
 def _normalise_activation(name: str, key: str, value: str) -> str:
-    # The many names of the two GELUs across gpt-neox and transformers
     value = value.lower()
     if value in ("gelu", "gelu_python"):
         return "gelu"
@@ -297,9 +305,9 @@ def _normalise_activation(name: str, key: str, value: str) -> str:
     raise ConfigError(f"{name}: `{key}: {value}` is not supported; this implementation has exact and tanh GELU")
 
 
+# gpt-neox can train models that `model.py` does not implement. Building one anyway would load
+# without error and then compute something else, so we stop here and say which key is at fault.
 def _refuse_unsupported(name: str, values: dict):
-    # gpt-neox can train models that `model.py` does not implement. Building one anyway would load
-    # without error and then compute something else, so we stop here and say which key is at fault.
     checks = {
         "pos_emb": lambda v: v == "rotary",
         "norm": lambda v: v == "layernorm",
@@ -323,8 +331,8 @@ def _refuse_unsupported(name: str, values: dict):
                           f"has a `final_linear.weight`, set `no_weight_tying: true`.")
 
 
+# `attention_config: [[["global"], 44]]` lists (kinds, count) pairs; this is the first kind of one pair
 def _attention_kind(entry) -> str:
-    # `attention_config: [[["global"], 44]]` lists (kinds, count) pairs
     kinds = entry[0] if isinstance(entry, (list, tuple)) else entry
     kind = kinds[0] if isinstance(kinds, (list, tuple)) else kinds
     return str(kind).lower()

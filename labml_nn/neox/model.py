@@ -31,8 +31,9 @@ from labml_nn.neox.config import NeoXConfig
 from labml_nn.neox.utils.cache import KVCache
 
 
+# When the loader spreads the layers over several GPUs, the activations follow the layers: each module moves its
+# input to the device of its own parameters. On one device this does nothing.
 def _on_device_of(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    # When layers are spread over several GPUs, the activations follow the layer. On one device this is a no-op.
     device = next(module.parameters()).device
     return x if x.device == device else x.to(device)
 
@@ -59,8 +60,9 @@ class Embedding(nn.Module):
         self.word_embeddings = nn.Embedding(config.n_vocab, config.d_model,
                                             _weight=torch.empty(config.n_vocab, config.d_model))
 
+    # `ids` `[B, T]` $\rightarrow$ `[B, T, C]`: one row of `word_embeddings.weight` per token. The cache is not
+    # used; every module takes it so that a generation loop can treat them all alike.
     def forward(self, ids: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        # `ids` is `[B, T]`, the result `[B, T, C]`
         return self.word_embeddings(_on_device_of(ids, self))
 
 
@@ -75,14 +77,14 @@ class RotaryEmbedding(nn.Module):
     GPT-NeoX pairs feature $i$ with feature $i + d/2$ (the "rotate half" layout) and rotates only the first
     $d$ = `d_rotary` features of each head, a quarter of them in the 20B model ($d = 24$ of $D = 96$):
 
-    \begin{align}
+    $$
+    \begin{aligned}
     \operatorname{RoPE}(x, m)_i &= x_i \cos m\theta_i - x_{i + d/2} \sin m\theta_i \\
     \operatorname{RoPE}(x, m)_{i + d/2} &= x_{i + d/2} \cos m\theta_i + x_i \sin m\theta_i
-    \qquad \text{for } 0 \le i < d/2, \\
-    \theta_i &= b^{-2i/d}
-    \end{align}
+    \end{aligned}
+    $$
 
-    with base $b = 10000$. In vector form, with $x' = [-x_{d/2:d}, x_{0:d/2}]$ ("rotate half"),
+    for $0 \le i < d/2$, with $\theta_i = b^{-2i/d}$ and base $b = 10000$. In vector form, with $x' = [-x_{d/2:d}, x_{0:d/2}]$ ("rotate half"),
     $\operatorname{RoPE}(x, m) = x \odot \cos(m\theta) + x' \odot \sin(m\theta)$ where $\theta$ lists each
     $\theta_i$ twice.
     """
@@ -98,10 +100,12 @@ class RotaryEmbedding(nn.Module):
         # (not as buffers, so that `model.half()` does not round the angles before we use them)
         self._cos_sin: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
+    # The tables of $\cos m\theta$ and $\sin m\theta$ for positions $m$ up to at least `end`. They are built once
+    # for 2048 positions, doubled when a longer sequence arrives, and rebuilt when the device changes. The angles
+    # $m \theta_i$ are `[positions, d/2]`; each is repeated for both features of its pair, `[positions, d]`.
     def _tables(self, end: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         cached = self._cos_sin
         if cached is None or cached[0].shape[0] < end or cached[0].device != device:
-            # Angles $m \theta_i$, `[positions, d/2]`, then each repeated for the pair `[positions, d]`
             length = max(end, 2048 if cached is None else 2 * cached[0].shape[0])
             positions = torch.arange(length, device=device, dtype=torch.float32)
             angles = torch.outer(positions, self.theta.to(device))
@@ -109,10 +113,10 @@ class RotaryEmbedding(nn.Module):
             self._cos_sin = cached = (angles.cos(), angles.sin())
         return cached
 
+    # `x` is `[B, T, ..., D]`: positions on the second dimension, then any dimensions whose vectors share a
+    # position (the heads, and queries and keys, which we rotate together in one pass). Its first token sits
+    # at position `offset`, the number of tokens already in the cache.
     def forward(self, x: torch.Tensor, offset: int) -> torch.Tensor:
-        # `x` is `[B, T, ..., D]`: positions on the second dimension, then any dimensions whose vectors share a
-        # position (the heads, and queries and keys, which we rotate together in one pass). Its first token sits
-        # at position `offset`, the number of tokens already in the cache.
         d = self.d_rotary
         if d == 0:
             return x
@@ -125,7 +129,7 @@ class RotaryEmbedding(nn.Module):
         sin = sin[offset:offset + n_tokens].to(x.dtype).view(shape)
         # Split off the features that rotate; the rest pass through
         x_rot, x_pass = x[..., :d], x[..., d:]
-        # $x' = [-x_{d/2:d}, x_{0:d/2}]$
+        # "Rotate half": $x' = [-x_{d/2:d}, x_{0:d/2}]$, so that feature $i$ meets its partner $i + d/2$
         x1, x2 = x_rot[..., :d // 2], x_rot[..., d // 2:]
         rotated = torch.cat((-x2, x1), dim=-1)
         # $x \odot \cos(m\theta) + x' \odot \sin(m\theta)$
@@ -137,8 +141,8 @@ class Attention(nn.Module):
     r"""
     ## Multi-head attention
 
-    One linear layer, `query_key_value`, makes queries, keys and values for all heads at once: `[B, T, C]`
-    $\rightarrow$ `[B, T, 3C]`. Its output is laid out **head by head**: viewed as `[B, T, H, 3, D]`, each head's
+    One linear layer, `query_key_value` (weight `[3C, C]`), makes queries, keys and values for all heads at once:
+    `[B, T, C]` $\rightarrow$ `[B, T, 3C]`. Its output is laid out **head by head**: viewed as `[B, T, H, 3, D]`, each head's
     slice holds that head's query, key and value, $D$ features each. (This is what makes tensor parallelism
     simple: rank $r$ of $N$ holds a contiguous block of $H/N$ heads, so the ranks' weights concatenate.)
 
@@ -207,9 +211,11 @@ class FFN(nn.Module):
     r"""
     ## Feed-forward network
 
-    $$\operatorname{FFN}(x) = \operatorname{GELU}(x W_1 + b_1) W_2 + b_2$$
+    $$\operatorname{FFN}(x) = \operatorname{GELU}(x W_1^\top + b_1) W_2^\top + b_2$$
 
-    with $W_1$ = `dense_h_to_4h` ($C \rightarrow 4C$) and $W_2$ = `dense_4h_to_h` ($4C \rightarrow C$).
+    with $W_1$ = `dense_h_to_4h.weight`, `[4C, C]`, and $W_2$ = `dense_4h_to_h.weight`, `[C, 4C]`, stored
+    `[out, in]` as `nn.Linear` stores them (hence the transposes): `[B, T, C]` $\rightarrow$ `[B, T, 4C]`
+    $\rightarrow$ `[B, T, C]`. In the 20B model $4C = 24576$.
 
     Which GELU depends on how the model was trained. The exact one is $x \Phi(x)$, with $\Phi$ the standard
     normal CDF. gpt-neox's fused bias-GELU kernel (`bias_gelu_fusion: true`, as in the 20B model) computes the
@@ -217,8 +223,8 @@ class FFN(nn.Module):
 
     $$\operatorname{GELU}(x) \approx \frac{x}{2}\Big(1 + \tanh\Big(\sqrt{2/\pi}\,\big(x + 0.044715\,x^3\big)\Big)\Big)$$
 
-    They differ by up to about $10^{-3}$ per unit, which is enough to change logits visibly, so we follow the
-    checkpoint's config.
+    They differ by up to about $5 \times 10^{-4}$ per feature, which, summed over 44 layers, is enough to
+    change logits visibly, so we follow the checkpoint's config.
     """
 
     def __init__(self, config: NeoXConfig):
@@ -227,8 +233,8 @@ class FFN(nn.Module):
         self.dense_4h_to_h = nn.Linear(config.d_ff, config.d_model)
         self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
 
+    # $\operatorname{GELU}(x W_1^\top + b_1) W_2^\top + b_2$, with the exact or the tanh GELU
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # `[B, T, C]` $\rightarrow$ `[B, T, 4C]` $\rightarrow$ `[B, T, C]`
         return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate=self.approximate))
 
 
@@ -244,10 +250,12 @@ class TransformerLayer(nn.Module):
 
     A **sequential residual** (the classic transformer, gpt-neox's default) feeds the FFN the attention's result,
 
-    \begin{align}
+    $$
+    \begin{aligned}
     h &= x_l + \operatorname{Attn}(\operatorname{LN}_1(x_l)) \\
     x_{l+1} &= h + \operatorname{FFN}(\operatorname{LN}_2(h))
-    \end{align}
+    \end{aligned}
+    $$
     """
 
     def __init__(self, config: NeoXConfig, layer_idx: int):
@@ -260,8 +268,9 @@ class TransformerLayer(nn.Module):
         self.attention = Attention(config, layer_idx)
         self.mlp = FFN(config)
 
+    # `x` is `[B, T, C]`, and so is the result. Attention reads and extends the cache; the FFN works on each
+    # position alone and needs none.
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        # `x` is `[B, T, C]`
         x = _on_device_of(x, self)
         attn = self.attention(self.input_layernorm(x), cache)
         if self.parallel_residual:
@@ -315,8 +324,9 @@ def build_layers(config: NeoXConfig) -> list:
     To use a checkpoint's weights, use `LayerGenerator` in `loader.py`, which builds each module and loads its
     tensors one at a time.
 
-    The initialisation is the one gpt-neox calls `small_init` for every weight,
-    $\mathcal{N}(0, \sqrt{2 / 5C})$, with zero biases; it only matters when training from scratch.
+    The initialisation is the one gpt-neox calls `small_init`, used here for every weight: normal with mean 0
+    and standard deviation $\sqrt{2 / (5C)}$. Biases start at zero and layer norms at $\gamma = 1, \beta = 0$.
+    It only matters when training from scratch (`samples/train_demo.py`).
     """
     layers = [Embedding(config)]
     layers += [TransformerLayer(config, i) for i in range(config.n_layers)]
@@ -340,14 +350,16 @@ def column_major_weights(module: nn.Module) -> nn.Module:
     While generating, each step multiplies one token's vector by every weight matrix of the model: matrix-vector
     products, whose speed is how fast the weights stream from memory. `nn.Linear` keeps its weight $W$ as
     `[out, in]`, row by row, and computes $x W^\top$. With fp32 weights in that layout, MKL's matrix-vector
-    product reads about 9 GB/s on one core of our test machine (AMD EPYC, AVX-512), against 12-13 GB/s for the same
-    matrix stored column by column, which is as fast as MKL's and oneDNN's pre-packed weight formats. So on a
+    product reads about 13.7 GB/s on our 2-core test machine (AMD EPYC, AVX-512; Pythia-160M-shaped weights,
+    `benchmarks/RESULTS.md`), against 19 GB/s for the same matrices stored column by column, which is as fast as
+    MKL's and oneDNN's pre-packed weight formats; a decoding step went from 79 ms to 62 ms. So on a
     CPU we store each fp32 weight column by column: the same values, the same shape `[out, in]` and the same
     parameter names, only the strides differ (`W.t()` is contiguous), and `nn.Linear` computes exactly the same
     thing. The state dict is unchanged except that its weights are not contiguous (safetensors wants
     `.contiguous()` tensors).
 
-    Half-precision weights keep the usual layout: MKL's fp16 kernels are slower column by column. On a GPU,
+    Half-precision weights keep the usual layout: MKL's fp16 matrix-vector product is about 10x slower column by
+    column. On a GPU,
     cuBLAS reads both layouts at full speed, so GPU weights are left alone.
     """
     for layer in module.modules():
