@@ -8,8 +8,9 @@ Two things make the loop fast:
 
 * **A key-value cache** (`utils/cache.py`). The first step runs the whole prompt and stores every layer's keys
   and values; each later step runs only the one new token, whose attention reads the stored ones.
-* **Logits for the last position only.** The readout is a $C \times V$ matrix multiplication, as large as a
-  transformer layer's in small models; during the prompt step only the last position's logits are needed.
+* **Logits for the last position only.** The readout multiplies each position by a `[V, C]` matrix, which has
+  two thirds of a transformer layer's weights in the 20B model and five times them in Pythia-160M; during the
+  prompt step only the last position's logits are needed, so the other positions skip it.
 
 `model` is the `nn.Sequential` that `LayerGenerator` gives (or any sequence of `model.py` modules): we walk its
 modules ourselves so that the cache can be passed to each.
@@ -31,6 +32,7 @@ from labml_nn.neox.model import ReadoutLayer, column_major_weights
 from labml_nn.neox.utils.cache import KVCache
 
 
+# A model is an `nn.Sequential` of `model.py`'s modules, a list of them, or (for a quick test) a single module
 def _modules(model) -> Sequence[nn.Module]:
     return list(model) if isinstance(model, (nn.Sequential, list, tuple)) else [model]
 

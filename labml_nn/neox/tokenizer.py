@@ -44,7 +44,7 @@ def load_tokenizer(path: Union[str, Path]) -> Tokenizer:
 
 
 def encode(tokenizer: Tokenizer, text: str) -> List[int]:
-    # GPT-NeoX's tokenizer adds no special tokens around a text
+    """The ids of `text` alone: no end-of-text or other special token is added around it."""
     return tokenizer.encode(text, add_special_tokens=False).ids
 
 

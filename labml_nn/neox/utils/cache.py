@@ -4,8 +4,9 @@ r"""
 When a model generates text one token at a time, the keys and values of every earlier token are the same at
 every step: attention at position $t$ only reads keys and values at positions $\le t$, and those do not change
 when a later token arrives. So we compute them once and keep them. Each decoding step then feeds a single new
-token through the model, its attention reads the kept keys and values, and the cost of a step no longer grows
-with the square of the length.
+token through the model and its attention reads the kept keys and values: a step costs one token's work in
+every linear layer instead of the whole sequence's, and generating $n$ tokens costs $O(n)$ token-passes
+instead of $O(n^2)$.
 
 This cache differs from the one in the annotated reference implementation in two ways that matter when the
 module is copied into other code:
@@ -17,8 +18,9 @@ module is copied into other code:
   each step writes into the next free slots. Growing the cache by concatenation would copy the whole past at
   every step, which for long generations costs more than the attention itself.
 
-Shapes: keys and values are stored as `[B, H, T_max, D]`, the layout
-`torch.nn.functional.scaled_dot_product_attention` takes.
+Shapes: keys and values are stored as `[B, H, T_max, D]`, where `T_max` is the cache's `max_len`, the layout
+`torch.nn.functional.scaled_dot_product_attention` takes. `model.py`'s `Attention` is the only reader and
+writer; `generation.py` creates the cache and advances it.
 """
 
 from typing import Dict, Tuple
