@@ -16,6 +16,7 @@ weights they must be put back together, and that is what this package does.
 | [`write.py`](write.html) | writing the gpt-neox layout with any number of ranks, or a Hugging Face folder |
 | [`convert.py`](convert.html) | the `merge` command: all or nothing, with a report of how far replicated tensors diverged |
 | [`download.py`](download.html) | fetching the 20B slim weights, resumably |
+| [`__main__.py`](__main__.html) | the command line: `download` and `merge` |
 
 ## Using it
 

@@ -2,11 +2,15 @@ r"""
 # The command line
 
 ```
-python -m labml_nn.neox.checkpoint download [DEST]
+python -m labml_nn.neox.checkpoint download [DEST] [--base-url URL]
 python -m labml_nn.neox.checkpoint merge SRC OUT --format hf|neox [--replicated average|first]
                                          [--dtype float16|bfloat16|float32] [--report R.json]
-                                         [--warn-above 1e-3] [--trust-pickle] [--overwrite]
+                                         [--warn-above 1e-3] [--trust-pickle] [--max-shard-mb 1024]
+                                         [--overwrite]
 ```
+
+`download` fetches the 20B slim weights (`download.py`); `merge` writes a single-rank copy of any checkpoint,
+in gpt-neox's layout or Hugging Face's (`convert.py`). `--help` on either explains every option.
 
 Errors are `CheckpointError`s whose messages say what to do; the command prints the message (no traceback)
 and exits with status 1.

@@ -6,7 +6,7 @@ it as one rank, either in gpt-neox's own layout (`format="neox"`, which our load
 a transformers `GPTNeoXForCausalLM` folder (`format="hf"`). It is what
 `python -m labml_nn.neox.checkpoint merge` runs.
 
-Two promises make it safe to run on a 40 GB checkpoint:
+Two promises make it safe to run on the 39 GB 20B checkpoint:
 
 * **Nothing half-written.** The output is built in a temporary folder beside `out` (`out.tmp-XXXX`, on the same
   file system, so the final step is a rename) and appears under its name only when every part is written.
@@ -85,8 +85,8 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
     return result
 
 
+# A labml progress bar over the parts; each step reads, merges and hands one part to the writer
 def _with_progress(ckpt, progress: bool):
-    # A labml progress bar over the parts; each step reads, merges and hands one part to the writer
     from labml import monit
 
     keys = ckpt.part_keys()
@@ -94,8 +94,8 @@ def _with_progress(ckpt, progress: bool):
         yield part, layer, ckpt.read(part, layer)
 
 
+# With `overwrite`, the old folder is moved aside first and deleted only once the new one is in place
 def _replace(tmp: Path, out: Path):
-    # With `overwrite`, the old folder is moved aside first and deleted only once the new one is in place
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=out.name + ".old-", dir=out.parent))
@@ -106,6 +106,9 @@ def _replace(tmp: Path, out: Path):
 
 
 # ## The report
+#
+# A JSON-ready summary of the divergence records: where the merge came from, the worst absolute and relative
+# spread, the tensors above `warn_above`, and every record.
 def divergence_report(records: List[Divergence], warn_above: float = WARN_ABOVE, **about) -> dict:
     worst = max(records, key=lambda r: r.max_abs, default=None)
     return {**about, "warn_above": warn_above,

@@ -14,7 +14,7 @@ with a message for anything else. The user who trusts the file can then pass `tr
 (`--trust-pickle` on the command line); we never fall back to the unrestricted loader on our own.
 
 We also load with `mmap=True`: the file is mapped into memory and a tensor's bytes are read from disk only
-when they are used. Opening all tensor-parallel ranks of a 40 GB checkpoint then costs almost nothing, and the
+when they are used. Opening all tensor-parallel ranks of the 39 GB checkpoint then costs almost nothing, and the
 merge touches one layer at a time.
 """
 
@@ -80,8 +80,9 @@ def load_torch_file(path: Path, *, trust_pickle: bool = False, what: str = "") -
                               f"truncated or corrupt (an interrupted download?); re-download it.") from None
 
 
+# The message for a pickle that needs types outside the allowlist. PyTorch can list the globals a pickle refers to
+# without running it, which makes the message concrete.
 def _unsafe_message(path: Path, about: str) -> str:
-    # PyTorch can list the globals a pickle refers to without running it, which makes the message concrete.
     import torch
 
     try:

@@ -77,10 +77,10 @@ def expected_indices(n_layers: int) -> Dict[int, Tuple[str, Optional[int]]]:
     return indices
 
 
+# An index outside the map means the config's layer count disagrees with the files (or the files hold a
+# model with stages we do not know). The highest index is the readout, $L + 4$, so it tells us the $L$
+# the files were written for.
 def _check_indices(found: set, n_layers: int, config_key: str, where: str):
-    # An index outside the map means the config's layer count disagrees with the files (or the files hold a
-    # model with stages we do not know). The highest index is the readout, $L + 4$, so it tells us the $L$
-    # the files were written for.
     extra = sorted(found - set(expected_indices(n_layers)))
     if extra:
         guess = max(found) - 4
@@ -91,6 +91,9 @@ def _check_indices(found: set, n_layers: int, config_key: str, where: str):
 
 
 # ## Pipeline layout
+#
+# One file per stage and rank in the step folder; `files` maps `(stage, rank)` to its path. The number of ranks
+# is what the files show until `check` is told the config's.
 class PipelineLayout:
     name = "pipeline"
     PATTERN = re.compile(r"layer_(\d+)-model_(\d+)-model_states\.pt$")
@@ -112,8 +115,9 @@ class PipelineLayout:
     def rel(self, path: Path) -> str:
         return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
 
+    # Once the config is read: every stage needs a file for every rank, and a missing one is named, with the rank
+# and the stage it holds.
     def check(self, n_layers: int, n_ranks: int, config_key: str = "num_layers"):
-        # Every stage needs a file for every rank; a missing one is named, with the rank and stage it holds.
         self.n_layers, self.n_ranks = n_layers, n_ranks
         _check_indices({i for i, _ in self.files}, n_layers, config_key, self.rel(self.folder))
         for index, (part, layer) in expected_indices(n_layers).items():
@@ -202,7 +206,8 @@ class SequentialLayout(PipelineLayout):
 # ## Hugging Face layout
 #
 # One rank, so nothing to merge; only the names change. `attention.bias` and `attention.masked_bias` are the
-# causal mask and a constant that transformers 4.x saved as buffers in the Pythia files; they are not weights.
+# causal mask and a constant that transformers 4.x saved as buffers in the Pythia files, and `inv_freq` is the
+# rotary constant our model computes; none of them are weights.
 HF_BUFFERS = ("attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_freq")
 
 

@@ -51,7 +51,9 @@ INV_FREQ = "attention.rotary_emb.inv_freq"
 
 # ## The rules
 #
-# `("concat", dim)`, `"row_bias"` (summed or replicated, by the residual), `"replicated"`, `"first"`.
+# How each tensor's ranks combine: `("concat", dim)` concatenates on `dim`; `"row_bias"` is summed with the
+# parallel residual and treated as replicated with the sequential one (see above); `"replicated"` is averaged,
+# or taken from rank 0, with its divergence recorded; `"first"` takes rank 0.
 RULES = {
     "word_embeddings.weight": ("concat", 0),
     "final_linear.weight": ("concat", 0),
@@ -117,8 +119,9 @@ class Divergence:
         return asdict(self)
 
 
+# The divergence of one replicated tensor, computed in float64, which holds the difference of two fp16 or fp32
+# numbers exactly
 def divergence(part: str, layer: Optional[int], name: str, copies: Sequence[torch.Tensor]) -> Divergence:
-    # float64 holds the difference of two fp16 or fp32 numbers exactly
     x = torch.stack([c.to(torch.float64) for c in copies])
     spread = x.max(0).values - x.min(0).values
     magnitude = x.abs().max(0).values
@@ -127,9 +130,10 @@ def divergence(part: str, layer: Optional[int], name: str, copies: Sequence[torc
     return Divergence(part, layer, name, float(spread.max()), float(relative.max()), len(copies))
 
 
+# The mean of the copies. We add in float64 and round once at the end: $N$ fp16 numbers (or fp32 numbers of
+# similar size, as the copies of one tensor are) add exactly in float64, so the result is the correctly rounded
+# mean, and identical copies give back exactly the same tensor.
 def average(copies: Sequence[torch.Tensor]) -> torch.Tensor:
-    # We add in float64 and round once at the end. $N$ fp16 or fp32 numbers add exactly in float64, so the
-    # result is the correctly rounded mean, and identical copies give back exactly the same tensor.
     total = torch.stack([c.to(torch.float64) for c in copies]).sum(0)
     return (total / len(copies)).to(copies[0].dtype)
 
@@ -167,9 +171,9 @@ def merge_part(part: str, layer: Optional[int], ranks: List[RankTensors], *, par
     return merged, records
 
 
+# A tensor we have no rule for means a model we do not build: a gated MLP (GeGLU/SwiGLU), experts,
+# another norm. Writing it out without that tensor would give a wrong model, so we stop.
 def _check_names(part: str, layer: Optional[int], ranks: List[RankTensors]):
-    # A tensor we have no rule for means a model we do not build: a gated MLP (GeGLU/SwiGLU), experts,
-    # another norm. Writing it out without that tensor would give a wrong model, so we stop.
     known = set(PART_TENSORS[part]) | set(OPTIONAL.get(part, []))
     for source, tensors in ranks:
         unknown = sorted(set(tensors) - known)

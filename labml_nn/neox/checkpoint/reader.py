@@ -33,6 +33,10 @@ from .merge import INV_FREQ, Divergence, merge_part
 TOKENIZER_NAMES = ("20B_tokenizer.json", "tokenizer.json")
 
 
+# ## The opened checkpoint
+#
+# What `open_checkpoint` returns: the layout, the config (completed from the files), the tokenizer's path, and
+# the divergence records of the replicated tensors merged so far.
 class Checkpoint:
     def __init__(self, layout, config: NeoXConfig, config_source: str, tokenizer_path: Optional[Path],
                  replicated: str, check_rotary: bool):
@@ -109,8 +113,9 @@ class Checkpoint:
             f"({' x '.join(symbols)}). Fix `{keys[bad]}` in the config, or use the config this checkpoint was "
             f"trained with.")
 
+    # The stored `inv_freq` must be the $\theta_i = b^{-2i/d}$, $0 \le i < d/2$, that the config implies ($d$ the
+    # rotated features per head): its length checks `rotary_pct`, its values the base $b$.
     def _check_inv_freq(self, inv_freq: torch.Tensor, sources: str, layer):
-        # $\theta_i = b^{-2i/d}$ for $i < d/2$, where $d$ is the number of rotated features per head
         d = self.config.d_rotary
         expected = 1.0 / self.config.rotary_base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
         key_pct = "partial_rotary_factor" if isinstance(self.layout, HFLayout) else "rotary_pct"
@@ -146,8 +151,8 @@ def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicate
     n_ranks = max(layout.ranks_found, config.tensor_parallel_size if not isinstance(layout, HFLayout) else 1)
     layout.check(config.n_layers, n_ranks)
 
-    # The vocabulary is padded to a multiple of the rank count, and gpt-neox's YAML does not say by how much:
-    # the embedding's rows tell us. (With `mmap`, reading the shape does not read the tensor.)
+    # The vocabulary is padded to a multiple of `make_vocab_size_divisible_by` $\times$ the rank count, and
+    # gpt-neox's YAML does not hold the result: the embedding's rows tell us. (With `mmap`, reading the shape does not read the tensor.)
     rows = layout.embedding_rows()
     n_vocab = sum(rows)
     if config.n_vocab and rows and config.n_vocab != n_vocab:
@@ -158,8 +163,9 @@ def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicate
     return Checkpoint(layout, config, source, _find_tokenizer(layout), replicated, check_rotary)
 
 
+# Where to look for the config and the tokenizer: beside the weights, or one level up when the user pointed at a
+# `global_step...` folder
 def _search_folders(layout) -> List[Path]:
-    # Beside the weights, or one level up when the user pointed at a `global_step...` folder
     folders = [layout.root / "configs", layout.root]
     if getattr(layout, "folder", None) == layout.root and not isinstance(layout, HFLayout):
         folders += [layout.root.parent / "configs", layout.root.parent]

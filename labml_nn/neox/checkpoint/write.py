@@ -37,9 +37,9 @@ def _cast(tensors: Dict[str, torch.Tensor], dtype: Optional[torch.dtype]) -> Dic
     return {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in tensors.items()}
 
 
+# What we write must be exactly what the reader expects, no more (an unknown tensor would be lost on the
+# way back) and no less.
 def _check_part(part: str, layer: Optional[int], tensors: Dict[str, torch.Tensor]):
-    # What we write must be exactly what the reader expects, no more (an unknown tensor would be lost on the
-    # way back) and no less.
     want, have = set(PART_TENSORS[part]), set(tensors)
     if want != have:
         raise CheckpointError(f"cannot write {part} {'' if layer is None else layer}: missing {sorted(want - have)}, "
