@@ -110,10 +110,10 @@ class LayerGenerator:
     # ### Spreading layers over devices
     def _placement(self, parts: List[tuple]) -> List[torch.device]:
         r"""
-        Give each device a contiguous run of parts holding about the same number of parameter bytes. The
-        embedding and the readout each hold $VC$ numbers, two thirds of a transformer layer's $12C^2$ in the 20B
-        model and several layers' worth in small models, so counting bytes balances better than counting layers. A part goes to the device
-        in whose share of the total its middle falls.
+        Give each device a contiguous run of parts holding about the same number of parameter bytes. The embedding
+        and the readout each hold $VC$ numbers, two thirds of a transformer layer's $12C^2$ in the 20B model and several
+        layers' worth in small models, so counting bytes balances better than counting layers. A part goes to the
+        device in whose share of the total its middle falls.
         """
         if len(self.devices) == 1:
             return [self.devices[0]] * len(parts)

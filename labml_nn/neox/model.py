@@ -84,7 +84,8 @@ class RotaryEmbedding(nn.Module):
     \end{aligned}
     $$
 
-    for $0 \le i < d/2$, with $\theta_i = b^{-2i/d}$ and base $b = 10000$. In vector form, with $x' = [-x_{d/2:d}, x_{0:d/2}]$ ("rotate half"),
+    for $0 \le i < d/2$, with $\theta_i = b^{-2i/d}$ and base $b = 10000$. In vector form, with
+    $x' = [-x_{d/2:d}, x_{0:d/2}]$ ("rotate half"),
     $\operatorname{RoPE}(x, m) = x \odot \cos(m\theta) + x' \odot \sin(m\theta)$ where $\theta$ lists each
     $\theta_i$ twice.
     """
@@ -142,8 +143,8 @@ class Attention(nn.Module):
     ## Multi-head attention
 
     One linear layer, `query_key_value` (weight `[3C, C]`), makes queries, keys and values for all heads at once:
-    `[B, T, C]` $\rightarrow$ `[B, T, 3C]`. Its output is laid out **head by head**: viewed as `[B, T, H, 3, D]`, each head's
-    slice holds that head's query, key and value, $D$ features each. (This is what makes tensor parallelism
+    `[B, T, C]` $\rightarrow$ `[B, T, 3C]`. Its output is laid out **head by head**: viewed as `[B, T, H, 3, D]`, each
+    head's slice holds that head's query, key and value, $D$ features each. (This is what makes tensor parallelism
     simple: rank $r$ of $N$ holds a contiguous block of $H/N$ heads, so the ranks' weights concatenate.)
 
     Then, for each head,
