@@ -19,8 +19,8 @@ bits per character.
 
 [AdamW](https://arxiv.org/abs/1711.05101), with weight decay on the matrices only (not on biases and layer norm
 parameters, as in gpt-neox), and gradient clipping: when the norm of all gradients together exceeds `grad_clip`,
-they are scaled down to it. The learning rate warms up linearly for the first $W$ steps and then follows a
-cosine down to `min_lr_ratio` of its peak at the last step $S$:
+they are scaled down to it. The learning rate warms up linearly to its peak $\eta$ over the first $W$ steps and
+then follows a cosine down to $r \eta$ ($r$ = `min_lr_ratio`), which it reaches at step $S$ = `steps`:
 
 $$\eta_s = \begin{cases} \eta \, \frac{s + 1}{W} & s < W \\
 \eta \Big(r + (1 - r) \, \frac{1}{2}\big(1 + \cos \pi \frac{s - W}{S - W}\big)\Big) & s \ge W \end{cases}$$
@@ -98,6 +98,9 @@ class TrainingConfig:
 
 
 # ## The learning-rate schedule
+#
+# $\eta_s$ of the formula above, for step $s$ counted from 0. `progress` is $\frac{s - W}{S - W}$, held at 1
+# should a run go past $S$.
 def learning_rate(step: int, config: TrainingConfig) -> float:
     peak, warmup, steps = config.learning_rate, config.warmup_steps, config.steps
     if step < warmup:
@@ -141,8 +144,9 @@ def forward_layers(modules: Sequence[nn.Module], ids: torch.Tensor, activation_c
     return x
 
 
+# $\mathcal{L}$, the cross-entropy, in fp32 whatever the logits' dtype: logits `[B, T, V]` and targets `[B, T]`
+# flattened to `[BT, V]` and `[BT]`; the mean by default, the sum for validation
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    # Cross-entropy in fp32 whatever the logits' dtype: `[B, T, V]` and `[B, T]` flattened to `[BT, V]`, `[BT]`
     targets = targets.to(logits.device)
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 
@@ -182,9 +186,9 @@ def _input_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+# The model as one module: `nn.Sequential` with activation checkpointing. `DistributedDataParallel` and
+# `fully_shard` wrap a module, so the loop over layers must live inside one
 class _LayerStack(nn.Module):
-    # `nn.Sequential` with activation checkpointing: `DistributedDataParallel` and `fully_shard` wrap a module,
-    # so the loop over layers must live inside one
     def __init__(self, modules: Sequence[nn.Module], activation_checkpointing: bool):
         super().__init__()
         self.layers = nn.ModuleList(modules)
