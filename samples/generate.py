@@ -31,20 +31,31 @@ on a CPU).
 
 For `--prompt`, and each turn of `--interactive`: the prompt, then the generated text as it comes, then a line
 on standard error with the decoding speed (tokens after the first, each one decoding step) and the time the
-prompt took, such as
+prompt took. Without a prompt it generates unconditionally, starting from the end-of-text token (id 0), which is
+how every document began during training. Sampling is random unless `--seed` is given, so the text differs from
+run to run; on a 2-core CPU, `python samples/generate.py --max-new-tokens 40` printed
 
 ```
-[100 new tokens, 52.9 tokens/s; prompt of 3 tokens in 0.02 s]
+ANNE,
+If you with a man, with you resortion,
+So remorse of your crook'd.
+
+[Enter SS.]
+
+CHARLE.
+Where
+[40 new tokens, 347.2 tokens/s; prompt of 0 tokens in 0.02 s]
 ```
 
-Without a prompt it generates unconditionally, starting from the end-of-text token (id 0), which is how every
-document began during training.
+The demo model is small (4 layers, 5.3M parameters, 400 steps of training), so it writes the shape of a play,
+character names, stage directions and verse lines, rather than sense. When standard output is not a terminal, a
+line such as `[loaded 7 modules (4 transformer layers) on cpu in fp32 in 0.1 s]` on standard error replaces
+labml's loading progress bar.
 
 For `--prompt-file` (one prompt per line) it writes one JSON object per prompt,
 `{"prompt": ..., "completion": ..., "prompt_tokens": ..., "new_tokens": ..., "tokens_per_second": ...}`, to
 `--output`, or to standard output when no `--output` is given; then standard output holds nothing but the JSON
-lines. (labml's loading progress bar, which it draws on standard output, appears only when standard output is a
-terminal; otherwise a one-line summary of the loading goes to standard error.)
+lines (labml's progress bar, which it draws on standard output, is then left out).
 """
 
 import argparse
@@ -70,6 +81,8 @@ def demo_checkpoint() -> Path:
 
 
 # ## Command-line arguments
+#
+# Sampling defaults to temperature 0.8 with nucleus sampling at $p = 0.95$; the dtype follows the device.
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Generate text with a GPT-NeoX model (the 20B slim weights, any gpt-neox checkpoint, or a "
@@ -188,8 +201,8 @@ def complete(model, tokenizer, prompt: str, args: argparse.Namespace, on_text=No
             "tokens_per_second": round((n_new - 1) / decode_time, 2) if n_new > 1 and decode_time > 0 else None}
 
 
+# The speed line goes to standard error, so that redirecting standard output keeps only the text
 def report(result: dict):
-    # Standard error, so that redirecting standard output keeps only the text
     speed = result["tokens_per_second"]
     print(f"[{result['new_tokens']} new tokens{'' if speed is None else f', {speed:.1f} tokens/s'}; "
           f"prompt of {result['prompt_tokens']} tokens in {result['prompt_seconds']:.2f} s]",
@@ -202,6 +215,9 @@ def stream_to_stdout(text: str):
 
 
 # ## The three modes
+#
+# One prompt (or none) streamed to the terminal; a prompt read from the keyboard, again and again; or a file of
+# prompts, one JSON line out for each.
 def run_one(model, tokenizer, prompt: Optional[str], args):
     if prompt:
         stream_to_stdout(prompt)
