@@ -32,6 +32,7 @@ the published GPT-NeoX-20B LAMBADA rows for comparison.
 """
 
 import argparse
+import json
 import platform
 import subprocess
 import sys
@@ -73,6 +74,23 @@ def held_out_plays(folder: Path) -> List[Path]:
     return sorted(paths)
 
 
+def shakespeare_cloze(texts: List[Path], out: Path, n_docs: int, n_words: int = 60) -> Path:
+    r"""
+    LAMBADA's format on the held-out plays: passages of `n_words` words (joined by single spaces) whose last
+    word is alphabetic, so that the same task (the greedy last word) measures the demo model in its own domain.
+    Passages are spread evenly over the plays.
+    """
+    words = [w for p in texts for w in p.read_text(encoding="utf-8").split()]
+    step = max(n_words, (len(words) - n_words) // n_docs)
+    with out.open("w") as f:
+        for end in range(n_words, len(words), step):
+            # Move the end back to the nearest alphabetic word of three letters or more
+            while end > n_words and not (words[end - 1].isalpha() and len(words[end - 1]) > 2):
+                end -= 1
+            f.write(json.dumps({"text": " ".join(words[end - n_words:end])}) + "\n")
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1].lstrip("# "))
     parser.add_argument("--checkpoint", default=str(REPO / "labml_nn" / "neox" / "demo"))
@@ -80,6 +98,8 @@ def main():
     parser.add_argument("--held-out", nargs="+", help="held-out text files (default: the demo's held-out plays)")
     parser.add_argument("--limit", type=int, help="only the first N LAMBADA documents")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--cloze-docs", type=int, default=1000,
+                        help="passages of the held-out plays in LAMBADA's format (0: skip)")
     parser.add_argument("--skip-reference-int8", action="store_true",
                         help="skip the plain-PyTorch LLM.int8 run (the slowest one on a CPU)")
     args = parser.parse_args()
@@ -94,6 +114,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         texts = [Path(p) for p in args.held_out] if args.held_out else held_out_plays(Path(tmp))
         n_bytes = sum(len(p.read_bytes()) for p in texts)
+        if args.cloze_docs:
+            cloze_file = shakespeare_cloze(texts, Path(tmp) / "cloze.jsonl", args.cloze_docs)
+            n_cloze = sum(1 for _ in cloze_file.open())
         for name, flags in variants:
             argv = ["--checkpoint", args.checkpoint, "--tasks", "lambada_openai", "--device", "cpu",
                     "--dtype", "float32", "--batch-size", str(args.batch_size), "--lambada-file", args.lambada_file,
@@ -103,20 +126,27 @@ def main():
             started = time.time()
             results = evaluate(parse_args(argv))["results"]
             lambada, text = results["lambada_openai_local"], results["text_local"]
-            rows.append((name, lambada["acc,none"], lambada.get("acc_stderr,none"), lambada["perplexity,none"],
-                         text["bits_per_byte,none"], text["byte_perplexity,none"], text["word_perplexity,none"],
+            cloze = {}
+            if args.cloze_docs:
+                cloze = evaluate(parse_args(["--checkpoint", args.checkpoint, "--tasks", "lambada_openai",
+                                             "--device", "cpu", "--dtype", "float32", "--batch-size",
+                                             str(args.batch_size), "--lambada-file", str(cloze_file), *flags]))
+                cloze = cloze["results"]["lambada_openai_local"]
+            rows.append((name, lambada["acc,none"], lambada["perplexity,none"], cloze.get("acc,none"),
+                         cloze.get("perplexity,none"), text["bits_per_byte,none"], text["word_perplexity,none"],
                          time.time() - started))
 
     n_docs = args.limit or sum(1 for _ in open(args.lambada_file))
     print(f"\nDemo model ({args.checkpoint}), {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, no GPU")
-    print(f"LAMBADA: {n_docs} documents; held-out text: {', '.join(p.name for p in texts)} ({n_bytes:,} bytes)\n")
-    print("| precision | LAMBADA acc | LAMBADA ppl | held-out bits/byte | byte ppl | word ppl | seconds |")
-    print("|---|---|---|---|---|---|---|")
-    for name, acc, acc_err, ppl, bpb, byte_ppl, word_ppl, seconds in rows:
-        err = f" ± {acc_err:.4f}" if isinstance(acc_err, float) else ""
-        print(f"| {name} | {acc:.4f}{err} | {ppl:,.1f} | {bpb:.4f} | {byte_ppl:.4f} | {word_ppl:.2f} | "
-              f"{seconds:.0f} |")
+    print(f"LAMBADA: {n_docs} documents; held-out text: {', '.join(p.name for p in texts)} ({n_bytes:,} bytes)"
+          + (f"; held-out cloze: {n_cloze} passages of 60 words" if args.cloze_docs else "") + "\n")
+    print("| precision | LAMBADA acc | LAMBADA ppl | held-out cloze acc | cloze ppl | held-out bits/byte | "
+          "word ppl | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, acc, ppl, cloze_acc, cloze_ppl, bpb, word_ppl, seconds in rows:
+        cloze_cells = f"{cloze_acc:.4f} | {cloze_ppl:,.1f}" if cloze_acc is not None else "— | —"
+        print(f"| {name} | {acc:.4f} | {ppl:,.0f} | {cloze_cells} | {bpb:.4f} | {word_ppl:,.1f} | {seconds:.0f} |")
     print("\nPublished, LAMBADA (OpenAI), lm-eval:\n")
     print("| model | precision | acc | ppl |")
     print("|---|---|---|---|")
