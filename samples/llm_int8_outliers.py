@@ -29,9 +29,25 @@ python samples/llm_int8_outliers.py --checkpoint pythia-1b --threshold 4 --outpu
 A table with a row for each layer and linear layer that has outliers: how many input dimensions reach the
 threshold in at least one token, the fraction of tokens that have one, the largest $|X_{ik}|$, and the
 dimensions hit most often with the fraction of tokens for each. Then the systematic outlier features by the
-paper's rule. It saves a figure (`--output`, PNG): one panel per linear layer, a dot for each (dimension, layer)
+paper's rule, for the inputs of `query_key_value` and `dense_h_to_4h` (layer-norm outputs, the same $C$
+dimensions in every layer, so a dimension can be followed through the layers). It saves a figure (`--output`, PNG): one panel per linear layer, a square for each (dimension, layer)
 that reached the threshold, coloured by the fraction of tokens, and a panel with the largest input magnitude
-per layer.
+per layer. The demo model has no outliers at all; `python samples/llm_int8_outliers.py` prints (after the
+progress bar)
+
+```
+Outlier features of .../labml_nn/neox/demo (4 layers, C = 256) on 256 tokens, threshold 6
+
+| layer | input of | dims >= 6 | tokens with one | max abs | most frequent dims (fraction of tokens) |
+|---|---|---|---|---|---|
+| - | - | 0 | 0% | - | no input reaches 6 in any of the 4 layers |
+
+Systematic outlier features (>= 6% of tokens in >= 25% of layers):
+inputs of query_key_value: none
+inputs of dense_h_to_4h: none
+
+Figure saved to llm_int8_outliers.png
+```
 """
 
 import argparse
@@ -159,6 +175,9 @@ class OutlierRecorder:
 
 
 # ## The table
+#
+# One row per (transformer layer, linear layer) whose input reached the threshold, in the model's order; a
+# single row saying so when none did.
 def table(recorder: OutlierRecorder, n_layers: int) -> str:
     lines = [f"| layer | input of | dims >= {recorder.threshold:g} | tokens with one | max abs | "
              f"most frequent dims (fraction of tokens) |", "|---|---|---|---|---|---|"]
@@ -198,6 +217,9 @@ def systematic(recorder: OutlierRecorder, n_layers: int) -> str:
 
 
 # ## The figure
+#
+# Four panels, one per linear layer, with input dimension across and transformer layer up, a dot where the
+# threshold was reached (a square, larger and brighter for more tokens); a fifth panel with each layer's largest $|X_{ik}|$.
 def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path):
     import matplotlib
     matplotlib.use("Agg")
