@@ -41,6 +41,7 @@ on 200 KB of modern fiction:
 ```
 Training biases: 11,520 of 5,256,704 parameters (0.219%)
 63,065 training tokens (246 windows of 256), 7,007 validation tokens
+labml logs: /path/to/logs/neox_finetune/<run uuid>
        0:   loss.valid:  6.30625
       30:   loss.valid:  6.08786 loss.train:  6.22521  2,251ms  0:01m/  0:00m
 Wrote ft (2 tensor-parallel rank(s), torch.float16); generate with: python samples/generate.py --checkpoint ft
@@ -147,6 +148,9 @@ def main(argv: Optional[List[str]] = None):
         print(f"Training {args.train}: {trained:,} of {total:,} parameters ({trained / total:.3%})")
 
     # ### The text
+    #
+    # Tokenized whole, its end held out for validation, cut into windows of `--seq-len` tokens (the model's
+    # context, at most 512, by default).
     tokenizer = load_tokenizer(checkpoint.tokenizer_path)
     seq_len = args.seq_len or min(config.n_ctx, 512)
     train_ids, valid_ids = split_train_valid(tokenize_file(tokenizer, args.text), args.valid_fraction, seq_len)
@@ -156,6 +160,9 @@ def main(argv: Optional[List[str]] = None):
               f"{len(valid_ids):,} validation tokens")
 
     # ### Training
+    #
+    # The peak learning rate suits what trains (`DEFAULT_LR`); the precision follows the dtype. Rank 0 tracks the
+    # losses in a labml experiment under `--log-dir`.
     training = TrainingConfig(steps=args.steps, batch_size=args.batch_size,
                               learning_rate=args.lr or DEFAULT_LR[args.train], valid_every=args.valid_every,
                               precision=dtype_name, activation_checkpointing=args.activation_checkpointing,
@@ -170,6 +177,9 @@ def main(argv: Optional[List[str]] = None):
         trainer.train()
 
     # ### Writing the result
+    #
+    # Rank 0 writes the whole model in the source's layout, rank count and dtype, with the file of trained tensors
+    # beside it.
     if distributed and args.distributed == "fsdp":
         # FSDP leaves each rank a shard of every parameter; gather whole tensors (every rank takes part)
         from labml_nn.neox.utils.trainer import gather_full_modules

@@ -26,14 +26,14 @@ python samples/llm_int8_outliers.py --checkpoint pythia-1b --threshold 4 --outpu
 
 ## What it prints
 
-A table with a row for each layer and linear layer that has outliers: how many input dimensions reach the
-threshold in at least one token, the fraction of tokens that have one, the largest $|X_{ik}|$, and the
-dimensions hit most often with the fraction of tokens for each. Then the systematic outlier features by the
-paper's rule, for the inputs of `query_key_value` and `dense_h_to_4h` (layer-norm outputs, the same $C$
-dimensions in every layer, so a dimension can be followed through the layers). It saves a figure (`--output`, PNG): one panel per linear layer, a square for each (dimension, layer)
-that reached the threshold, coloured by the fraction of tokens, and a panel with the largest input magnitude
-per layer. The demo model has no outliers at all; `python samples/llm_int8_outliers.py` prints (after the
-progress bar)
+A table with a row for each layer and linear layer that has outliers: how many input dimensions reach the threshold
+in at least one token, the fraction of tokens that have one, the largest $|X_{ik}|$, and the dimensions hit most
+often with the fraction of tokens for each. Then the systematic outlier features by the paper's rule, for the inputs
+of `query_key_value` and `dense_h_to_4h` (layer-norm outputs, the same $C$ dimensions in every layer, so a dimension
+can be followed through the layers). It saves a figure (`--output`, PNG): one panel per linear layer, a square for
+each (dimension, layer) that reached the threshold, coloured by the fraction of tokens, and a panel with the largest
+input magnitude per layer. The demo model has no outliers at all; `python samples/llm_int8_outliers.py` prints
+(after the progress bar)
 
 ```
 Outlier features of .../labml_nn/neox/demo (4 layers, C = 256) on 256 tokens, threshold 6
@@ -218,8 +218,8 @@ def systematic(recorder: OutlierRecorder, n_layers: int) -> str:
 
 # ## The figure
 #
-# Four panels, one per linear layer, with input dimension across and transformer layer up, a dot where the
-# threshold was reached (a square, larger and brighter for more tokens); a fifth panel with each layer's largest $|X_{ik}|$.
+# Four panels, one per linear layer, with input dimension across and transformer layer up, a square where the
+# threshold was reached, larger and brighter for more tokens; a fifth panel with each layer's largest $|X_{ik}|$.
 def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path):
     import matplotlib
     matplotlib.use("Agg")
