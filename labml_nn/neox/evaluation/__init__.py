@@ -95,7 +95,8 @@ class EvalHarnessAdapter(TemplateLM):
         self._eot_token_id = eot_token_id if eot_token_id is not None else getattr(config, "eos_token_id", 0)
         self.progress = progress
 
-    # lm-eval reads these properties
+    # lm-eval reads these properties: the end-of-text token, the longest input in tokens, the default number of
+    # tokens to generate, the batch size and the device.
     @property
     def eot_token_id(self) -> int:
         return self._eot_token_id
@@ -116,9 +117,9 @@ class EvalHarnessAdapter(TemplateLM):
     def device(self) -> torch.device:
         return self._device
 
+    # lm-eval keys its request cache on this; the vocabulary size tells tokenizers apart well enough
     @property
     def tokenizer_name(self) -> str:
-        # lm-eval keys its request cache on this; the vocabulary size tells tokenizers apart well enough
         return f"neox-tokenizer-{self.tokenizer.get_vocab_size()}"
 
     # ### Tokens
@@ -313,8 +314,8 @@ def _first_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+# Options are dictionaries (unhashable); the Collator groups by this string
 def _options_key(options: dict) -> str:
-    # Options are dictionaries (unhashable); the Collator groups by this string
     return repr(sorted(options.items())) if options else ""
 
 

@@ -2,10 +2,15 @@ r"""
 # Evaluating a checkpoint from the command line
 
 ```
-python -m labml_nn.neox.evaluation --checkpoint DIR [--tasks lambada_openai,hellaswag,piqa,winogrande]
-       [--int8] [--dtype float16] [--device cuda] [--batch-size 8] [--limit N] [--output results.json]
-       [--lambada-file lambada_test.jsonl] [--text-file held_out.txt ...] [--offline]
+python -m labml_nn.neox.evaluation --checkpoint DIR [--tokenizer FILE]
+       [--tasks lambada_openai,hellaswag,piqa,winogrande]
+       [--int8] [--int8-threshold 6] [--int8-implementation bitsandbytes|reference]
+       [--dtype float16] [--device cuda] [--batch-size 8] [--max-length N] [--limit N]
+       [--output results.json] [--lambada-file lambada_test.jsonl] [--text-file held_out.txt ...]
+       [--offline] [--trust-pickle] [--bootstrap-iters N]
 ```
+
+`--help` explains each option.
 
 ## How to run
 
@@ -26,13 +31,22 @@ Hugging Face Hub the first time (or read it from the `datasets` cache with `--of
 
 ## What it prints
 
-Loading progress, lm-eval's progress bars, then a table like
+Loading progress, lm-eval's progress bars, then a table of each task's metrics with their standard errors. The
+figures below are the fp16 GPT-NeoX-20B results published for the annotated implementation on nn.labml.ai, what
+the first command above should come close to (gpt-neox itself: accuracy 0.7211, perplexity 3.6760); the 20B
+evaluation was not run in this project, which had no GPU:
 
 ```
 task                  metric       value    stderr
-lambada_openai_local  perplexity   3.6375   0.0753
+lambada_openai_local  perplexity   3.6375   ...
 lambada_openai_local  acc          0.7204   0.0063
 ```
+
+(The accuracy's standard error is the binomial one over 5,153 passages, $\sqrt{0.72 \cdot 0.28 / 5153}$; the
+perplexity's is bootstrapped, `--bootstrap-iters` times.)
+
+The demo model, trained on Shakespeare only, scores nothing on LAMBADA's modern fiction (accuracy 0); use
+`--text-file` with held-out plays to see it do what it was trained for (`benchmarks/evaluation.py`).
 
 and, with `--output`, the same results with lm-eval's task configs and this run's settings as JSON.
 """

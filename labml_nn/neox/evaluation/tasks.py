@@ -83,8 +83,8 @@ def write_local_tasks(out_dir: PathLike, *, lambada_file: Optional[PathLike] = N
     return written
 
 
+# Our templates use no lm-eval YAML extensions (`!function`), so plain PyYAML reads and writes them
 def _write_task(name: str, data_file: Path, out_dir: Path, cache_dir: Optional[PathLike]):
-    # Our templates use no lm-eval YAML extensions (`!function`), so plain PyYAML reads and writes them
     config = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
     config["dataset_kwargs"]["data_files"] = {"test": str(data_file.resolve())}
     if cache_dir is not None:
