@@ -14,23 +14,28 @@ Let a linear layer compute $y = x W^\top + b$ with $W$ of shape `[out, in]`.
 
     and merging concatenates on dim 0. For `query_key_value` each block is a group of whole heads (the output is
     viewed as `[H, 3 D]`), so concatenation keeps the heads in order.
+
 * **Row parallel** (`attention.dense`, `dense_4h_to_h`): rank $r$ holds the columns $W_r$ that read its slice
   $x_r$ of the input, and the ranks add their partial products:
 
     $$y = \sum_r x_r W_r^\top + b, \qquad W = [W_0, \dots, W_{N-1}]$$
 
     Merging concatenates on dim 1. The bias depends on *when* it is added:
+
     * with the **parallel residual** of the 20B model and Pythia, $x + \text{attn}(\text{ln}_1(x)) +
       \text{mlp}(\text{ln}_2(x))$, gpt-neox saves one all-reduce per layer by letting every rank add its own
       copy $b_r$ of the bias before the single sum: $y = \sum_r (x_r W_r^\top + b_r)$. The effective bias is
       $\sum_r b_r$, so merging **sums** (as gpt-neox's own `convert_neox_to_hf.py` does);
+
     * with the **sequential residual**, the all-reduce comes first and each rank then adds the same full bias,
       $y = \sum_r x_r W_r^\top + b$: the bias is *replicated*, and summing would multiply it by $N$. We treat
       it like the layer norms below. (gpt-neox's converter sums in both cases; we do not follow it there.)
+
 * **Replicated** (the layer norms and the final `norm`): every rank holds the whole tensor. The copies receive
   the same gradients, but not bit-identical ones, and after 150,000 steps in fp16 they differ by about $10^{-3}$
   in a 20B-class model. We average them (or take rank 0 with `replicated="first"`) and *record* how far apart
   they were, since the choice measurably moves evaluation scores.
+
 * `rotary_emb.inv_freq` is a constant every rank computes the same way; we take rank 0, and the reader checks it
   against the config and drops it (our model computes it).
 
