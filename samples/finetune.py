@@ -57,7 +57,8 @@ from typing import List, Optional
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from labml_nn.neox.utils.cli import DTYPES, HelpFormatter, dtype_name
+
 # The learning rate that suits each choice: biases tolerate (and need) larger steps than whole matrices
 DEFAULT_LR = {"biases": 1e-3, "ffn": 1e-4, "all": 1e-4}
 
@@ -66,7 +67,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Fine-tune a GPT-NeoX checkpoint on a text file and write a complete checkpoint that "
                     "samples/generate.py loads. By default only the biases train (BitFit).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="the checkpoint to start from: 20B slim weights, any gpt-neox checkpoint, or a "
                              "Hugging Face GPT-NeoX folder")
@@ -85,7 +86,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu; None means cuda when available")
     parser.add_argument("--devices", default=None,
                         help="comma-separated devices to spread the layers over, for models larger than one GPU")
-    parser.add_argument("--dtype", choices=list(DTYPES), default=None,
+    parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
                         help="dtype of the frozen weights and of autocast; None means fp16 on CUDA, fp32 on CPU; "
                              "trained tensors are always kept in fp32")
     parser.add_argument("--activation-checkpointing", action="store_true",

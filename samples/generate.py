@@ -67,17 +67,7 @@ from typing import List, Optional, TextIO
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-# ## The demo model's folder
-#
-# The demo checkpoint is package data of `labml_nn.neox`, so we find it through the installed package rather
-# than relative to this file: the sample then works from any working directory and from an installed wheel.
-def demo_checkpoint() -> Path:
-    from importlib.resources import files
-
-    return Path(str(files("labml_nn.neox") / "demo"))
+from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, DTYPES, HelpFormatter, dtype_name
 
 
 # ## Command-line arguments
@@ -88,7 +78,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         description="Generate text with a GPT-NeoX model (the 20B slim weights, any gpt-neox checkpoint, or a "
                     "Hugging Face GPT-NeoX folder such as Pythia). With no arguments, the bundled Shakespeare "
                     "demo model generates unconditionally.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint folder (default: the demo model inside the installed package)")
     source = parser.add_mutually_exclusive_group()
@@ -108,7 +98,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where to run the model")
-    parser.add_argument("--dtype", choices=list(DTYPES), default=None,
+    parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
                         help="parameter dtype (default: fp16 on CUDA, fp32 on a CPU)")
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="tokenizer JSON file (default: the one in the checkpoint folder)")
@@ -136,7 +126,7 @@ def load(args: argparse.Namespace, progress: bool):
     from labml_nn.neox.loader import LayerGenerator
     from labml_nn.neox.tokenizer import load_tokenizer
 
-    checkpoint = args.checkpoint or demo_checkpoint()
+    checkpoint = args.checkpoint or DEMO_CHECKPOINT
     if not checkpoint.exists():
         if args.checkpoint is None:
             raise UsageError(f"The demo model is not installed at {checkpoint}. Reinstall the package "

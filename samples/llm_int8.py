@@ -72,22 +72,13 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-# ## The demo model's folder
-#
-# Package data of `labml_nn.neox`, found through the installed package so that any working directory works
-def demo_checkpoint() -> Path:
-    from importlib.resources import files
-
-    return Path(str(files("labml_nn.neox") / "demo"))
+from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, DTYPES, HelpFormatter, dtype_name
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Generate text with a GPT-NeoX model quantized to LLM.int8, and report the memory its weights "
-                    "take against fp16.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "take against fp16.", formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint folder: the 20B slim weights, a gpt-neox checkpoint or a Hugging Face "
                              "GPT-NeoX folder (default: the demo model labml_nn/neox/demo/)")
@@ -96,7 +87,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=list(DTYPES), default=None,
+    parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
                         help="dtype of what stays in floating point (default: fp16 on CUDA, fp32 on a CPU)")
     parser.add_argument("--implementation", choices=["bitsandbytes", "reference"], default="bitsandbytes",
                         help="bitsandbytes' Linear8bitLt, or our plain PyTorch Int8Linear")
@@ -110,7 +101,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.dtype is None:
         args.dtype = "fp16" if str(args.device).startswith("cuda") else "fp32"
     if args.checkpoint is None:
-        args.checkpoint = demo_checkpoint()
+        args.checkpoint = DEMO_CHECKPOINT
         if not args.checkpoint.exists():
             parser.error(f"the demo model is not at {args.checkpoint} (yet); pass --checkpoint PATH")
     elif not args.checkpoint.exists():

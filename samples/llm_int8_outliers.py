@@ -58,7 +58,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, DTYPES, HelpFormatter, dtype_name
+
 LINEAR_LAYERS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
 
 # The opening of Hamlet's soliloquy (public domain): English prose for any model, and verse for the demo model
@@ -97,17 +98,11 @@ With this regard their currents turn awry,
 And lose the name of action."""
 
 
-def demo_checkpoint() -> Path:
-    from importlib.resources import files
-
-    return Path(str(files("labml_nn.neox") / "demo"))
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Find the outlier features (input dimensions with |x| >= threshold) of each linear layer of a "
                     "GPT-NeoX model on a text; print a table and save a figure.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint folder (default: the demo model labml_nn/neox/demo/)")
     parser.add_argument("--text-file", type=Path, default=None,
@@ -115,7 +110,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=1024, help="use at most this many tokens of the text")
     parser.add_argument("--threshold", type=float, default=6.0, help="the outlier threshold alpha")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=list(DTYPES), default=None,
+    parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
                         help="default: fp16 on CUDA, fp32 on a CPU")
     parser.add_argument("--output", type=Path, default=Path("llm_int8_outliers.png"), help="the figure (PNG)")
     parser.add_argument("--trust-pickle", action="store_true",
@@ -124,7 +119,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.dtype is None:
         args.dtype = "fp16" if str(args.device).startswith("cuda") else "fp32"
     if args.checkpoint is None:
-        args.checkpoint = demo_checkpoint()
+        args.checkpoint = DEMO_CHECKPOINT
         if not args.checkpoint.exists():
             parser.error(f"the demo model is not at {args.checkpoint} (yet); pass --checkpoint PATH")
     return args

