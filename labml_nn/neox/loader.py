@@ -27,6 +27,8 @@ The same loop is where other work per layer fits in: converting a layer to LLM.i
 (so the fp16 model never has to fit whole on the GPU), and placing layers on several GPUs.
 """
 
+import sys
+import warnings
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Set, Union
 
@@ -59,6 +61,8 @@ class LayerGenerator:
       `"average"` or `"first"`. Their disagreement is recorded in `self.checkpoint.divergence`.
     * `trust_pickle`: allow loading DeepSpeed files that pickle arbitrary Python objects. Only for files you
       trust.
+    * `progress`: show labml's progress bar; by default only when standard output is a terminal, since labml
+      draws it there with escape codes that would litter a piped output.
     """
 
     def __init__(self, path: Union[str, Path], *, dtype: torch.dtype = torch.float32,
@@ -68,7 +72,7 @@ class LayerGenerator:
                  is_llm_int8: bool = False, llm_int8_threshold: float = 6.0,
                  llm_int8_implementation: str = "bitsandbytes",
                  replicated: str = "average", trust_pickle: bool = False,
-                 progress: bool = True):
+                 progress: Optional[bool] = None):
         self.checkpoint = open_checkpoint(path, replicated=replicated, trust_pickle=trust_pickle)
         self.config: NeoXConfig = self.checkpoint.config
         self.dtype = dtype
@@ -77,7 +81,7 @@ class LayerGenerator:
         self.is_llm_int8 = is_llm_int8
         self.llm_int8_threshold = llm_int8_threshold
         self.llm_int8_implementation = llm_int8_implementation
-        self.progress = progress
+        self.progress = sys.stdout.isatty() if progress is None else progress
 
         n_parts = self.config.n_layers + 3
         if filter_layers is not None:
@@ -139,6 +143,21 @@ class LayerGenerator:
             iterator = monit.iterate("Load layers", list(iterator))
         for (index, part, layer), device in iterator:
             yield self._load_part(part, layer, device)
+        self._warn_about_divergence()
+
+    # Tensors every tensor-parallel rank holds a copy of (the layer norms) should agree, but in large trained
+    # models they drift apart by about $10^{-3}$, and whether we average them or take rank 0 moves evaluation
+    # scores. We never refuse such a checkpoint; we say how far apart the copies were, so that the user can
+    # choose `replicated=` knowingly (`python -m labml_nn.neox.checkpoint merge --report` lists every tensor).
+    def _warn_about_divergence(self, threshold: float = 1e-3):
+        records = [r for r in self.checkpoint.divergence if r.max_abs > threshold]
+        if records:
+            worst = max(records, key=lambda r: r.max_abs)
+            where = f"layer {worst.layer} " if worst.layer is not None else ""
+            warnings.warn(f"{len(records)} replicated tensors differ across tensor-parallel ranks by more than "
+                          f"{threshold:g}; the largest is {where}{worst.name}, max abs {worst.max_abs:.3g}. They were "
+                          f"merged with replicated={self.checkpoint.replicated!r}; the other choice is "
+                          f"{'first' if self.checkpoint.replicated == 'average' else 'average'!r}.", stacklevel=2)
 
     # One part: build the module without memory, then take the checkpoint's tensors as its parameters
     # (`assign=True` makes the loaded tensors the parameters instead of copying into meta tensors), move it to
