@@ -19,9 +19,9 @@ The 20B model is 39 GB in fp16. Building the whole model first and then loading 
 room for two copies. Instead, `load()` is a generator: for each part of the model it builds the empty module
 (on PyTorch's `meta` device, which allocates nothing), reads just that part's tensors from disk, moves them to
 the target device and dtype, and yields the finished module before reading the next. Peak memory stays near
-the size of the final model: 1.13 times it in fp32 and 1.52 times in fp16 for a 2-rank checkpoint of
-Pythia-160M's shape (`benchmarks/RESULTS.md`). Most of the fp16 excess is the merge of the largest part, the
-embedding, held as two rank files and a merged copy at once: a quarter of this small model, 1.6% of the 20B.
+the size of the final model: 1.13 times it in fp32 and 1.26 times in fp16 for a 2-rank checkpoint of
+Pythia-160M's shape (`benchmarks/RESULTS.md`). The fp16 excess is the merge of the largest part, the
+readout, held as two rank files and a merged copy at once: a quarter of this small model, 1.6% of the 20B.
 
 The same loop is where other work per layer fits in: converting a layer to LLM.int8 right after it is loaded
 (so the fp16 model never has to fit whole on the GPU), and placing layers on several GPUs.
