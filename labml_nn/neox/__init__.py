@@ -46,6 +46,7 @@ _EXPORTS = {
     "generate": "labml_nn.neox.generation",
     "generate_stream": "labml_nn.neox.generation",
     "load_tokenizer": "labml_nn.neox.tokenizer",
+    "EvalHarnessAdapter": "labml_nn.neox.evaluation",
 }
 __all__ = list(_EXPORTS)
 

@@ -62,10 +62,10 @@ from typing import List, Optional
 import torch
 
 from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, LOCAL_TASKS, TEXT_TASK, go_offline, write_local_tasks
+from labml_nn.neox.utils.cli import DTYPES, dtype_name
 
 # The four tasks of the published GPT-NeoX-20B table
 DEFAULT_TASKS = "lambada_openai,hellaswag,piqa,winogrande"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -79,7 +79,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--int8-threshold", type=float, default=6.0, help="LLM.int8 outlier threshold")
     parser.add_argument("--int8-implementation", choices=("bitsandbytes", "reference"), default="bitsandbytes",
                         help="bitsandbytes' Linear8bitLt, or the plain PyTorch Int8Linear of utils/llm_int8.py")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="float16 on a GPU, float32 on a CPU by default")
+    parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES),
+                        help="fp16 on a GPU, fp32 on a CPU by default (float16, float32, bfloat16 are accepted too)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, help="context length (default: the model's, n_ctx)")
