@@ -72,7 +72,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, DTYPES, HelpFormatter, dtype_name
+from labml_nn.neox.utils.cli import DTYPES, HelpFormatter, check_model_args, dtype_name
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -97,18 +97,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="also load the unquantized model and compare logits and continuations")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow DeepSpeed checkpoint files that pickle arbitrary objects (only files you trust)")
-    args = parser.parse_args(argv)
-    if args.dtype is None:
-        args.dtype = "fp16" if str(args.device).startswith("cuda") else "fp32"
-    if args.checkpoint is None:
-        args.checkpoint = DEMO_CHECKPOINT
-        if not args.checkpoint.exists():
-            parser.error(f"the demo model is not at {args.checkpoint} (yet); pass --checkpoint PATH")
-    elif not args.checkpoint.exists():
-        parser.error(f"checkpoint folder {args.checkpoint} does not exist")
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda was asked for but PyTorch sees no GPU; use --device cpu")
-    return args
+    return check_model_args(parser, parser.parse_args(argv))
 
 
 def load(args, is_llm_int8: bool) -> nn.Sequential:

@@ -58,7 +58,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, DTYPES, HelpFormatter, dtype_name
+from labml_nn.neox.utils.cli import DTYPES, HelpFormatter, check_model_args, dtype_name
 
 LINEAR_LAYERS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
 
@@ -115,14 +115,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("llm_int8_outliers.png"), help="the figure (PNG)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow DeepSpeed checkpoint files that pickle arbitrary objects (only files you trust)")
-    args = parser.parse_args(argv)
-    if args.dtype is None:
-        args.dtype = "fp16" if str(args.device).startswith("cuda") else "fp32"
-    if args.checkpoint is None:
-        args.checkpoint = DEMO_CHECKPOINT
-        if not args.checkpoint.exists():
-            parser.error(f"the demo model is not at {args.checkpoint} (yet); pass --checkpoint PATH")
-    return args
+    return check_model_args(parser, parser.parse_args(argv))
 
 
 # ## Recording the inputs of each linear layer

@@ -40,3 +40,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in help_text.lower() or action.default in (None, False, argparse.SUPPRESS):
             return help_text
         return super()._get_help_string(action)
+
+
+def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """
+    Fill in the defaults of `--checkpoint`, `--dtype` and `--device` that depend on each other (fp16 on a GPU,
+    fp32 on a CPU; the demo model when no checkpoint is given), and stop with a usage error the user can act on.
+    """
+    on_cuda = str(args.device).startswith("cuda")
+    if args.dtype is None:
+        args.dtype = "fp16" if on_cuda else "fp32"
+    if args.checkpoint is None:
+        args.checkpoint = DEMO_CHECKPOINT
+        if not args.checkpoint.exists():
+            parser.error(f"the demo model is not installed at {args.checkpoint}; reinstall the package "
+                         f"(pip install -e .) or pass --checkpoint PATH")
+    elif not Path(args.checkpoint).exists():
+        parser.error(f"checkpoint folder {args.checkpoint} does not exist; pass --checkpoint with the folder holding "
+                     f"the 20B slim weights, a gpt-neox checkpoint, or a Hugging Face GPT-NeoX model")
+    if on_cuda and not torch.cuda.is_available():
+        parser.error("--device cuda was asked for but PyTorch sees no GPU; use --device cpu")
+    return args
