@@ -168,6 +168,32 @@ def test_top_p_keeps_the_nucleus():
         assert (frequencies(tokens) - expected).abs().max().item() < 0.01
 
 
+def test_top_p_of_zero_keeps_the_most_likely_token():
+    # The smallest set whose probabilities add up to at least 0 is the most likely token alone (as in
+    # transformers, which always keeps one token), not an empty set whose softmax is NaN
+    logits = logits_rows(4, seed=5)
+    for top_p in (0.0, -1.0):
+        tokens = sample_next(logits, temperature=1.0, top_p=top_p, generator=torch.Generator().manual_seed(6))
+        assert torch.equal(tokens, logits.argmax(dim=-1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_seed_works_when_the_prompt_is_not_on_the_models_device(hf_and_ours):
+    # The embedding moves the ids to its device, so a CPU prompt for a GPU model is allowed; the seeded
+    # generator must then live where the logits are, not where the prompt is
+    _, model = hf_and_ours
+    ids = random_ids(96, batch=2, length=6, seed=8)
+    kwargs = dict(temperature=1.0, top_p=0.9, eos_token_id=None, seed=7)
+    cuda_model = torch.nn.Sequential(*[m.cuda() for m in model])
+    try:
+        on_cpu = generate(cuda_model, ids, 8, **kwargs)
+        on_gpu = generate(cuda_model, ids.cuda(), 8, **kwargs)
+    finally:
+        model.cpu()
+    assert on_cpu.device.type == "cpu"
+    assert torch.equal(on_cpu, on_gpu.cpu())
+
+
 def test_top_k_of_one_is_greedy(hf_and_ours):
     _, model = hf_and_ours
     ids = random_ids(96, batch=2, length=6, seed=8)

@@ -81,7 +81,9 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: Option
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         before = probs.cumsum(dim=-1) - probs
-        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
+        drop = before >= top_p
+        drop[..., 0] = False
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
@@ -122,9 +124,9 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
         for module in _modules(model):
             column_major_weights(module)
 
+    # The seeded generator is made on the device of the logits (the readout's), which need not be the prompt's:
+    # the embedding moves the ids to its own device, and with `devices=` the readout sits on the last GPU
     generator = None
-    if seed is not None:
-        generator = torch.Generator(device=prompt_ids.device).manual_seed(seed)
 
     # The caller's tokens never change the cache of another call: each generation owns its cache
     cache = KVCache(n_prompt + max_new_tokens)
@@ -133,6 +135,8 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     ids = prompt_ids
     for _ in range(max_new_tokens):
         logits = forward(model, ids, cache, last_only=True)[:, -1]
+        if seed is not None and generator is None:
+            generator = torch.Generator(device=logits.device).manual_seed(seed)
         next_ids = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                generator=generator).to(prompt_ids.device)
         if eos_token_id is not None:
