@@ -221,6 +221,15 @@ def test_long_contexts_are_truncated_from_the_left_like_hflm(lms):
         assert abs(ll - ll_ref) <= TOLERANCE and greedy == greedy_ref
 
 
+def test_a_continuation_longer_than_the_context_is_refused_with_a_message(lms):
+    # The whole continuation is scored or nothing: one longer than max_length cannot be, and must not fail
+    # as a shape mismatch deep inside the scoring
+    ours, _ = lms
+    continuation = list(range(2, ours.max_length + 7))
+    with pytest.raises(ValueError, match="max_length"):
+        ours._loglikelihood_tokens([(None, [0], continuation)])
+
+
 def test_rolling_loglikelihood_is_the_sum_of_token_log_probs(lms, models_):
     r"""
     Computed directly from the reference model: token $t_j$ is predicted once, from at most `N_CTX` inputs

@@ -169,6 +169,11 @@ class EvalHarnessAdapter(TemplateLM):
         cannot change its logits, and we never read the logits at padded positions. No attention mask is
         needed. (`test_right_padding_does_not_change_scores` checks this.)
         """
+        for _, _, continuation in batch:
+            if len(continuation) > self.max_length:
+                raise ValueError(f"a continuation of {len(continuation)} tokens cannot be scored in full with "
+                                 f"max_length={self.max_length}; pass a larger max_length or shorten the task's "
+                                 f"continuations")
         inputs = [(context + continuation)[-(self.max_length + 1):][:-1] for _, context, continuation in batch]
         longest = max(len(x) for x in inputs)
         ids = torch.full((len(batch), longest), self.eot_token_id, dtype=torch.long)
