@@ -26,11 +26,11 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 
 from ..config import ConfigError, NeoXConfig
+from ..tokenizer import find_tokenizer
 from .files import CheckpointError
 from .layouts import HFLayout, describe, find_layout
 from .merge import INV_FREQ, Divergence, merge_part
 
-TOKENIZER_NAMES = ("20B_tokenizer.json", "tokenizer.json")
 
 
 # ## The opened checkpoint
@@ -211,8 +211,9 @@ def _read_config(layout) -> Tuple[NeoXConfig, str]:
 
 
 def _find_tokenizer(layout) -> Optional[Path]:
+    # The file names are `tokenizer.py`'s (`20B_tokenizer.json`, then `tokenizer.json`)
     for folder in _search_folders(layout):
-        for name in TOKENIZER_NAMES:
-            if (folder / name).is_file():
-                return folder / name
+        found = find_tokenizer(folder)
+        if found is not None:
+            return found
     return None
