@@ -5,6 +5,7 @@ its size matches what the server announced.
 """
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -44,6 +45,12 @@ class Server:
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 payload = body[start:]
+                if server.mode == "stall":
+                    # Half the body, then silence longer than the client's timeout
+                    self.wfile.write(payload[: len(payload) // 2])
+                    self.wfile.flush()
+                    time.sleep(1.0)
+                    return
                 self.wfile.write(payload[: len(payload) // 2] if server.mode == "cut" else payload)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -96,6 +103,17 @@ def test_an_interrupted_download_leaves_only_a_part_file_and_resumes(server, tmp
     server.mode = None
     download_file(server.url + name, tmp_path / name, progress=False)
     assert (tmp_path / name).read_bytes() == TREE[name] and len(server.ranges) == 1
+
+
+def test_a_connection_that_stalls_mid_file_is_a_download_error_and_resumes(server, tmp_path):
+    name = "20B_tokenizer.json"
+    server.mode = "stall"
+    with pytest.raises(DownloadError, match="Run again to resume"):
+        download_file(server.url + name, tmp_path / name, progress=False, timeout=0.3)
+    assert not (tmp_path / name).exists() and (tmp_path / (name + ".part")).exists()
+    server.mode = None
+    download_file(server.url + name, tmp_path / name, progress=False)
+    assert (tmp_path / name).read_bytes() == TREE[name]
 
 
 def test_a_size_mismatch_leaves_no_complete_looking_file(server, tmp_path):

@@ -21,6 +21,7 @@ Without one we use `~/.cache/labml_neox/20B_checkpoints` (or `$LABML_NEOX_CACHE/
 package is installed.
 """
 
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -81,7 +82,13 @@ def download_file(url: str, dest: Path, *, progress: bool = True, timeout: float
         else:
             offset, total = 0, int(response.headers.get("Content-Length", -1))
         with open(part, "ab" if offset else "wb") as f:
-            _copy(response, f, offset, total, dest.name, progress)
+            try:
+                _copy(response, f, offset, total, dest.name, progress)
+            except (OSError, http.client.HTTPException) as e:
+                # A timeout or a reset in the middle of the body: what arrived is in the part file
+                f.flush()
+                raise DownloadError(f"{url}: the connection failed after {f.tell()} bytes ({type(e).__name__}: "
+                                    f"{e}); {part.name} is kept. Run again to resume.") from None
 
     size = part.stat().st_size
     if total >= 0 and size != total:
