@@ -97,7 +97,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="also load the unquantized model and compare logits and continuations")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow DeepSpeed checkpoint files that pickle arbitrary objects (only files you trust)")
-    return check_model_args(parser, parser.parse_args(argv))
+    args = check_model_args(parser, parser.parse_args(argv))
+    if not args.prompt:
+        parser.error("--prompt is empty; give some text to continue")
+    return args
 
 
 def load(args, is_llm_int8: bool) -> nn.Sequential:

@@ -99,6 +99,10 @@ def test_our_hf_config_is_read_by_transformers_with_the_same_settings(tmp_path):
 def test_neox_yaml_round_trip():
     config = NeoXConfig.from_neox_yaml(NEOX_20B).with_updates(n_vocab=50432, rotary_base=20000.0)
     assert NeoXConfig.from_neox_yaml(config.to_neox_yaml()) == config
+    assert "intermediate_size" not in config.to_neox_yaml()
+    # A feed-forward width other than 4C is read from gpt-neox's `intermediate_size` and written back
+    narrow = config.with_updates(d_ff=3 * config.d_model)
+    assert NeoXConfig.from_neox_yaml(narrow.to_neox_yaml()) == narrow
 
 
 def test_bad_files_are_named(tmp_path):

@@ -202,3 +202,10 @@ def test_finetune_sample_writes_a_checkpoint_that_loads(tiny_checkpoint, tmp_pat
     # The biases moved, the weights did not
     changed = {k for k, v in named_tensors(base).items() if not torch.equal(v, named_tensors(tuned)[k])}
     assert changed and all(k.endswith("bias") for k in changed)
+
+
+def test_an_output_path_that_is_a_file_is_refused_with_a_message(tmp_path):
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(FileExistsError, match="is a file"):
+        write_checkpoint(tmp_path / "out", tiny_layers())
+    assert (tmp_path / "out").read_text() == "a file"

@@ -61,7 +61,8 @@ class NeoXConfig:
     # the tensor-parallel degree at start-up. Our exports write it as `padded_vocab_size`; when it is 0, the
     # loader fills it from the shape of `word_embeddings.weight`.
     n_vocab: int = 0
-    # `intermediate_size`; gpt-neox always uses $4C$. 0 means $4C$.
+    # `intermediate_size` in both. The 20B model and Pythia use $4C$, gpt-neox's default, and their configs
+    # do not write it; newer gpt-neox configs may. 0 means $4C$.
     d_ff: int = 0
     # `max_position_embeddings` / `seq_length`: the longest context the model was trained on.
     n_ctx: int = 2048
@@ -155,6 +156,7 @@ class NeoXConfig:
             d_model=int(get("hidden_size", required=True)),
             n_heads=int(get("num_attention_heads", required=True)),
             n_vocab=int(get("padded_vocab_size", 0)),
+            d_ff=int(get("intermediate_size", 0)),
             n_ctx=int(get("max_position_embeddings", get("seq_length", 2048))),
             rotary_pct=float(get("rotary_pct", 1.0)),
             rotary_base=float(get("rotary_emb_base", 10000.0)),
@@ -271,6 +273,8 @@ class NeoXConfig:
             "activation": "gelu",
             "model_parallel_size": self.tensor_parallel_size,
             "padded_vocab_size": self.n_vocab,
+            # Written only when it is not gpt-neox's default, which older gpt-neox versions do not read
+            **({"intermediate_size": self.d_ff} if self.d_ff != 4 * self.d_model else {}),
         }
 
 

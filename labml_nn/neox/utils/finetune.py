@@ -202,6 +202,8 @@ def write_checkpoint(out_dir: Union[str, Path], modules: Sequence[nn.Module], *,
     """
     from labml_nn.neox.checkpoint import write_neox_checkpoint
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder; choose another output folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another folder or allow overwriting")
     out.parent.mkdir(parents=True, exist_ok=True)

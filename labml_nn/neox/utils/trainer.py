@@ -238,9 +238,12 @@ class Trainer:
                              f"{self.world_size} ranks")
         if strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
+            devices = {p.device for p in self.model.parameters()}
             device = _input_device(self.model)
-            # On a GPU, each process drives one device; on a CPU there is no device id
-            return DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
+            # On a GPU, each process drives one device. On a CPU, and for a model whose layers are spread over
+            # several GPUs, DDP must be given no device ids
+            single_gpu = device.type == "cuda" and len(devices) == 1
+            return DistributedDataParallel(self.model, device_ids=[device] if single_gpu else None)
         if strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard
             # Shard each transformer layer on its own (its parameters are gathered just before it runs and
