@@ -57,7 +57,7 @@ from typing import List, Optional
 
 import torch
 
-from labml_nn.neox.utils.cli import DTYPES, HelpFormatter, dtype_name
+from labml_nn.neox.utils.cli import DTYPES, HelpFormatter, default_dtype, dtype_name
 
 # The learning rate that suits each choice: biases tolerate (and need) larger steps than whole matrices
 DEFAULT_LR = {"biases": 1e-3, "ffn": 1e-4, "all": 1e-4}
@@ -130,7 +130,7 @@ def main(argv: Optional[List[str]] = None):
     rank = init_distributed(device)
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    dtype_name = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+    dtype_name = args.dtype or default_dtype(device)
     torch.manual_seed(args.seed)
 
     # ### The model, with the chosen tensors trainable

@@ -67,7 +67,7 @@ from typing import List, Optional, TextIO
 
 import torch
 
-from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, DTYPES, HelpFormatter, dtype_name
+from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, DTYPES, HelpFormatter, default_dtype, dtype_name
 
 
 # ## Command-line arguments
@@ -112,7 +112,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.top_p is not None and not 0 < args.top_p <= 1:
         parser.error("--top-p must be in (0, 1]")
     if args.dtype is None:
-        args.dtype = "fp16" if str(args.device).startswith("cuda") else "fp32"
+        args.dtype = default_dtype(args.device)
     return args
 
 

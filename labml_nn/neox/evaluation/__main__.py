@@ -62,7 +62,7 @@ from typing import List, Optional
 import torch
 
 from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, LOCAL_TASKS, TEXT_TASK, go_offline, write_local_tasks
-from labml_nn.neox.utils.cli import DTYPES, dtype_name
+from labml_nn.neox.utils.cli import DTYPES, default_dtype, dtype_name
 
 # The four tasks of the published GPT-NeoX-20B table
 DEFAULT_TASKS = "lambada_openai,hellaswag,piqa,winogrande"
@@ -122,7 +122,7 @@ def load_model(args: argparse.Namespace):
     from labml_nn.neox.loader import LayerGenerator
     from labml_nn.neox.tokenizer import find_tokenizer, load_tokenizer
 
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if args.device.startswith("cuda") else torch.float32)
+    dtype = DTYPES[args.dtype or default_dtype(args.device)]
     generator = LayerGenerator(args.checkpoint, dtype=dtype, device=args.device, is_llm_int8=args.int8,
                                llm_int8_threshold=args.int8_threshold,
                                llm_int8_implementation=args.int8_implementation, trust_pickle=args.trust_pickle)

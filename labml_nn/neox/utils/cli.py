@@ -1,14 +1,17 @@
 r"""
 # Command lines
 
-Two small things every sample and command of this project shares.
+What every sample and command of this project shares: where the demo model is, the dtype names and their
+default, and how `--help` states defaults.
 
 `DEMO_CHECKPOINT` is the folder of the demo model that ships inside the package (a small GPT-NeoX trained on
 Shakespeare, stored like the 20B slim weights). It is found from this file's location inside the installed
 package, so a sample works from any working directory and from an installed wheel, not only from a clone.
 
 `DTYPES` names the parameter dtypes a command accepts, `fp32`, `fp16` and `bf16`; `dtype_name` also takes
-PyTorch's spellings (`float16`), so `--dtype float16` and `--dtype fp16` mean the same everywhere.
+PyTorch's spellings (`float16`), so `--dtype float16` and `--dtype fp16` mean the same everywhere; and
+`default_dtype` is the one rule for when `--dtype` is not given. `check_model_args` applies these defaults
+together with the demo checkpoint's.
 
 `HelpFormatter` makes `--help` state each option's default once. argparse's `ArgumentDefaultsHelpFormatter`
 appends `(default: X)` to every option, which reads badly when the help already says what happens by default
@@ -32,6 +35,11 @@ def dtype_name(text: str) -> str:
     return _TORCH_NAMES.get(text.lower(), text.lower())
 
 
+def default_dtype(device) -> str:
+    """fp16 on a GPU, where it halves memory and runs on tensor cores; fp32 on a CPU, where half precision is slow."""
+    return "fp16" if str(device).startswith("cuda") else "fp32"
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Append `(default: X)` only where the help text does not speak of its default and X says something."""
 
@@ -49,7 +57,7 @@ def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     """
     on_cuda = str(args.device).startswith("cuda")
     if args.dtype is None:
-        args.dtype = "fp16" if on_cuda else "fp32"
+        args.dtype = default_dtype(args.device)
     if args.checkpoint is None:
         args.checkpoint = DEMO_CHECKPOINT
         if not args.checkpoint.exists():
