@@ -360,8 +360,7 @@ def column_major_weights(module: nn.Module) -> nn.Module:
     `.contiguous()` tensors).
 
     Half-precision weights keep the usual layout: MKL's fp16 matrix-vector product is about 10x slower column by
-    column. On a GPU,
-    cuBLAS reads both layouts at full speed, so GPU weights are left alone.
+    column. On a GPU, cuBLAS reads both layouts at full speed, so GPU weights are left alone.
     """
     for layer in module.modules():
         weight = layer.weight if type(layer) is nn.Linear else None
