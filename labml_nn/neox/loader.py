@@ -37,7 +37,7 @@ from torch import nn
 
 from labml import monit
 
-from labml_nn.neox.checkpoint import CheckpointError, open_checkpoint
+from labml_nn.neox.checkpoint import open_checkpoint
 from labml_nn.neox.config import NeoXConfig
 from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerLayer
 
@@ -161,12 +161,12 @@ class LayerGenerator:
 
     # One part: build the module without memory, then take the checkpoint's tensors as its parameters
     # (`assign=True` makes the loaded tensors the parameters instead of copying into meta tensors), move it to
-    # its device and dtype, and quantize it if asked.
+    # its device and dtype, and quantize it if asked. `read` has already checked the part's tensor names and shapes
+    # against the config, naming the file at fault.
     def _load_part(self, part: str, layer: Optional[int], device: torch.device) -> nn.Module:
         with torch.device("meta"):
             module = self._new_module(part, layer)
         state = self.checkpoint.read(part, layer)
-        _check_state(module, state, part, layer)
         module.load_state_dict(state, assign=True)
         del state
         module = module.to(device=device, dtype=self.dtype).eval()
@@ -179,17 +179,3 @@ class LayerGenerator:
 
 # The checkpoint's tensor names and shapes must be the module's. `load_state_dict` would also complain, but it
 # cannot say which part or config key is at fault.
-def _check_state(module: nn.Module, state: dict, part: str, layer: Optional[int]):
-    where = f"transformer layer {layer}" if part == "layer" else part
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"The checkpoint's {where} has tensors {sorted(state)}, but the model expects "
-                         f"{sorted(expected)} (missing {missing}, unexpected {unexpected}). Is this a GPT-NeoX "
-                         f"checkpoint with the architecture in its config?")
-    for name, tensor in expected.items():
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"The checkpoint's {where} has `{name}` of shape {tuple(state[name].shape)}, but "
-                             f"the config gives {tuple(tensor.shape)}. Check hidden_size, num_attention_heads, "
-                             f"intermediate_size and the vocabulary size in the checkpoint's config.")
