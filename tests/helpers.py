@@ -11,13 +11,62 @@ the code under test to build its input.
 """
 
 import argparse
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import pytest
 import torch
 
-TOKENIZER = Path("/work/shared/data/20B_tokenizer.json")
+# The real GPT-NeoX files (the 20B tokenizer and config, LAMBADA) are not part of the repository. When a folder
+# `shared/data` sits beside the checkout (or `NEOX_SHARED_DATA` names one), the tests about those files use it;
+# otherwise they are skipped, all with the same reason. No other test reads anything outside the repository.
+SHARED_DATA = Path(os.environ.get("NEOX_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def shared_file(name: str) -> Path:
+    return SHARED_DATA / name
+
+
+def needs_shared_file(name: str):
+    """Mark a test about a real GPT-NeoX file: it runs when `shared/data/NAME` is there and is skipped otherwise."""
+    reason = f"shared/data/{name} is absent (set NEOX_SHARED_DATA to a folder holding it)"
+    return pytest.mark.skipif(not shared_file(name).is_file(), reason=reason)
+
+
+# A small text to train test tokenizers on
+TEXT = ("ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n"
+        "JULIET: O Romeo, Romeo, wherefore art thou Romeo? Deny thy father and refuse thy name.\n") * 4
+
+
+def write_tiny_tokenizer(path: Path, vocab_size: int = 300) -> Path:
+    r"""
+    A tokenizer that fits a model of `vocab_size` ids, written to `path`, with GPT-NeoX's special tokens
+    (`<|endoftext|>` = 0, `<|padding|>` = 1). With 258 ids or more it is a byte-level BPE like the 20B tokenizer,
+    trained on `TEXT` in milliseconds; below that (the byte alphabet alone takes 256 ids) it maps characters to ids,
+    the printable ASCII characters that fit, with `<|padding|>` for any other.
+    """
+    import string
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<|endoftext|>", "<|padding|>"]
+    if vocab_size >= 258:
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tokenizer.train_from_iterator([TEXT], trainer)
+    else:
+        chars = (" \n" + string.ascii_letters + string.digits + string.punctuation)[:vocab_size - len(specials)]
+        vocab = {token: i for i, token in enumerate(specials + list(chars))}
+        tokenizer = Tokenizer(models.BPE(vocab, [], unk_token="<|padding|>"))
+        tokenizer.add_special_tokens(specials)
+        tokenizer.decoder = decoders.Fuse()
+    path = Path(path)
+    tokenizer.save(str(path))
+    return path
 
 ROW_BIASES = ("attention.dense.bias", "mlp.dense_4h_to_h.bias")
 REPLICATED = ("input_layernorm.weight", "input_layernorm.bias", "post_attention_layernorm.weight",
@@ -173,7 +222,7 @@ def write_slim_from_hf(hf_model, out: Path, tp: int = 2, layout: str = "pipeline
     (out / "configs").mkdir()
     (out / "configs" / "tiny.yml").write_text(neox_yaml(cfg, tp))
     if tokenizer:
-        (out / "20B_tokenizer.json").write_bytes(TOKENIZER.read_bytes())
+        write_tiny_tokenizer(out / "20B_tokenizer.json", cfg.vocab_size)
     for r in range(tp):
         if layout == "pipeline":
             for (part, layer), shard in ranks[r].items():

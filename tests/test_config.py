@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import needs_shared_file, shared_file
 from labml_nn.neox.config import ConfigError, NeoXConfig
 
-SHARED_20B_YML = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "20B.yml"
+SHARED_20B_YML = shared_file("20B.yml")
 
 # The model part of gpt-neox's 20B.yml, written here so the test runs without ../shared
 NEOX_20B = {
@@ -20,9 +21,8 @@ NEOX_20B = {
 }
 
 
+@needs_shared_file("20B.yml")
 def test_the_real_20b_yml_gives_the_20b_model():
-    if not SHARED_20B_YML.exists():
-        pytest.skip("../shared/data/20B.yml is absent")
     config = NeoXConfig.from_neox_yaml(SHARED_20B_YML)
     assert (config.n_layers, config.d_model, config.n_heads, config.d_head) == (44, 6144, 64, 96)
     assert config.d_rotary == 24 and config.d_ff == 4 * 6144 and config.n_ctx == 2048

@@ -29,6 +29,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
+from helpers import shared_file  # noqa: E402
 from labml_nn.neox.config import NeoXConfig  # noqa: E402
 from labml_nn.neox.evaluation import EvalHarnessAdapter  # noqa: E402
 from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, go_offline, task_manager, write_local_tasks  # noqa: E402
@@ -37,7 +38,7 @@ from labml_nn.neox.model import build_layers  # noqa: E402
 # Per-request log-likelihoods of the two implementations agree to this (fp32; they differ by ~1e-5)
 TOLERANCE = 1e-3
 N_CTX = 64
-REAL_LAMBADA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lambada_test.jsonl"
+REAL_LAMBADA = shared_file("lambada_test.jsonl")
 WORDS = ("the of and to in is it that was he for on are with as his they at be this from have or by one had not "
          "but what all were when we there can an your which their said if do will each about how up out them then "
          "she many some so these would other into has more her two like him see time could no make than first "

@@ -17,33 +17,15 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
-from helpers import make_tiny_hf_model, write_slim_from_hf  # noqa: E402
+from helpers import TEXT, make_tiny_hf_model, write_slim_from_hf, write_tiny_tokenizer  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "generate.py"
-TEXT = ("ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n"
-        "JULIET: O Romeo, Romeo, wherefore art thou Romeo? Deny thy father and refuse thy name.\n") * 4
-
-
-def tiny_tokenizer(path: Path, vocab_size: int = 300):
-    # Byte-level BPE like the 20B tokenizer's, with `<|endoftext|>` as id 0
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|padding|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator([TEXT], trainer)
-    tokenizer.save(str(path))
-    return tokenizer
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("sample") / "ckpt"
     hf = make_tiny_hf_model(vocab_size=320, max_position_embeddings=48)
     write_slim_from_hf(hf, path, tp=2, tokenizer=False)
-    tiny_tokenizer(path / "20B_tokenizer.json")
+    write_tiny_tokenizer(path / "20B_tokenizer.json", 300)
     return path
 
 

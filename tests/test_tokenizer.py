@@ -1,22 +1,34 @@
 r"""
-The GPT-NeoX-20B tokenizer, from `../shared/data/20B_tokenizer.json` when it is there (the tests that need it
-are skipped otherwise; nothing is downloaded).
+Tokenizers: the demo model's, which ships with the package, and the GPT-NeoX-20B tokenizer from
+`shared/data/20B_tokenizer.json` when it is there (the tests about that file are skipped otherwise; nothing is
+downloaded).
 """
-
-from pathlib import Path
 
 import pytest
 
+from labml_nn.neox.utils.cli import DEMO_CHECKPOINT
 from labml_nn.neox.tokenizer import StreamDecoder, encode, find_tokenizer, load_tokenizer
 
-REAL_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "20B_tokenizer.json"
-needs_real_tokenizer = pytest.mark.skipif(not REAL_TOKENIZER.is_file(),
-                                          reason=f"{REAL_TOKENIZER} is absent")
+from helpers import needs_shared_file, shared_file
+
+REAL_TOKENIZER = shared_file("20B_tokenizer.json")
+needs_real_tokenizer = needs_shared_file("20B_tokenizer.json")
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer(REAL_TOKENIZER)
+
+
+# The demo model's byte-level BPE ships inside the package: the tests of decoding run on it everywhere, and on the
+# real 20B tokenizer too when that file is there
+@pytest.fixture(scope="module", params=["demo", "20B"])
+def any_tokenizer(request):
+    if request.param == "20B":
+        if not REAL_TOKENIZER.is_file():
+            pytest.skip("shared/data/20B_tokenizer.json is absent (set NEOX_SHARED_DATA to a folder holding it)")
+        return load_tokenizer(REAL_TOKENIZER)
+    return load_tokenizer(DEMO_CHECKPOINT)
 
 
 @needs_real_tokenizer
@@ -31,8 +43,8 @@ def test_the_special_tokens_have_ids_0_and_1(tokenizer):
     assert tokenizer.get_vocab_size() == 50277
 
 
-@needs_real_tokenizer
-def test_streaming_decode_rebuilds_characters_split_over_tokens(tokenizer):
+def test_streaming_decode_rebuilds_characters_split_over_tokens(any_tokenizer):
+    tokenizer = any_tokenizer
     # An emoji and CJK characters are several bytes, split over several byte-level BPE tokens; decoding each
     # token alone gives broken characters, the stream decoder gives the text back exactly
     text = "Thou art🦜, said 世界 — naïve café.\nEnd"
@@ -44,8 +56,8 @@ def test_streaming_decode_rebuilds_characters_split_over_tokens(tokenizer):
     assert "".join(decoder.step(i) for i in ids) == text
 
 
-@needs_real_tokenizer
-def test_end_of_text_decodes_unless_skipped(tokenizer):
+def test_end_of_text_decodes_unless_skipped(any_tokenizer):
+    tokenizer = any_tokenizer
     ids = encode(tokenizer, "a") + [0]
     assert "".join(StreamDecoder(tokenizer).step(i) for i in ids) == "a<|endoftext|>"
     assert "".join(StreamDecoder(tokenizer, skip_special_tokens=True).step(i) for i in ids) == "a"
