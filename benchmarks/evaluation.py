@@ -96,11 +96,13 @@ def shakespeare_cloze(texts: List[Path], out: Path, n_docs: int, n_words: int = 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1].lstrip("# "))
-    parser.add_argument("--checkpoint", default=str(REPO / "labml_nn" / "neox" / "demo"))
-    parser.add_argument("--lambada-file", default=str(SHARED_LAMBADA) if SHARED_LAMBADA.is_file() else None)
+    parser.add_argument("--checkpoint", default=str(REPO / "labml_nn" / "neox" / "demo"),
+                        help="the checkpoint to evaluate (default: the demo model)")
+    parser.add_argument("--lambada-file", default=str(SHARED_LAMBADA) if SHARED_LAMBADA.is_file() else None,
+                        help="lambada_test.jsonl (default: ../shared/data/lambada_test.jsonl when it exists)")
     parser.add_argument("--held-out", nargs="+", help="held-out text files (default: the demo's held-out plays)")
     parser.add_argument("--limit", type=int, help="only the first N LAMBADA documents")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="requests per forward pass")
     parser.add_argument("--cloze-docs", type=int, default=1000,
                         help="passages of the held-out plays in LAMBADA's format (0: skip)")
     parser.add_argument("--skip-reference-int8", action="store_true",

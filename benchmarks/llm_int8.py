@@ -162,6 +162,14 @@ def measure(path: Path, ids: torch.Tensor, device: torch.device, dtype: torch.dt
     return result
 
 
+# The whole run takes minutes on a CPU (about 7 on two cores): say on stderr what is being measured, as it starts
+_STARTED = time.perf_counter()
+
+
+def progress(message: str):
+    print(f"[{time.perf_counter() - _STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
 def table(rows: List[tuple], device: torch.device) -> str:
     cuda = device.type == "cuda"
     header = "| model | logit rel. L2 vs fp32 | layer weights | vs fp16 | forward |"
@@ -182,12 +190,15 @@ def table(rows: List[tuple], device: torch.device) -> str:
 
 def run(path: Path, ids: torch.Tensor, device: torch.device, decode_tokens: int) -> tuple:
     fp = torch.float16 if device.type == "cuda" else torch.float32
+    progress("fp32")
     reference = measure(path, ids, device, torch.float32, None, decode_tokens)
     rows = [("fp32", reference)]
     if device.type == "cuda":
+        progress("fp16")
         rows.append(("fp16", measure(path, ids, device, torch.float16, reference["logits"], decode_tokens)))
     for implementation, label in (("reference", "ours (Int8Linear)"), ("bitsandbytes", "bitsandbytes")):
         for threshold in (6.0, 0.0):
+            progress(f"{label}, threshold {threshold:g}")
             r = measure(path, ids, device, fp, reference["logits"], decode_tokens, is_llm_int8=True,
                         llm_int8_threshold=threshold, llm_int8_implementation=implementation)
             rows.append((f"{label}, threshold {threshold:g}", r))
@@ -220,9 +231,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                  "against bitsandbytes' Linear8bitLt, on the same weights.")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="a real checkpoint instead of the random Pythia-160M-shaped models")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the models run (default: cuda when PyTorch sees a GPU)")
+    parser.add_argument("--batch", type=int, default=4, help="sequences per forward pass")
+    parser.add_argument("--length", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--decode-tokens", type=int, default=64, help="CUDA only: tokens to decode for the speed")
     parser.add_argument("--results", type=Path, default=None, help="write the tables into this RESULTS.md")
     args = parser.parse_args(argv)
@@ -254,6 +266,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         for planted in (True, False):
             with tempfile.TemporaryDirectory() as folder:
+                progress(f"random Pythia-160M-shaped weights, {'with' if planted else 'without'} planted outliers")
                 hf_model, dims = random_checkpoint(Path(folder), planted)
                 ids = torch.randint(0, PYTHIA_160M["vocab_size"], (args.batch, args.length),
                                     generator=torch.Generator().manual_seed(1))

@@ -41,7 +41,7 @@ on 200 KB of modern fiction:
 ```
 Training biases: 11,520 of 5,256,704 parameters (0.219%)
 63,065 training tokens (246 windows of 256), 7,007 validation tokens
-labml logs: /path/to/logs/neox_finetune/<run uuid>
+labml logs: /home/you/.cache/labml-nn-neox/logs/neox_finetune/<run uuid>
        0:   loss.valid:  6.30625
       30:   loss.valid:  6.08786 loss.train:  6.22521  2,251ms  0:01m/  0:00m
 Wrote ft (2 tensor-parallel rank(s), torch.float16); generate with: python samples/generate.py --checkpoint ft
@@ -57,7 +57,7 @@ from typing import List, Optional
 
 import torch
 
-from labml_nn.neox.utils.cli import DTYPES, HelpFormatter, default_dtype, dtype_name
+from labml_nn.neox.utils.cli import DTYPES, HelpFormatter, default_dtype, dtype_name, output_home
 
 # The learning rate that suits each choice: biases tolerate (and need) larger steps than whole matrices
 DEFAULT_LR = {"biases": 1e-3, "ffn": 1e-4, "all": 1e-4}
@@ -93,11 +93,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="recompute each layer's activations during backward to save memory")
     parser.add_argument("--distributed", choices=["ddp", "fsdp"], default="ddp",
                         help="under torchrun: replicate the model (ddp) or shard it (fsdp)")
-    parser.add_argument("--log-dir", type=Path, default=Path("logs"), help="where labml writes its logs")
+    parser.add_argument("--log-dir", type=Path, default=output_home("logs"), help="where labml writes its logs")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow DeepSpeed files that pickle Python objects (only for files you trust)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the batches' order and sampling")
     return parser.parse_args(argv)
 
 
@@ -121,7 +121,7 @@ def main(argv: Optional[List[str]] = None):
     from labml_nn.neox.tokenizer import load_tokenizer
     from labml_nn.neox.utils.finetune import count_parameters, save_trained, select_trainable, write_checkpoint
     from labml_nn.neox.utils.text_dataset import TokenWindows, split_train_valid, tokenize_file
-    from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, create_experiment
+    from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, labml_experiment
 
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise SystemExit(f"{args.out} exists and is not empty: choose another --out, or pass --overwrite")
@@ -170,9 +170,8 @@ def main(argv: Optional[List[str]] = None):
                               seed=args.seed)
     trainer = Trainer(modules, train, valid, training, distributed=args.distributed if distributed else None)
     if rank == 0:
-        from labml import experiment
-        print(f"labml logs: {create_experiment('neox_finetune', args.log_dir)}")
-        with experiment.start():
+        with labml_experiment("neox_finetune", args.log_dir) as logs:
+            print(f"labml logs: {logs}")
             trainer.train()
     else:
         trainer.train()

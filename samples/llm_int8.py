@@ -72,7 +72,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from labml_nn.neox.utils.cli import DTYPES, HelpFormatter, check_model_args, dtype_name
+from labml_nn.neox.utils.cli import DTYPES, HelpFormatter, check_model_args, dtype_name, quiet_bitsandbytes_import
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -83,10 +83,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="checkpoint folder: the 20B slim weights, a gpt-neox checkpoint or a Hugging Face "
                              "GPT-NeoX folder (default: the demo model labml_nn/neox/demo/)")
     parser.add_argument("--prompt", default="ROMEO:", help="text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=60)
+    parser.add_argument("--max-new-tokens", type=int, default=60, help="tokens to generate with the int8 model")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs: cpu, cuda or cuda:N (default: cuda when PyTorch sees a GPU)")
     parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
                         help="dtype of what stays in floating point (default: fp16 on CUDA, fp32 on a CPU)")
     parser.add_argument("--implementation", choices=["bitsandbytes", "reference"], default="bitsandbytes",
@@ -177,6 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from labml_nn.neox.utils.llm_int8 import bitsandbytes_problem
 
     args = parse_args(argv)
+    quiet_bitsandbytes_import()
     device = torch.device(args.device)
     if args.implementation == "bitsandbytes" and bitsandbytes_problem(device.type) is not None:
         print(f"note: {bitsandbytes_problem(device.type)}; the plain PyTorch implementation is used instead")

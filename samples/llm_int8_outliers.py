@@ -21,7 +21,7 @@ Small models (the demo, Pythia-70M) show few or none, which is why plain int8 wo
 ```
 python samples/llm_int8_outliers.py                                   # the demo model, a built-in text
 python samples/llm_int8_outliers.py --checkpoint ~/data/20B_checkpoints --device cuda --text-file page.txt
-python samples/llm_int8_outliers.py --checkpoint pythia-1b --threshold 4 --output pythia-1b-outliers.png
+python samples/llm_int8_outliers.py --checkpoint pythia-1b --threshold 4 --out pythia-1b-outliers.png
 ```
 
 ## What it prints
@@ -30,9 +30,10 @@ A table with a row for each layer and linear layer that has outliers: how many i
 in at least one token, the fraction of tokens that have one, the largest $|X_{ik}|$, and the dimensions hit most
 often with the fraction of tokens for each. Then the systematic outlier features by the paper's rule, for the inputs
 of `query_key_value` and `dense_h_to_4h` (layer-norm outputs, the same $C$ dimensions in every layer, so a dimension
-can be followed through the layers). It saves a figure (`--output`, PNG): one panel per linear layer, a square for
-each (dimension, layer) that reached the threshold, coloured by the fraction of tokens, and a panel with the largest
-input magnitude per layer. The demo model has no outliers at all; `python samples/llm_int8_outliers.py` prints
+can be followed through the layers). It saves a figure (`--out`, PNG; by default
+`~/.cache/labml-nn-neox/figures/llm_int8_outliers.png`, see `utils/cli.py`'s `output_home`): one panel per linear
+layer, a square for each (dimension, layer) that reached the threshold, coloured by the fraction of tokens, and a
+panel with the largest input magnitude per layer. The demo model has no outliers at all; `python samples/llm_int8_outliers.py` prints
 (after the progress bar)
 
 ```
@@ -46,7 +47,7 @@ Systematic outlier features (>= 6% of tokens in >= 25% of layers):
 inputs of query_key_value: none
 inputs of dense_h_to_4h: none
 
-Figure saved to llm_int8_outliers.png
+Figure saved to /home/you/.cache/labml-nn-neox/figures/llm_int8_outliers.png
 ```
 """
 
@@ -58,7 +59,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from labml_nn.neox.utils.cli import DTYPES, HelpFormatter, check_model_args, dtype_name
+from labml_nn.neox.utils.cli import (DTYPES, HelpFormatter, check_model_args, dtype_name, output_home,
+                                     quiet_bitsandbytes_import)
 
 LINEAR_LAYERS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
 
@@ -109,10 +111,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="text to run through the model (default: the opening of Hamlet's soliloquy)")
     parser.add_argument("--max-tokens", type=int, default=1024, help="use at most this many tokens of the text")
     parser.add_argument("--threshold", type=float, default=6.0, help="the outlier threshold alpha")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs: cpu, cuda or cuda:N (default: cuda when PyTorch sees a GPU)")
     parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
                         help="default: fp16 on CUDA, fp32 on a CPU")
-    parser.add_argument("--output", type=Path, default=Path("llm_int8_outliers.png"), help="the figure (PNG)")
+    parser.add_argument("--out", "--output", dest="output", type=Path,
+                        default=output_home("figures", "llm_int8_outliers.png"),
+                        help="where to write the figure (PNG)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow DeepSpeed checkpoint files that pickle arbitrary objects (only files you trust)")
     return check_model_args(parser, parser.parse_args(argv))
@@ -253,6 +258,7 @@ def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path):
     ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=110)
     plt.close(fig)
 
@@ -262,6 +268,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from labml_nn.neox.tokenizer import encode, load_tokenizer
 
     args = parse_args(argv)
+    quiet_bitsandbytes_import()
     generator = LayerGenerator(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
                                trust_pickle=args.trust_pickle)
     config = generator.config

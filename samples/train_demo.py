@@ -20,9 +20,14 @@ tensor-parallel ranks**, like the real checkpoint, so that the demo exercises th
 ## How to run
 
 ```
-python samples/train_demo.py                       # downloads the sdist with pip, trains, writes labml_nn/neox/demo/
+python samples/train_demo.py                       # downloads the sdist with pip, trains, writes a new folder
+python samples/train_demo.py --replace-shipped-demo  # the same, written over labml_nn/neox/demo/
 python samples/train_demo.py --texts DIR --steps 50 --out /tmp/demo   # a quick try on your own folder of .txt files
 ```
+
+By default the model goes to a new folder, `models/demo-DATE-TIME` under `~/.cache/labml-nn-neox` (or
+`$LABML_NN_NEOX_HOME`), and labml's logs to `logs/` beside it; the shipped demo, which every sample loads by
+default, is replaced only when you ask with `--replace-shipped-demo`.
 
 The default 400 steps (8 windows of 256 tokens each: 819,200 tokens, about half of one pass over the 1.5
 million tokens of the training plays) took 22 minutes on a 2-core CPU shared with other jobs; a step took 0.5 to
@@ -63,10 +68,9 @@ from labml_nn.neox.config import NeoXConfig
 from labml_nn.neox.model import build_layers
 from labml_nn.neox.utils.finetune import write_checkpoint
 from labml_nn.neox.utils.text_dataset import TokenWindows, tokenize_documents
-from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, create_experiment, evaluate
-from labml_nn.neox.utils.cli import HelpFormatter
+from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, labml_experiment, evaluate
+from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, HelpFormatter, output_home
 
-REPO = Path(__file__).resolve().parent.parent
 VALIDATION_WORKS = ("macbeth_gut.txt", "twelfth_night_gut.txt", "julius_caesar_gut.txt")
 
 
@@ -163,26 +167,39 @@ def evaluate_checkpoint(path: Path, valid_docs: List[str], seq_len: int):
 def main():
     parser = argparse.ArgumentParser(
         description="Train the small GPT-NeoX demo model on Shakespeare and write it as a 2-rank slim-weights "
-                    "checkpoint (by default into labml_nn/neox/demo/).",
+                    "checkpoint, into a new folder (the shipped demo is replaced only with --replace-shipped-demo).",
         formatter_class=HelpFormatter)
     parser.add_argument("--texts", type=Path, help="a folder of .txt files instead of downloading the sdist")
-    parser.add_argument("--out", type=Path, default=REPO / "labml_nn" / "neox" / "demo",
-                        help="the checkpoint folder to write (replaced when it exists)")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--valid-every", type=int, default=100)
+    parser.add_argument("--out", type=Path,
+                        help="the checkpoint folder to write; it must not exist yet (default: a new folder "
+                             "models/demo-DATE-TIME under ~/.cache/labml-nn-neox or $LABML_NN_NEOX_HOME)")
+    parser.add_argument("--replace-shipped-demo", action="store_true",
+                        help="write into the package's own demo folder, replacing the model every sample uses by "
+                             "default (what reproducing the shipped demo means)")
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows of --seq-len tokens per step")
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per training window (the context)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warm-up, then cosine to 1/10)")
+    parser.add_argument("--vocab-size", type=int, default=4096, help="entries of the BPE tokenizer trained here")
+    parser.add_argument("--valid-every", type=int, default=100, help="validate every N steps")
     parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                         help="the dtype of the written tensors (fp16 halves the folder's size)")
-    parser.add_argument("--log-dir", type=Path, default=Path("logs"), help="where labml writes its logs")
+    parser.add_argument("--log-dir", type=Path, default=output_home("logs"), help="where labml writes its logs")
     parser.add_argument("--state", type=Path, help="also save the trained weights to this .pt file")
     parser.add_argument("--from-state", type=Path, help="skip training: write the checkpoint from this .pt file")
-    parser.add_argument("--evaluate", type=Path, nargs="?", const=REPO / "labml_nn" / "neox" / "demo",
+    parser.add_argument("--evaluate", type=Path, nargs="?", const=DEMO_CHECKPOINT,
                         help="only print the validation figures of a written checkpoint (default: the demo)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
     args = parser.parse_args()
+    if args.replace_shipped_demo and args.out is not None:
+        parser.error("give either --out or --replace-shipped-demo, not both")
+    overwrite = args.replace_shipped_demo
+    if args.replace_shipped_demo:
+        args.out = DEMO_CHECKPOINT
+    elif args.out is None:
+        args.out = output_home("models", time.strftime("demo-%Y%m%d-%H%M%S"))
+    if not args.evaluate and args.out.exists() and not overwrite:
+        parser.error(f"{args.out} exists; choose a new --out (the checkpoint is written into a new folder)")
 
     torch.manual_seed(args.seed)
     texts = shakespeare_texts(args.texts)
@@ -221,10 +238,9 @@ def main():
                                       warmup_steps=max(1, args.steps // 10), valid_every=args.valid_every,
                                       valid_batches=10, seed=args.seed)
             trainer = Trainer(layers, train, valid, training)
-            print(f"labml logs: {create_experiment('neox_demo_shakespeare', args.log_dir)}")
-            from labml import experiment
             start = time.time()
-            with experiment.start():
+            with labml_experiment("neox_demo_shakespeare", args.log_dir) as logs:
+                print(f"labml logs: {logs}")
                 trainer.train()
             print(f"\nTraining took {(time.time() - start) / 60:.1f} minutes")
             if args.state:
@@ -236,7 +252,8 @@ def main():
         # The 20B slim layout with two tensor-parallel ranks, written into a temporary folder beside `--out`
         # and renamed when complete, so that an interrupted run never leaves a half-written checkpoint.
         write_checkpoint(args.out, layers, tensor_parallel_size=2, tokenizer_path=tokenizer_path,
-                         dtype=getattr(torch, args.dtype), overwrite=True)
+                         dtype=getattr(torch, args.dtype), overwrite=overwrite)
+        print(f"Checkpoint written to {args.out}")
 
     # ### The figures, from the checkpoint as written (with fp16-rounded weights)
     model, tokenizer = evaluate_checkpoint(args.out, valid_docs, args.seq_len)

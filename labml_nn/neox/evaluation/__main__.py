@@ -66,7 +66,7 @@ from typing import List, Optional
 import torch
 
 from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, LOCAL_TASKS, TEXT_TASK, go_offline, write_local_tasks
-from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, DTYPES, default_dtype, dtype_name
+from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, DTYPES, default_dtype, dtype_name, quiet_bitsandbytes_import
 
 # The four tasks of the published GPT-NeoX-20B table
 DEFAULT_TASKS = "lambada_openai,hellaswag,piqa,winogrande"
@@ -196,6 +196,7 @@ def _number(value) -> str:
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
+    quiet_bitsandbytes_import()
     results = evaluate(args)
     print(format_table(results))
     if args.output:

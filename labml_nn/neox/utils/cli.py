@@ -13,17 +13,32 @@ PyTorch's spellings (`float16`), so `--dtype float16` and `--dtype fp16` mean th
 `default_dtype` is the one rule for when `--dtype` is not given. `check_model_args` applies these defaults
 together with the demo checkpoint's.
 
+`output_home` is the one folder where our commands write what the user did not name a place for: labml's logs
+(`logs/`), figures (`figures/`), a retrained demo model (`models/`). It is `$LABML_NN_NEOX_HOME` when that is set,
+otherwise `labml-nn-neox` in the user's cache folder (`$XDG_CACHE_HOME`, by default `~/.cache`), never the current
+folder or the installed package.
+
 `HelpFormatter` makes `--help` state each option's default once. argparse's `ArgumentDefaultsHelpFormatter`
 appends `(default: X)` to every option, which reads badly when the help already says what happens by default
 ("the demo model") or when the default is `None` and the option simply means "not given".
 """
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "demo"
+
+
+def output_home(*parts: str) -> Path:
+    """`$LABML_NN_NEOX_HOME`, or `~/.cache/labml-nn-neox` (following `$XDG_CACHE_HOME`), joined with `parts`."""
+    home = os.environ.get("LABML_NN_NEOX_HOME")
+    if not home:
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        home = Path(cache) / "labml-nn-neox"
+    return Path(home).joinpath(*parts)
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -69,3 +84,11 @@ def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     if on_cuda and not torch.cuda.is_available():
         parser.error("--device cuda was asked for but PyTorch sees no GPU; use --device cpu")
     return args
+
+
+# bitsandbytes, when imported on a CPU with AVX-512 bf16, logs a warning that it could not load an optional 4-bit
+# kernel package (`kernels`). Nothing here uses 4-bit products, so the warning is noise to our users; a command
+# (never a library module: this changes the process's logging) calls this before importing bitsandbytes.
+def quiet_bitsandbytes_import():
+    import logging
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

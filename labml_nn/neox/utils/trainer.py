@@ -52,7 +52,8 @@ Progress and losses are written by [labml](https://github.com/labmlai/labml) (`m
 """
 
 import math
-from contextlib import nullcontext
+import sys
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -345,13 +346,17 @@ class Trainer:
         """
         from labml import monit, tracker
         config = self.config
+        # labml draws its progress line with terminal codes; into a pipe or a file we print plain lines instead
+        on_terminal = sys.stdout.isatty()
         if self.track:
             tracker.set_scalar("loss.*", True)
             tracker.set_scalar("lr", False)
             tracker.set_scalar("grad_norm", False)
+        if self.track and on_terminal:
             steps = monit.loop(range(self.step_index, config.steps))
         else:
             steps = range(self.step_index, config.steps)
+        print_every = max(1, config.steps // 20)
         values = {}
         if self.step_index == 0 and self.valid_data is not None:
             # The validation loss before any update: the baseline a fine-tuning run is measured against
@@ -366,26 +371,48 @@ class Trainer:
                 values["loss.valid"] = self.validate()
             if self.track:
                 tracker.save(self.step_index, values)
-                if "loss.valid" in values:
+                if "loss.valid" in values and on_terminal:
                     tracker.new_line()
+            if self.track and not on_terminal and (self.step_index % print_every == 0 or "loss.valid" in values):
+                print(f"step {self.step_index}/{config.steps}: " +
+                      ", ".join(f"{k} {v:.4g}" for k, v in values.items()), flush=True)
         return values
 
 
 # ## Experiment tracking
-def create_experiment(name: str, log_dir, comment: Optional[str] = None):
+@contextmanager
+def labml_experiment(name: str, log_dir, comment: Optional[str] = None):
     r"""
-    Create a labml experiment that writes to the screen and to files under `log_dir/name/<run uuid>/`.
+    Run the body inside a labml experiment that writes the losses to files under `log_dir/name/<run uuid>/`
+    (the folder is what the `with` gives), and to the screen when standard output is a terminal:
+
+    `with labml_experiment("neox_finetune", log_dir) as logs: trainer.train()`
+
     labml would otherwise put its logs beside the first file that imported it (inside site-packages for an
-    installed package), so we configure the folder explicitly. Use it as
-    `with experiment.start(): trainer.train()`.
+    installed package), so we configure the folder explicitly. It also prints notices a user cannot act on: that
+    no `.labml.yaml` sits beside the installed package (we configure labml in code instead), that the log folder
+    is not a git repository, and a coloured banner; we keep those off the screen. Into a pipe or a file only
+    plain text goes (`Trainer.train` prints its own plain progress lines there).
     """
+    import io
     from pathlib import Path
     from labml import experiment, lab
     log_dir = Path(log_dir).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
-    lab.configure({"path": str(log_dir), "experiments_path": ".", "data_path": "data"})
-    experiment.create(name=name, writers={"screen", "file"}, comment=comment)
-    return log_dir / name / experiment.get_uuid()
+    on_terminal = sys.stdout.isatty()
+    with redirect_stdout(io.StringIO()):
+        lab.configure({"path": str(log_dir), "experiments_path": ".", "data_path": "data"})
+        experiment.create(name=name, writers={"screen", "file"} if on_terminal else {"file"}, comment=comment)
+    with (nullcontext() if on_terminal else redirect_stdout(io.StringIO())):
+        run = experiment.start()
+        run.__enter__()
+    try:
+        yield log_dir / name / experiment.get_uuid()
+    except BaseException:
+        run.__exit__(*sys.exc_info())
+        raise
+    else:
+        run.__exit__(None, None, None)
 
 
 # ## Whole tensors back from FSDP
