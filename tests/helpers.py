@@ -30,9 +30,13 @@ def shared_file(name: str) -> Path:
 
 
 def needs_shared_file(name: str):
-    """Mark a test about a real GPT-NeoX file: it runs when `shared/data/NAME` is there and is skipped otherwise."""
+    r"""
+    Mark a test about a real GPT-NeoX file: it runs when `shared/data/NAME` is there and is skipped otherwise.
+    It is also marked `shared_data`, so that CI can run these tests apart (`pytest -m shared_data`).
+    """
     reason = f"shared/data/{name} is absent (set NEOX_SHARED_DATA to a folder holding it)"
-    return pytest.mark.skipif(not shared_file(name).is_file(), reason=reason)
+    skip = pytest.mark.skipif(not shared_file(name).is_file(), reason=reason)
+    return lambda test: pytest.mark.shared_data(skip(test))
 
 
 # A small text to train test tokenizers on

@@ -155,6 +155,8 @@ def lambada_files(tmp_path, hf, tokenizer):
         yield "real", real
 
 
+# Runs on a synthetic file everywhere, and on the real LAMBADA's first documents too when shared/data has it
+@pytest.mark.shared_data
 def test_lambada_through_simple_evaluate_matches_hf_model(lms, models_, tokenizers_, tmp_path):
     ours, reference = lms
     go_offline()

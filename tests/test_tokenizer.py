@@ -22,7 +22,7 @@ def tokenizer():
 
 # The demo model's byte-level BPE ships inside the package: the tests of decoding run on it everywhere, and on the
 # real 20B tokenizer too when that file is there
-@pytest.fixture(scope="module", params=["demo", "20B"])
+@pytest.fixture(scope="module", params=["demo", pytest.param("20B", marks=pytest.mark.shared_data)])
 def any_tokenizer(request):
     if request.param == "20B":
         if not REAL_TOKENIZER.is_file():
