@@ -136,7 +136,7 @@ def main(argv: Optional[List[str]] = None):
     # ### The model, with the chosen tensors trainable
     devices = args.devices.split(",") if args.devices else None
     generator = LayerGenerator(args.checkpoint, dtype=DTYPES[dtype_name], device=device, devices=devices,
-                               trust_pickle=args.trust_pickle, progress=rank == 0)
+                               trust_pickle=args.trust_pickle, progress=None if rank == 0 else False)
     config, checkpoint = generator.config, generator.checkpoint
     if checkpoint.tokenizer_path is None:
         raise SystemExit(f"{args.checkpoint} has no tokenizer file; copy the model's tokenizer.json there")
