@@ -71,11 +71,19 @@ class NeoXConfig:
     rotary_pct: float = 1.0
     # The base $b$ of the rotation angles $\theta_i = b^{-2i/d}$: `rotary_emb_base` / `rope_theta`.
     rotary_base: float = 10000.0
+    # Linear RoPE scaling ("position interpolation"): positions are divided by this factor, so a model
+    # fine-tuned this way reads $s$ times its training context. transformers' `rope_scaling` /
+    # `rope_parameters` with type `linear` and its `factor`; gpt-neox has no such key. 1 means none.
+    rotary_scaling: float = 1.0
     # The $\epsilon$ of every layer norm: `layernorm_epsilon` / `layer_norm_eps`.
     layer_norm_eps: float = 1e-5
     # Whether attention and the feed-forward network read the same input and are added to the residual
     # together (`gpt_j_residual` / `use_parallel_residual`; true in every published NeoX model).
     parallel_residual: bool = False
+    # `gpt_j_tied` in the YAML: with the parallel residual, both branches read `input_layernorm`'s output and
+    # `post_attention_layernorm` is left unused, $x + \text{attn}(\text{ln}_1(x)) + \text{mlp}(\text{ln}_1(x))$.
+    # (The 20B model has untied norms "due to a bug", as gpt-neox's own comment says; later models may tie them.)
+    tied_layernorms: bool = False
     # `bias_gelu_fusion` or `activation` / `hidden_act`, normalised to one of `ACTIVATIONS`
     activation: str = "gelu"
     # `model_parallel_size`: how many tensor-parallel ranks the checkpoint was *written* with.
@@ -144,6 +152,7 @@ class NeoXConfig:
             return default
 
         _refuse_unsupported(name, values)
+        _refuse_unbuilt_neox_keys(name, values)
         # The 20B config sets `bias_gelu_fusion: true`, which in gpt-neox means the tanh approximation.
         # Without the fusion, gpt-neox's `activation` key (default `gelu`) decides.
         activation = str(get("activation", "gelu"))
@@ -156,12 +165,14 @@ class NeoXConfig:
             d_model=int(get("hidden_size", required=True)),
             n_heads=int(get("num_attention_heads", required=True)),
             n_vocab=int(get("padded_vocab_size", 0)),
-            d_ff=int(get("intermediate_size", 0)),
+            d_ff=_neox_ffn_width(name, values, int(get("hidden_size", required=True))),
             n_ctx=int(get("max_position_embeddings", get("seq_length", 2048))),
             rotary_pct=float(get("rotary_pct", 1.0)),
             rotary_base=float(get("rotary_emb_base", 10000.0)),
             layer_norm_eps=float(get("layernorm_epsilon", 1e-5)),
             parallel_residual=bool(get("gpt_j_residual", False)),
+            # gpt-neox reads `gpt_j_tied` only on the parallel-residual path
+            tied_layernorms=bool(get("gpt_j_tied", False)) and bool(get("gpt_j_residual", False)),
             activation=activation,
             tensor_parallel_size=int(get("model_parallel_size", 1)),
         )
@@ -173,7 +184,8 @@ class NeoXConfig:
         Read a transformers `GPTNeoXConfig`: a path to `config.json` (or its folder), or its dictionary.
 
         transformers 5.x moved the rotary settings into `rope_parameters`; older files have `rotary_pct` and
-        `rotary_emb_base` at the top level. We read whichever is present.
+        `rotary_emb_base` at the top level, and perhaps a `rope_scaling`. `_hf_rotary` reads them with
+        transformers' own defaults and precedence.
         """
         if isinstance(source, Mapping):
             name, values = "config.json", dict(source)
@@ -197,9 +209,7 @@ class NeoXConfig:
         if values.get("attention_bias", True) is False:
             raise ConfigError(f"{name}: attention_bias is false; the NeoX attention layers here have biases")
 
-        rope = values.get("rope_parameters") or values.get("rope_scaling") or {}
-        if rope.get("rope_type", "default") not in ("default", None):
-            raise ConfigError(f"{name}: rope_type {rope['rope_type']!r} is not supported, only plain rotary")
+        rotary_pct, rotary_base, rotary_scaling = _hf_rotary(name, values)
 
         def get(key, *alternatives, required=False, default=None):
             for k in (key,) + alternatives:
@@ -216,8 +226,9 @@ class NeoXConfig:
             n_vocab=int(get("vocab_size", required=True)),
             d_ff=int(get("intermediate_size", default=0)),
             n_ctx=int(get("max_position_embeddings", default=2048)),
-            rotary_pct=float(rope.get("partial_rotary_factor", get("rotary_pct", default=1.0))),
-            rotary_base=float(rope.get("rope_theta", get("rotary_emb_base", "rope_theta", default=10000.0))),
+            rotary_pct=rotary_pct,
+            rotary_base=rotary_base,
+            rotary_scaling=rotary_scaling,
             layer_norm_eps=float(get("layer_norm_eps", default=1e-5)),
             parallel_residual=bool(get("use_parallel_residual", default=True)),
             activation=_normalise_activation(name, "hidden_act", str(get("hidden_act", default="gelu"))),
@@ -244,7 +255,10 @@ class NeoXConfig:
             "rotary_pct": self.rotary_pct,
             "rotary_emb_base": self.rotary_base,
             "rope_parameters": {"rope_type": "default", "rope_theta": self.rotary_base,
-                                "partial_rotary_factor": self.rotary_pct},
+                                "partial_rotary_factor": self.rotary_pct, **self._hf_linear_scaling()},
+            # transformers 4.x reads linear scaling from `rope_scaling` (exactly these two keys); 5.x takes
+            # `rope_scaling` over `rope_parameters` and then the top-level `rotary_pct` and `rotary_emb_base`
+            **({"rope_scaling": {"type": "linear", "factor": self.rotary_scaling}} if self.rotary_scaling != 1 else {}),
             "tie_word_embeddings": False,
             "attention_bias": True,
             "attention_dropout": 0.0,
@@ -254,8 +268,14 @@ class NeoXConfig:
             "use_cache": True,
         }
 
+    def _hf_linear_scaling(self) -> dict:
+        return {"rope_type": "linear", "factor": self.rotary_scaling} if self.rotary_scaling != 1 else {}
+
     def to_neox_yaml(self) -> dict:
         """The model keys of a gpt-neox YAML config that `from_neox_yaml` reads back to this config."""
+        if self.rotary_scaling != 1:
+            raise ConfigError(f"linear RoPE scaling (factor {self.rotary_scaling}) has no gpt-neox config key; "
+                              f"write this model in Hugging Face format instead")
         return {
             "num_layers": self.n_layers,
             "hidden_size": self.d_model,
@@ -269,6 +289,7 @@ class NeoXConfig:
             "layernorm_epsilon": self.layer_norm_eps,
             "no_weight_tying": True,
             "gpt_j_residual": self.parallel_residual,
+            "gpt_j_tied": self.tied_layernorms,
             "bias_gelu_fusion": self.activation == "gelu_tanh",
             "activation": "gelu",
             "model_parallel_size": self.tensor_parallel_size,
@@ -320,7 +341,6 @@ def _refuse_unsupported(name: str, values: dict):
         "num_experts": lambda v: int(v) <= 1,
         "use_bias_in_attn_linear": lambda v: bool(v),
         "use_qk_layernorm": lambda v: not v,
-        "num_kv_heads": lambda v: v is None,
         "attention_config": lambda v: all(_attention_kind(a) in ("global", "flash") for a in v),
     }
     for key, ok in checks.items():
@@ -340,3 +360,90 @@ def _attention_kind(entry) -> str:
     kinds = entry[0] if isinstance(entry, (list, tuple)) else entry
     kind = kinds[0] if isinstance(kinds, (list, tuple)) else kinds
     return str(kind).lower()
+
+
+# ## Keys whose meaning changed, or that we refuse by name
+#
+# The rotary settings of a `config.json`, exactly as transformers reads them (4.38 and 5.x agree):
+#
+# * a non-empty `rope_scaling` (4.x's spelling) **replaces** `rope_parameters` whole, so the base and the
+#   fraction then come from the top-level `rotary_emb_base` and `rotary_pct`;
+# * absent keys take transformers' defaults for GPT-NeoX: base 10000 and **0.25** of each head rotated (not
+#   gpt-neox's 1.0, which is for the YAML);
+# * `type` (4.x) or `rope_type` (5.x) `linear` divides the positions by `factor`; `default` rotates plainly.
+#   The other types (`dynamic`, `yarn`, `llama3`, ...) change the frequencies in ways `model.py` does not.
+def _hf_rotary(name: str, values: Mapping[str, Any]) -> "tuple[float, float, float]":
+    key = "rope_scaling" if values.get("rope_scaling") else "rope_parameters"
+    rope = values.get(key) or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "linear":
+        if rope.get("factor") is None:
+            raise ConfigError(f"{name}: `{key}` has type linear but no `factor`")
+        scaling = float(rope["factor"])
+    elif kind in ("default", None):
+        scaling = 1.0
+    else:
+        raise ConfigError(f"{name}: `{key}` has RoPE type {kind!r}; this implementation rotates plainly or with "
+                          f"linear scaling only. Supporting it would take its frequency formula in "
+                          f"RotaryEmbedding (model.py).")
+    pct = rope.get("partial_rotary_factor", values.get("rotary_pct", 0.25))
+    base = rope.get("rope_theta", values.get("rotary_emb_base", 10000.0))
+    return float(pct), float(base), scaling
+
+
+# The feed-forward width in gpt-neox since PR #1212: `intermediate_size`, or `expansion_factor` $\times C$, or
+# $4C$; then `linear1`'s outputs are rounded up to a multiple of $2m$ and `linear2`'s inputs to a multiple of
+# $m$, with $m$ = `mlp_multiple_of` (default 1). Without a gate the two must agree, or gpt-neox itself could not
+# run the model.
+def _neox_ffn_width(name: str, values: Mapping[str, Any], d_model: int) -> int:
+    size, factor = values.get("intermediate_size"), values.get("expansion_factor")
+    if size and factor:
+        raise ConfigError(f"{name}: both `intermediate_size` and `expansion_factor` are set; gpt-neox refuses "
+                          f"that too. Keep one.")
+    width = int(size) if size else int(float(factor) * d_model) if factor else 4 * d_model
+    m = int(values.get("mlp_multiple_of") or 1)
+    outputs, inputs = -(-width // (2 * m)) * 2 * m, -(-width // m) * m
+    if outputs != inputs:
+        raise ConfigError(f"{name}: `mlp_multiple_of: {m}` rounds the feed-forward width {width} to {outputs} "
+                          f"outputs of linear1 but {inputs} inputs of linear2; gpt-neox cannot build such a model.")
+    return outputs
+
+
+# gpt-neox keys that change what a trained model computes, which `model.py` does not implement. Each would load
+# without error and give other logits, so each is refused by name, with what supporting it would take.
+UNBUILT_NEOX_KEYS = {
+    "use_mup": (lambda v: not v, "muP multiplies the embedding output by `mup_embedding_mult`, divides the "
+                                 "attention logits by D rather than sqrt(D) (times `mup_attn_temp`) and scales "
+                                 "the readout by `mup_output_temp` / `mup_width_scale`; supporting it would take "
+                                 "those three multipliers in model.py"),
+    "sliding_window_width": (lambda v: v is None, "each token then attends to the last N tokens only; supporting "
+                                                  "it would take a banded causal mask in Attention"),
+    "use_bias_in_mlp": (lambda v: bool(v), "the MLP here has biases; supporting it would take bias=False "
+                                           "linear layers in FFN"),
+    "use_bias_in_norms": (lambda v: bool(v), "the layer norms here have biases; supporting it would take "
+                                             "bias-free LayerNorms"),
+    "output_layer_parallelism": (lambda v: v == "column", "the readout would be split on its input dimension "
+                                                          "across ranks; supporting it would take a merge rule"),
+    "soft_prompt_tuning": (lambda v: not (v or {}).get("enabled", False) if isinstance(v, dict) else not v,
+                           "a learned soft prompt is prepended to every input; supporting it would take its "
+                           "embedding and the prepending"),
+    "te_layernorm_mlp": (lambda v: not v, "TransformerEngine fuses the MLP's layer norm into the MLP under "
+                                          "other tensor names"),
+    "te_mha": (lambda v: not v, "TransformerEngine's attention stores its weights under other names"),
+}
+
+
+def _refuse_unbuilt_neox_keys(name: str, values: Mapping[str, Any]):
+    for key, (ok, why) in UNBUILT_NEOX_KEYS.items():
+        if values.get(key) is not None and not ok(values[key]):
+            raise ConfigError(f"{name}: `{key}: {values[key]}` is not implemented: {why}.")
+    heads, kv_heads = values.get("num_attention_heads"), values.get("num_kv_heads")
+    if kv_heads is not None and kv_heads != heads:
+        raise ConfigError(f"{name}: `num_kv_heads: {kv_heads}` with {heads} attention heads is grouped-query "
+                          f"attention; supporting it would take splitting query_key_value into {heads} query "
+                          f"heads and {kv_heads} key/value heads. (num_kv_heads equal to the heads is plain "
+                          f"multi-head attention and loads.)")
+    layers, unique = values.get("num_layers"), values.get("num_unique_layers")
+    if unique is not None and unique != layers:
+        raise ConfigError(f"{name}: `num_unique_layers: {unique}` shares weights between the {layers} layers "
+                          f"(`param_sharing_style`); supporting it would take reusing layer modules.")
