@@ -94,6 +94,37 @@ PART_TENSORS = {
 OPTIONAL = {"layer": [INV_FREQ]}
 
 
+# ## Two spellings of the MLP
+#
+# gpt-neox PR #1212 (September 2024) renamed the MLP's two linear layers, `mlp.dense_h_to_4h` to `mlp.linear1`
+# and `mlp.dense_4h_to_h` to `mlp.linear2`: the same tensors, cut the same way. Every checkpoint trained since
+# then uses the new names, and gpt-neox loads strictly, so each checkpoint only loads under its own spelling.
+# The reader renames to the old spelling, the one `model.py` and Hugging Face use, and remembers which it saw;
+# `merge --format neox` writes the source's spelling back.
+MLP_SPELLINGS = {"dense": ("mlp.dense_h_to_4h.", "mlp.dense_4h_to_h."), "linear": ("mlp.linear1.", "mlp.linear2.")}
+
+
+def mlp_spelling(names) -> str:
+    """`"linear"` when the tensor names use gpt-neox's spelling since PR #1212, else `"dense"`."""
+    linear = MLP_SPELLINGS["linear"]
+    return "linear" if any(n.startswith(linear) for n in names) else "dense"
+
+
+def respell_mlp(tensors: Dict[str, torch.Tensor], to: str) -> Dict[str, torch.Tensor]:
+    """The same tensors with the MLP's names in the spelling `to` (`"dense"` or `"linear"`)."""
+    frm = "linear" if to == "dense" else "dense"
+    out = {}
+    for name, t in tensors.items():
+        for old, new in zip(MLP_SPELLINGS[frm], MLP_SPELLINGS[to]):
+            if name.startswith(old):
+                name = new + name[len(old):]
+        if name in out:
+            raise CheckpointError(f"both spellings of `{name}` (mlp.dense_* and mlp.linear*) are present; the "
+                                  f"file mixes two checkpoints.")
+        out[name] = t
+    return out
+
+
 def rule(name: str, parallel_residual: bool):
     r = RULES[name]
     if r == "row_bias":
