@@ -25,6 +25,42 @@ another project together.
 | `rotary_pct` | 0.25 | fraction of each head's $D$ features that are rotated (24 of 96) |
 | `parallel_residual` | true | $x + \text{attn}(\text{ln}_1(x)) + \text{mlp}(\text{ln}_2(x))$ |
 | `activation` | `gelu_tanh` | `bias_gelu_fusion: true` fuses the tanh approximation of GELU |
+
+## Every key that changes what a model computes
+
+A key we do not read is a key whose effect we silently drop, so every key of gpt-neox's model arguments
+(`NeoXArgsModel`, and the few elsewhere that change a trained model's outputs) and of transformers'
+`GPTNeoXConfig` is in one of these tables: **read** into a field above; **refused** with a `ConfigError` naming it
+and what supporting it would take, whenever its value asks for something `model.py` does not compute; or
+**irrelevant** to a trained model's outputs. `tests/test_config.py` holds gpt-neox's list of keys and fails when
+one is missing here.
+
+| gpt-neox key | status | what it does |
+|---|---|---|
+| `num_layers`, `hidden_size`, `num_attention_heads`, `layernorm_epsilon`, `seq_length`, `max_position_embeddings` | read | the sizes |
+| `intermediate_size`, `expansion_factor`, `mlp_multiple_of` | read | the FFN width (`_neox_ffn_width`) |
+| `rotary_pct`, `rotary_emb_base` | read | rotary fraction and base (default 1.0 and 10000) |
+| `gpt_j_residual`, `gpt_j_tied` | read | parallel residual; both branches reading `input_layernorm` |
+| `activation`, `bias_gelu_fusion` | read | exact or tanh GELU; gated and other activations refused |
+| `model_parallel_size`, `make_vocab_size_divisible_by` | read | ranks to merge; the padded $V$, read from the embedding's rows |
+| `no_weight_tying` | read | must be true: NeoX checkpoints have their own readout |
+| `pos_emb`, `norm`, `attention_config` | refused | unless `rotary`, `layernorm`, and global (or flash) attention |
+| `num_kv_heads` | read | equal to the heads is plain multi-head attention; fewer (grouped-query) refused |
+| `use_qk_layernorm`, `use_bias_in_attn_linear`, `use_bias_in_mlp`, `use_bias_in_norms` | refused | unless false, true, true, true |
+| `sliding_window_width`, `soft_prompt_tuning`, `output_layer_parallelism`, `te_layernorm_mlp`, `te_mha` | refused | unless unset, disabled, `column`, false, false |
+| `num_unique_layers`, `param_sharing_style` | refused | when layers share weights |
+| `use_mup`, `mup_init_scale`, `mup_attn_temp`, `mup_output_temp`, `mup_embedding_mult`, `mup_rp_embedding_mult`, `mup_width_scale` | refused | muP's multipliers, when `use_mup` is true (its `init_scale` is only initialisation) |
+| `moe_num_experts`, `num_experts` | refused | above 1 |
+| `rms_norm_epsilon`, `scalenorm_epsilon`, `rpe_num_buckets`, `rpe_max_distance`, `opt_pos_emb_offset`, `sparsity_config`, `gmlp_attn_dim`, `use_flashattn_swiglu`, `mamba_selective_scan_fusion`, `mamba_causal_conv_fusion`, `mamba_inner_func_fusion`, `mamba_selective_fp32_params`, `mamba_use_bias_in_conv`, `mamba_use_bias_in_linears`, `dim_att`, `head_size`, `ffn_dim` | irrelevant | used only by a norm, position embedding, layer type or activation refused above |
+| `layernorm_fusion`, `rmsnorm_fusion`, `scaled_upper_triang_masked_softmax_fusion`, `scaled_masked_softmax_fusion`, `bias_dropout_fusion`, `rope_fusion`, `fused_kernels_build_path`, `attention_softmax_in_fp32`, `apply_query_key_layer_scaling`, `te_columnparallel`, `te_rowparallel`, `te_fp8_format`, `te_fp8_wgrad`, `te_fp8_amax_history_len`, `te_fp8_amax_compute_algo`, `te_fp8_margin`, `te_fp8_mha` | irrelevant | kernels and training precision: the same maths computed another way (layer scaling divides the logits by the layer number and the softmax multiplies it back) |
+| `precision`, `fp16_lm_cross_entropy`, `init_method`, `output_layer_init_method`, `init_method_std`, `use_cpu_initialization`, `rotary_save_freqs_buffer`, `hidden_dropout`, `attention_dropout`, `serve_model_weights`, `weight_server_port`, `online_dataserver_ips`, `online_dataserver_ports` | irrelevant | training only: dtype, initialisation, dropout, serving |
+
+| transformers key | status | what it does |
+|---|---|---|
+| `num_hidden_layers`, `hidden_size`, `num_attention_heads`, `intermediate_size`, `vocab_size`, `max_position_embeddings`, `layer_norm_eps`, `use_parallel_residual`, `hidden_act`, `eos_token_id` | read | the sizes, residual and GELU |
+| `rope_parameters`, `rope_scaling`, `rotary_pct`, `rotary_emb_base` | read | with transformers' defaults and precedence (`_hf_rotary`) |
+| `model_type`, `tie_word_embeddings`, `attention_bias` | refused | unless `gpt_neox`, false, true |
+| `attention_dropout`, `hidden_dropout`, `classifier_dropout`, `initializer_range`, `use_cache`, `bos_token_id`, `pad_token_id`, `is_decoder` | irrelevant | training, caching and other heads |
 """
 
 import json
