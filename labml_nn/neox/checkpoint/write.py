@@ -141,7 +141,7 @@ def write_hf_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterab
         _check_part(part, layer, tensors)
         # transformers has no `gpt_j_tied`; a copy of the first norm in the second's place computes the same
         if config.tied_layernorms and part == "layer":
-            tensors = {**tensors, **{f"post_attention_layernorm.{k}": tensors[f"input_layernorm.{k}"]
+            tensors = {**tensors, **{f"post_attention_layernorm.{k}": tensors[f"input_layernorm.{k}"].clone()
                                      for k in ("weight", "bias")}}
         tensors = {hf_name(part, layer, k): v for k, v in _cast(tensors, dtype).items()}
         nbytes = sum(v.numel() * v.element_size() for v in tensors.values())
