@@ -274,7 +274,8 @@ class NeoXConfig:
     def to_hf_config(self) -> dict:
         r"""
         The `config.json` of a transformers `GPTNeoXForCausalLM` with the same maths. We write both rotary
-        spellings so that transformers 4.x and 5.x read the same settings.
+        spellings so that transformers 4.x and 5.x read the same settings. Tied layer norms have no
+        transformers key: `write_hf_checkpoint` writes a copy of the first norm in the second's place.
         """
         return {
             "architectures": ["GPTNeoXForCausalLM"],
