@@ -163,7 +163,7 @@ def test_only_the_files_we_read_are_fetched(hub_cache, monkeypatch):
     assert len(calls) == 2 and "pytorch_model.bin" in calls[1] and "model.safetensors" not in calls[1]
     calls.clear()
     hub.resolve_checkpoint(NAME, "step1", tokenizer_only=True)
-    assert calls == [["tokenizer.json"]]
+    assert len(calls) == 1 and "tokenizer.json" in calls[0] and "config.json" not in calls[0]
 
 
 # ## The command lines, by name, offline

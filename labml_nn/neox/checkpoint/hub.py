@@ -23,7 +23,7 @@ or `HF_HOME/hub`), laid out as `models--ORG--NAME/refs/REV` (a commit hash), `sn
 which resolves a name and revision from that cache without the network; and a token for gated or private
 repositories (`HF_TOKEN`, or `hf auth login`). We choose *which* files it fetches, only those we read:
 
-* `config.json` and `tokenizer.json`;
+* `config.json` and `tokenizer.json` (or `20B_tokenizer.json`);
 * the weights as safetensors (`model.safetensors`, or shards and their index);
 * only when a revision has no safetensors (Pythia's older revisions were saved before safetensors
   existed), the pickled `pytorch_model.bin` and its shards instead. A repository that has both would otherwise
@@ -41,13 +41,16 @@ import re
 from pathlib import Path
 from typing import List, Optional
 
+from ..tokenizer import TOKENIZER_FILES as TOKENIZER_NAMES
 from .files import CheckpointError
+from .layouts import HFLayout
 
-# The files `layouts.HFLayout` and `tokenizer.py` read, as `snapshot_download`'s `allow_patterns`
+# The files `layouts.HFLayout` and `tokenizer.py` read, as `snapshot_download`'s `allow_patterns`: the names
+# they look for, and the shards an index lists
 CONFIG_FILES = ["config.json"]
-TOKENIZER_FILES = ["tokenizer.json"]
-SAFETENSORS_FILES = ["model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors"]
-PICKLE_FILES = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"]
+TOKENIZER_FILES = list(TOKENIZER_NAMES)
+SAFETENSORS_FILES = [n for n in HFLayout.WEIGHT_FILES if "safetensors" in n] + ["model-*-of-*.safetensors"]
+PICKLE_FILES = [n for n in HFLayout.WEIGHT_FILES if ".bin" in n] + ["pytorch_model-*-of-*.bin"]
 
 # A Hub model name: `ORG/NAME`, letters, digits, `-`, `_` and `.`
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -78,7 +81,7 @@ def resolve_checkpoint(name_or_path: "str | Path", revision: Optional[str] = Non
     if tokenizer_only:
         return _snapshot(name, revision, TOKENIZER_FILES, token)
     folder = _snapshot(name, revision, CONFIG_FILES + TOKENIZER_FILES + SAFETENSORS_FILES, token)
-    if not any((folder / f).is_file() for f in SAFETENSORS_FILES[:2]):
+    if not any((folder / f).is_file() for f in SAFETENSORS_FILES if "*" not in f):
         folder = _snapshot(name, revision, CONFIG_FILES + TOKENIZER_FILES + PICKLE_FILES, token)
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{_describe(name, revision)} has no config.json in {folder}: it is not a Hugging "
