@@ -69,8 +69,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     "samples/generate.py loads. By default only the biases train (BitFit).",
         formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="the checkpoint to start from: 20B slim weights, any gpt-neox checkpoint, or a "
-                             "Hugging Face GPT-NeoX folder")
+                        help="the checkpoint to start from: 20B slim weights, any gpt-neox checkpoint, a "
+                             "Hugging Face GPT-NeoX folder, or a Hub name such as EleutherAI/pythia-160m")
     parser.add_argument("--revision", default=None,
                         help="with a Hugging Face Hub name as --checkpoint: its revision, e.g. Pythia's step3000")
     parser.add_argument("--text", type=Path, required=True, help="a UTF-8 text file to train on")

@@ -83,7 +83,8 @@ def test_gpt_j_tied_matches_transformers_with_the_first_norm_copied(tmp_path):
     state = hf.state_dict()
     for i in range(hf.config.num_hidden_layers):
         for p in ("weight", "bias"):
-            state[f"gpt_neox.layers.{i}.post_attention_layernorm.{p}"] = state[f"gpt_neox.layers.{i}.input_layernorm.{p}"]
+            layer = f"gpt_neox.layers.{i}."
+            state[f"{layer}post_attention_layernorm.{p}"] = state[f"{layer}input_layernorm.{p}"]
     tied = make_tiny_hf_model()
     tied.load_state_dict(state)
 

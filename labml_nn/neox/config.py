@@ -292,7 +292,9 @@ class NeoXConfig:
             "rotary_pct": self.rotary_pct,
             "rotary_emb_base": self.rotary_base,
             "rope_parameters": {"rope_type": "default", "rope_theta": self.rotary_base,
-                                "partial_rotary_factor": self.rotary_pct, **self._hf_linear_scaling()},
+                                "partial_rotary_factor": self.rotary_pct,
+                                **({"rope_type": "linear", "factor": self.rotary_scaling}
+                                   if self.rotary_scaling != 1 else {})},
             # transformers 4.x reads linear scaling from `rope_scaling` (exactly these two keys); 5.x takes
             # `rope_scaling` over `rope_parameters` and then the top-level `rotary_pct` and `rotary_emb_base`
             **({"rope_scaling": {"type": "linear", "factor": self.rotary_scaling}} if self.rotary_scaling != 1 else {}),
@@ -304,9 +306,6 @@ class NeoXConfig:
             "eos_token_id": self.eos_token_id,
             "use_cache": True,
         }
-
-    def _hf_linear_scaling(self) -> dict:
-        return {"rope_type": "linear", "factor": self.rotary_scaling} if self.rotary_scaling != 1 else {}
 
     def to_neox_yaml(self) -> dict:
         """The model keys of a gpt-neox YAML config that `from_neox_yaml` reads back to this config."""

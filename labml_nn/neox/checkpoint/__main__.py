@@ -32,7 +32,8 @@ SRC may be the GPT-NeoX-20B slim weights (`latest` + global_stepN/layer_XX-model
 gpt-neox run in the sequential layout (mp_rank_RR_model_states.pt), or a Hugging Face folder, with any number
 of ranks, or a Hugging Face Hub name (EleutherAI/pythia-160m) with --revision (step3000). gpt-neox's MLP names
 from before (mlp.dense_h_to_4h) and since September 2024 (mlp.linear1) are both read; --format neox writes the
-source's unless --mlp-names says otherwise. The config is read from SRC/configs/*.yml (or config.json), the tokenizer is copied if present.
+source's unless --mlp-names says otherwise. The config is read from SRC/configs/*.yml (or config.json), the
+tokenizer is copied if present.
 
 Column-parallel weights are concatenated, row-parallel weights concatenated on their input dimension, their
 biases summed (parallel residual) or treated as replicated (sequential residual). Replicated tensors (layer

@@ -1,9 +1,10 @@
 r"""
 # Opening a checkpoint
 
-`open_checkpoint(path)` is the one door into the weights (`path` may be a Hub name and revision, `hub.py`). It recognises the layout (`layouts.py`), finds the
-config and the tokenizer beside the weights, checks that every file the config implies is there, and returns a
-`Checkpoint` whose `read(part, layer)` gives one part of the model merged to a single rank (`merge.py`):
+`open_checkpoint(path)` is the one door into the weights. It fetches a Hub name and revision (`hub.py`),
+recognises the layout (`layouts.py`), finds the config and the tokenizer beside the weights, checks that every
+file the config implies is there, and returns a `Checkpoint` whose `read(part, layer)` gives one part of the
+model merged to a single rank (`merge.py`), its MLP always named `mlp.dense_h_to_4h` / `mlp.dense_4h_to_h`:
 
 ```python
 ckpt = open_checkpoint("20B_checkpoints")

@@ -70,7 +70,8 @@ def write_neox_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iter
         _check_part(part, layer, tensors)
         index = pipeline_index(part, layer, config.n_layers)
         for rank, shard in enumerate(split_part(_cast(tensors, dtype), n, parallel_residual=config.parallel_residual)):
-            torch.save(respell_mlp(shard, mlp_names), folder / f"layer_{index:02d}-model_{rank:02d}-model_states.pt")
+            path = folder / f"layer_{index:02d}-model_{rank:02d}-model_states.pt"
+            torch.save(respell_mlp(shard, mlp_names), path)
         written.add(index)
     missing = sorted(set(expected_indices(config.n_layers)) - written)
     if missing:
