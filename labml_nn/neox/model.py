@@ -281,12 +281,12 @@ class TransformerLayer(nn.Module):
     # position alone and needs none.
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         x = _on_device_of(x, self)
-        normed = self.input_layernorm(x)
-        attn = self.attention(normed, cache)
+        attn = self.attention(self.input_layernorm(x), cache)
         if self.parallel_residual:
             # $x + \operatorname{Attn}(\operatorname{LN}_1(x)) + \operatorname{FFN}(\operatorname{LN}_2(x))$, or
             # $\operatorname{LN}_1$ in both places when the norms are tied
-            return x + attn + self.mlp(normed if self.tied_layernorms else self.post_attention_layernorm(x))
+            ffn_norm = self.input_layernorm if self.tied_layernorms else self.post_attention_layernorm
+            return x + attn + self.mlp(ffn_norm(x))
         # $h = x + \operatorname{Attn}(\operatorname{LN}_1(x))$, then $h + \operatorname{FFN}(\operatorname{LN}_2(h))$
         h = x + attn
         return h + self.mlp(self.post_attention_layernorm(h))
