@@ -48,20 +48,25 @@ def update_yaml(path, **keys):
     config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), **keys}))
 
 
-def respell_layer_files(path, n_layers: int):
+def respell(tensors: dict) -> dict:
     # gpt-neox since PR #1212: the same tensors, the MLP named linear1 / linear2
+    return {k.replace("dense_h_to_4h", "linear1").replace("dense_4h_to_h", "linear2"): v for k, v in tensors.items()}
+
+
+def respell_files(path):
     for f in (path / "global_step10").glob("layer_*-model_*-model_states.pt"):
-        if 2 <= int(f.name[6:8]) < 2 + n_layers:
-            tensors = torch.load(f, weights_only=True)
-            torch.save({k.replace("dense_h_to_4h", "linear1").replace("dense_4h_to_h", "linear2"): v
-                        for k, v in tensors.items()}, f)
+        torch.save(respell(torch.load(f, weights_only=True)), f)
+    for f in (path / "global_step10").glob("mp_rank_*_model_states.pt"):
+        state = torch.load(f, weights_only=False)
+        torch.save({**state, "module": respell(state["module"])}, f)
 
 
 # ## gpt-neox's MLP spelling since September 2024
-def test_linear1_linear2_checkpoint_matches_transformers_and_merge_keeps_its_spelling(tmp_path):
+@pytest.mark.parametrize("layout", ["pipeline", "sequential"])
+def test_linear1_linear2_checkpoint_matches_transformers_and_merge_keeps_its_spelling(tmp_path, layout):
     hf = make_tiny_hf_model()
-    write_slim_from_hf(hf, tmp_path / "src", tp=2, tokenizer=False)
-    respell_layer_files(tmp_path / "src", 2)
+    write_slim_from_hf(hf, tmp_path / "src", tp=2, layout=layout, tokenizer=False)
+    respell_files(tmp_path / "src")
     assert error(ours(tmp_path / "src"), theirs(hf)) < TOLERANCE
 
     # `merge --format neox` writes the source's spelling, or the one asked for; both read back the same
