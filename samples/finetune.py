@@ -69,8 +69,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     "samples/generate.py loads. By default only the biases train (BitFit).",
         formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="the checkpoint to start from: 20B slim weights, any gpt-neox checkpoint, or a "
-                             "Hugging Face GPT-NeoX folder")
+                        help="the checkpoint to start from: 20B slim weights, any gpt-neox checkpoint, a "
+                             "Hugging Face GPT-NeoX folder, or a Hub name such as EleutherAI/pythia-160m")
+    parser.add_argument("--revision", default=None,
+                        help="with a Hugging Face Hub name as --checkpoint: its revision, e.g. Pythia's step3000")
     parser.add_argument("--text", type=Path, required=True, help="a UTF-8 text file to train on")
     parser.add_argument("--out", type=Path, required=True, help="the folder to write the fine-tuned checkpoint to")
     parser.add_argument("--steps", type=int, default=100, help="optimiser steps")
@@ -136,7 +138,7 @@ def main(argv: Optional[List[str]] = None):
     # ### The model, with the chosen tensors trainable
     devices = args.devices.split(",") if args.devices else None
     generator = LayerGenerator(args.checkpoint, dtype=DTYPES[dtype_name], device=device, devices=devices,
-                               trust_pickle=args.trust_pickle, progress=None if rank == 0 else False)
+                               trust_pickle=args.trust_pickle, progress=None if rank == 0 else False, revision=args.revision)
     config, checkpoint = generator.config, generator.checkpoint
     if checkpoint.tokenizer_path is None:
         raise SystemExit(f"{args.checkpoint} has no tokenizer file; copy the model's tokenizer.json there")
@@ -187,7 +189,7 @@ def main(argv: Optional[List[str]] = None):
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
             trained_file = save_trained(Path(tmp) / "finetuned.safetensors", modules, args.train, config,
-                                        extra={"base": str(args.checkpoint.resolve())})
+                                        extra={"base": str(checkpoint.layout.root.resolve())})
             out = write_checkpoint(args.out, modules, tensor_parallel_size=config.tensor_parallel_size,
                                    tokenizer_path=checkpoint.tokenizer_path, dtype=stored_dtype,
                                    extra_files=[trained_file], overwrite=args.overwrite)

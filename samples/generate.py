@@ -80,7 +80,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     "demo model generates unconditionally.",
         formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint folder (default: the demo model inside the installed package)")
+                        help="checkpoint folder, or a Hugging Face Hub name such as EleutherAI/pythia-160m "
+                             "(default: the demo model inside the installed package)")
+    parser.add_argument("--revision", default=None,
+                        help="with a Hub name: the revision, e.g. one of Pythia's training steps, step3000")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", help="text to continue; without any prompt, generate unconditionally from "
                                          "the end-of-text token")
@@ -126,8 +129,10 @@ def load(args: argparse.Namespace, progress: bool):
     from labml_nn.neox.loader import LayerGenerator
     from labml_nn.neox.tokenizer import load_tokenizer
 
+    from labml_nn.neox.checkpoint.hub import is_hub_name
+
     checkpoint = args.checkpoint or DEMO_CHECKPOINT
-    if not checkpoint.exists():
+    if not checkpoint.exists() and not is_hub_name(checkpoint):
         if args.checkpoint is None:
             raise UsageError(f"The demo model is not installed at {checkpoint}. Reinstall the package "
                              f"(pip install -e .) or pass --checkpoint PATH.")
@@ -137,7 +142,7 @@ def load(args: argparse.Namespace, progress: bool):
         raise UsageError("--device cuda was asked for but PyTorch sees no GPU; use --device cpu")
     try:
         generator = LayerGenerator(checkpoint, dtype=DTYPES[args.dtype], device=args.device,
-                                   trust_pickle=args.trust_pickle, progress=progress)
+                                   trust_pickle=args.trust_pickle, progress=progress, revision=args.revision)
         tokenizer_path = args.tokenizer or generator.checkpoint.tokenizer_path
         if tokenizer_path is None:
             raise UsageError(f"No tokenizer found beside {checkpoint} (20B_tokenizer.json or tokenizer.json); "

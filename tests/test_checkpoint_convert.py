@@ -110,3 +110,31 @@ def test_command_line_help_explains_the_formats():
                             capture_output=True, text=True, check=True)
     for words in ("--format", "--replicated", "--report", "--trust-pickle", "OUT.tmp-XXXX"):
         assert words in result.stdout
+
+
+def test_demo_export_has_the_tanh_gelu_and_end_of_text_that_gpt_neox_converter_gets_wrong(tmp_path):
+    r"""
+    gpt-neox's `convert_neox_to_hf.py` writes `hidden_act: gelu` for a model trained with `bias_gelu_fusion`
+    (the tanh GELU) and `eos_token_id: 2`. Our export of the demo model writes `gelu_fast` and the tokenizer's
+    end-of-text id, and transformers then computes our logits; with exact GELU it would be off by ~1e-2.
+    """
+    from tokenizers import Tokenizer
+
+    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.utils.cli import DEMO_CHECKPOINT
+
+    out = tmp_path / "hf"
+    assert main(["merge", str(DEMO_CHECKPOINT), str(out), "--format", "hf", "--dtype", "float32"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    end_of_text = Tokenizer.from_file(str(out / "tokenizer.json")).token_to_id("<|endoftext|>")
+    assert config["hidden_act"] == "gelu_fast" and config["eos_token_id"] == end_of_text == 0
+
+    ids = torch.randint(0, 4096, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = torch.nn.Sequential(*LayerGenerator(DEMO_CHECKPOINT, progress=False).load())(ids)
+        errors = {}
+        for act in ("gelu_fast", "gelu"):
+            (out / "config.json").write_text(json.dumps({**config, "hidden_act": act}))
+            model = transformers.GPTNeoXForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+            errors[act] = (model(ids).logits - ours).abs().max().item()
+    assert errors["gelu_fast"] < 2e-5 and errors["gelu"] > 1e-3

@@ -4,7 +4,8 @@ r"""
 An annotated, working implementation of [GPT-NeoX](https://arxiv.org/abs/2204.06745), EleutherAI's 20-billion
 parameter language model, and of the Pythia family, which shares its architecture. Every module is written to
 be read top to bottom beside its code, and to run on the real checkpoints: the 20B "slim weights", any
-gpt-neox checkpoint, or a Pythia model in Hugging Face format.
+gpt-neox checkpoint, or a Pythia model in Hugging Face format, by folder or by Hub name and revision
+(`"EleutherAI/pythia-160m"` at any of its 154 training steps).
 
 The package is built in layers, each page leaning only on the ones before it:
 

@@ -25,6 +25,42 @@ another project together.
 | `rotary_pct` | 0.25 | fraction of each head's $D$ features that are rotated (24 of 96) |
 | `parallel_residual` | true | $x + \text{attn}(\text{ln}_1(x)) + \text{mlp}(\text{ln}_2(x))$ |
 | `activation` | `gelu_tanh` | `bias_gelu_fusion: true` fuses the tanh approximation of GELU |
+
+## Every key that changes what a model computes
+
+A key we do not read is a key whose effect we silently drop, so every key of gpt-neox's model arguments
+(`NeoXArgsModel`, and the few elsewhere that change a trained model's outputs) and of transformers'
+`GPTNeoXConfig` is in one of these tables: **read** into a field above; **refused** with a `ConfigError` naming it
+and what supporting it would take, whenever its value asks for something `model.py` does not compute; or
+**irrelevant** to a trained model's outputs. `tests/test_config.py` holds gpt-neox's list of keys and fails when
+one is missing here.
+
+| gpt-neox key | status | what it does |
+|---|---|---|
+| `num_layers`, `hidden_size`, `num_attention_heads`, `layernorm_epsilon`, `seq_length`, `max_position_embeddings` | read | the sizes |
+| `intermediate_size`, `expansion_factor`, `mlp_multiple_of` | read | the FFN width (`_neox_ffn_width`) |
+| `rotary_pct`, `rotary_emb_base` | read | rotary fraction and base (default 1.0 and 10000) |
+| `gpt_j_residual`, `gpt_j_tied` | read | parallel residual; both branches reading `input_layernorm` |
+| `activation`, `bias_gelu_fusion` | read | exact or tanh GELU; gated and other activations refused |
+| `model_parallel_size`, `make_vocab_size_divisible_by` | read | ranks to merge; the padded $V$, read from the embedding's rows |
+| `no_weight_tying` | read | must be true: NeoX checkpoints have their own readout |
+| `pos_emb`, `norm`, `attention_config` | refused | unless `rotary`, `layernorm`, and global (or flash) attention |
+| `num_kv_heads` | read | equal to the heads is plain multi-head attention; fewer (grouped-query) refused |
+| `use_qk_layernorm`, `use_bias_in_attn_linear`, `use_bias_in_mlp`, `use_bias_in_norms` | refused | unless false, true, true, true |
+| `sliding_window_width`, `soft_prompt_tuning`, `output_layer_parallelism`, `te_layernorm_mlp`, `te_mha` | refused | unless unset, disabled, `column`, false, false |
+| `num_unique_layers`, `param_sharing_style` | refused | when layers share weights |
+| `use_mup`, `mup_init_scale`, `mup_attn_temp`, `mup_output_temp`, `mup_embedding_mult`, `mup_rp_embedding_mult`, `mup_width_scale` | refused | muP's multipliers, when `use_mup` is true (its `init_scale` is only initialisation) |
+| `moe_num_experts`, `num_experts` | refused | above 1 |
+| `rms_norm_epsilon`, `scalenorm_epsilon`, `rpe_num_buckets`, `rpe_max_distance`, `opt_pos_emb_offset`, `sparsity_config`, `gmlp_attn_dim`, `use_flashattn_swiglu`, `mamba_selective_scan_fusion`, `mamba_causal_conv_fusion`, `mamba_inner_func_fusion`, `mamba_selective_fp32_params`, `mamba_use_bias_in_conv`, `mamba_use_bias_in_linears`, `dim_att`, `head_size`, `ffn_dim` | irrelevant | used only by a norm, position embedding, layer type or activation refused above |
+| `layernorm_fusion`, `rmsnorm_fusion`, `scaled_upper_triang_masked_softmax_fusion`, `scaled_masked_softmax_fusion`, `bias_dropout_fusion`, `rope_fusion`, `fused_kernels_build_path`, `attention_softmax_in_fp32`, `apply_query_key_layer_scaling`, `te_columnparallel`, `te_rowparallel`, `te_fp8_format`, `te_fp8_wgrad`, `te_fp8_amax_history_len`, `te_fp8_amax_compute_algo`, `te_fp8_margin`, `te_fp8_mha` | irrelevant | kernels and training precision: the same maths computed another way (layer scaling divides the logits by the layer number and the softmax multiplies it back) |
+| `precision`, `fp16_lm_cross_entropy`, `init_method`, `output_layer_init_method`, `init_method_std`, `use_cpu_initialization`, `rotary_save_freqs_buffer`, `hidden_dropout`, `attention_dropout`, `serve_model_weights`, `weight_server_port`, `online_dataserver_ips`, `online_dataserver_ports` | irrelevant | training only: dtype, initialisation, dropout, serving |
+
+| transformers key | status | what it does |
+|---|---|---|
+| `num_hidden_layers`, `hidden_size`, `num_attention_heads`, `intermediate_size`, `vocab_size`, `max_position_embeddings`, `layer_norm_eps`, `use_parallel_residual`, `hidden_act`, `eos_token_id` | read | the sizes, residual and GELU |
+| `rope_parameters`, `rope_scaling`, `rotary_pct`, `rotary_emb_base` | read | with transformers' defaults and precedence (`_hf_rotary`) |
+| `model_type`, `tie_word_embeddings`, `attention_bias` | refused | unless `gpt_neox`, false, true |
+| `attention_dropout`, `hidden_dropout`, `classifier_dropout`, `initializer_range`, `use_cache`, `bos_token_id`, `pad_token_id`, `is_decoder` | irrelevant | training, caching and other heads |
 """
 
 import json
@@ -71,11 +107,19 @@ class NeoXConfig:
     rotary_pct: float = 1.0
     # The base $b$ of the rotation angles $\theta_i = b^{-2i/d}$: `rotary_emb_base` / `rope_theta`.
     rotary_base: float = 10000.0
+    # Linear RoPE scaling ("position interpolation"): positions are divided by this factor, so a model
+    # fine-tuned this way reads $s$ times its training context. transformers' `rope_scaling` /
+    # `rope_parameters` with type `linear` and its `factor`; gpt-neox has no such key. 1 means none.
+    rotary_scaling: float = 1.0
     # The $\epsilon$ of every layer norm: `layernorm_epsilon` / `layer_norm_eps`.
     layer_norm_eps: float = 1e-5
     # Whether attention and the feed-forward network read the same input and are added to the residual
     # together (`gpt_j_residual` / `use_parallel_residual`; true in every published NeoX model).
     parallel_residual: bool = False
+    # `gpt_j_tied` in the YAML: with the parallel residual, both branches read `input_layernorm`'s output and
+    # `post_attention_layernorm` is left unused, $x + \text{attn}(\text{ln}_1(x)) + \text{mlp}(\text{ln}_1(x))$.
+    # (The 20B model has untied norms "due to a bug", as gpt-neox's own comment says; later models may tie them.)
+    tied_layernorms: bool = False
     # `bias_gelu_fusion` or `activation` / `hidden_act`, normalised to one of `ACTIVATIONS`
     activation: str = "gelu"
     # `model_parallel_size`: how many tensor-parallel ranks the checkpoint was *written* with.
@@ -144,6 +188,7 @@ class NeoXConfig:
             return default
 
         _refuse_unsupported(name, values)
+        _refuse_unbuilt_neox_keys(name, values)
         # The 20B config sets `bias_gelu_fusion: true`, which in gpt-neox means the tanh approximation.
         # Without the fusion, gpt-neox's `activation` key (default `gelu`) decides.
         activation = str(get("activation", "gelu"))
@@ -156,12 +201,14 @@ class NeoXConfig:
             d_model=int(get("hidden_size", required=True)),
             n_heads=int(get("num_attention_heads", required=True)),
             n_vocab=int(get("padded_vocab_size", 0)),
-            d_ff=int(get("intermediate_size", 0)),
+            d_ff=_neox_ffn_width(name, values, int(get("hidden_size", required=True))),
             n_ctx=int(get("max_position_embeddings", get("seq_length", 2048))),
             rotary_pct=float(get("rotary_pct", 1.0)),
             rotary_base=float(get("rotary_emb_base", 10000.0)),
             layer_norm_eps=float(get("layernorm_epsilon", 1e-5)),
             parallel_residual=bool(get("gpt_j_residual", False)),
+            # gpt-neox reads `gpt_j_tied` only on the parallel-residual path
+            tied_layernorms=bool(get("gpt_j_tied", False)) and bool(get("gpt_j_residual", False)),
             activation=activation,
             tensor_parallel_size=int(get("model_parallel_size", 1)),
         )
@@ -173,7 +220,8 @@ class NeoXConfig:
         Read a transformers `GPTNeoXConfig`: a path to `config.json` (or its folder), or its dictionary.
 
         transformers 5.x moved the rotary settings into `rope_parameters`; older files have `rotary_pct` and
-        `rotary_emb_base` at the top level. We read whichever is present.
+        `rotary_emb_base` at the top level, and perhaps a `rope_scaling`. `_hf_rotary` reads them with
+        transformers' own defaults and precedence.
         """
         if isinstance(source, Mapping):
             name, values = "config.json", dict(source)
@@ -197,9 +245,7 @@ class NeoXConfig:
         if values.get("attention_bias", True) is False:
             raise ConfigError(f"{name}: attention_bias is false; the NeoX attention layers here have biases")
 
-        rope = values.get("rope_parameters") or values.get("rope_scaling") or {}
-        if rope.get("rope_type", "default") not in ("default", None):
-            raise ConfigError(f"{name}: rope_type {rope['rope_type']!r} is not supported, only plain rotary")
+        rotary_pct, rotary_base, rotary_scaling = _hf_rotary(name, values)
 
         def get(key, *alternatives, required=False, default=None):
             for k in (key,) + alternatives:
@@ -216,8 +262,9 @@ class NeoXConfig:
             n_vocab=int(get("vocab_size", required=True)),
             d_ff=int(get("intermediate_size", default=0)),
             n_ctx=int(get("max_position_embeddings", default=2048)),
-            rotary_pct=float(rope.get("partial_rotary_factor", get("rotary_pct", default=1.0))),
-            rotary_base=float(rope.get("rope_theta", get("rotary_emb_base", "rope_theta", default=10000.0))),
+            rotary_pct=rotary_pct,
+            rotary_base=rotary_base,
+            rotary_scaling=rotary_scaling,
             layer_norm_eps=float(get("layer_norm_eps", default=1e-5)),
             parallel_residual=bool(get("use_parallel_residual", default=True)),
             activation=_normalise_activation(name, "hidden_act", str(get("hidden_act", default="gelu"))),
@@ -227,7 +274,8 @@ class NeoXConfig:
     def to_hf_config(self) -> dict:
         r"""
         The `config.json` of a transformers `GPTNeoXForCausalLM` with the same maths. We write both rotary
-        spellings so that transformers 4.x and 5.x read the same settings.
+        spellings so that transformers 4.x and 5.x read the same settings. Tied layer norms have no
+        transformers key: `write_hf_checkpoint` writes a copy of the first norm in the second's place.
         """
         return {
             "architectures": ["GPTNeoXForCausalLM"],
@@ -244,7 +292,12 @@ class NeoXConfig:
             "rotary_pct": self.rotary_pct,
             "rotary_emb_base": self.rotary_base,
             "rope_parameters": {"rope_type": "default", "rope_theta": self.rotary_base,
-                                "partial_rotary_factor": self.rotary_pct},
+                                "partial_rotary_factor": self.rotary_pct,
+                                **({"rope_type": "linear", "factor": self.rotary_scaling}
+                                   if self.rotary_scaling != 1 else {})},
+            # transformers 4.x reads linear scaling from `rope_scaling` (exactly these two keys); 5.x takes
+            # `rope_scaling` over `rope_parameters` and then the top-level `rotary_pct` and `rotary_emb_base`
+            **({"rope_scaling": {"type": "linear", "factor": self.rotary_scaling}} if self.rotary_scaling != 1 else {}),
             "tie_word_embeddings": False,
             "attention_bias": True,
             "attention_dropout": 0.0,
@@ -256,6 +309,9 @@ class NeoXConfig:
 
     def to_neox_yaml(self) -> dict:
         """The model keys of a gpt-neox YAML config that `from_neox_yaml` reads back to this config."""
+        if self.rotary_scaling != 1:
+            raise ConfigError(f"linear RoPE scaling (factor {self.rotary_scaling}) has no gpt-neox config key; "
+                              f"write this model in Hugging Face format instead")
         return {
             "num_layers": self.n_layers,
             "hidden_size": self.d_model,
@@ -269,6 +325,7 @@ class NeoXConfig:
             "layernorm_epsilon": self.layer_norm_eps,
             "no_weight_tying": True,
             "gpt_j_residual": self.parallel_residual,
+            "gpt_j_tied": self.tied_layernorms,
             "bias_gelu_fusion": self.activation == "gelu_tanh",
             "activation": "gelu",
             "model_parallel_size": self.tensor_parallel_size,
@@ -320,7 +377,6 @@ def _refuse_unsupported(name: str, values: dict):
         "num_experts": lambda v: int(v) <= 1,
         "use_bias_in_attn_linear": lambda v: bool(v),
         "use_qk_layernorm": lambda v: not v,
-        "num_kv_heads": lambda v: v is None,
         "attention_config": lambda v: all(_attention_kind(a) in ("global", "flash") for a in v),
     }
     for key, ok in checks.items():
@@ -340,3 +396,90 @@ def _attention_kind(entry) -> str:
     kinds = entry[0] if isinstance(entry, (list, tuple)) else entry
     kind = kinds[0] if isinstance(kinds, (list, tuple)) else kinds
     return str(kind).lower()
+
+
+# ## Keys whose meaning changed, or that we refuse by name
+#
+# The rotary settings of a `config.json`, exactly as transformers reads them (4.38 and 5.x agree):
+#
+# * a non-empty `rope_scaling` (4.x's spelling) **replaces** `rope_parameters` whole, so the base and the
+#   fraction then come from the top-level `rotary_emb_base` and `rotary_pct`;
+# * absent keys take transformers' defaults for GPT-NeoX: base 10000 and **0.25** of each head rotated (not
+#   gpt-neox's 1.0, which is for the YAML);
+# * `type` (4.x) or `rope_type` (5.x) `linear` divides the positions by `factor`; `default` rotates plainly.
+#   The other types (`dynamic`, `yarn`, `llama3`, ...) change the frequencies in ways `model.py` does not.
+def _hf_rotary(name: str, values: Mapping[str, Any]) -> "tuple[float, float, float]":
+    key = "rope_scaling" if values.get("rope_scaling") else "rope_parameters"
+    rope = values.get(key) or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "linear":
+        if rope.get("factor") is None:
+            raise ConfigError(f"{name}: `{key}` has type linear but no `factor`")
+        scaling = float(rope["factor"])
+    elif kind in ("default", None):
+        scaling = 1.0
+    else:
+        raise ConfigError(f"{name}: `{key}` has RoPE type {kind!r}; this implementation rotates plainly or with "
+                          f"linear scaling only. Supporting it would take its frequency formula in "
+                          f"RotaryEmbedding (model.py).")
+    pct = rope.get("partial_rotary_factor", values.get("rotary_pct", 0.25))
+    base = rope.get("rope_theta", values.get("rotary_emb_base", 10000.0))
+    return float(pct), float(base), scaling
+
+
+# The feed-forward width in gpt-neox since PR #1212: `intermediate_size`, or `expansion_factor` $\times C$, or
+# $4C$; then `linear1`'s outputs are rounded up to a multiple of $2m$ and `linear2`'s inputs to a multiple of
+# $m$, with $m$ = `mlp_multiple_of` (default 1). Without a gate the two must agree, or gpt-neox itself could not
+# run the model.
+def _neox_ffn_width(name: str, values: Mapping[str, Any], d_model: int) -> int:
+    size, factor = values.get("intermediate_size"), values.get("expansion_factor")
+    if size and factor:
+        raise ConfigError(f"{name}: both `intermediate_size` and `expansion_factor` are set; gpt-neox refuses "
+                          f"that too. Keep one.")
+    width = int(size) if size else int(float(factor) * d_model) if factor else 4 * d_model
+    m = int(values.get("mlp_multiple_of") or 1)
+    outputs, inputs = -(-width // (2 * m)) * 2 * m, -(-width // m) * m
+    if outputs != inputs:
+        raise ConfigError(f"{name}: `mlp_multiple_of: {m}` rounds the feed-forward width {width} to {outputs} "
+                          f"outputs of linear1 but {inputs} inputs of linear2; gpt-neox cannot build such a model.")
+    return outputs
+
+
+# gpt-neox keys that change what a trained model computes, which `model.py` does not implement. Each would load
+# without error and give other logits, so each is refused by name, with what supporting it would take.
+UNBUILT_NEOX_KEYS = {
+    "use_mup": (lambda v: not v, "muP multiplies the embedding output by `mup_embedding_mult`, divides the "
+                                 "attention logits by D rather than sqrt(D) (times `mup_attn_temp`) and scales "
+                                 "the readout by `mup_output_temp` / `mup_width_scale`; supporting it would take "
+                                 "those three multipliers in model.py"),
+    "sliding_window_width": (lambda v: v is None, "each token then attends to the last N tokens only; supporting "
+                                                  "it would take a banded causal mask in Attention"),
+    "use_bias_in_mlp": (lambda v: bool(v), "the MLP here has biases; supporting it would take bias=False "
+                                           "linear layers in FFN"),
+    "use_bias_in_norms": (lambda v: bool(v), "the layer norms here have biases; supporting it would take "
+                                             "bias-free LayerNorms"),
+    "output_layer_parallelism": (lambda v: v == "column", "the readout would be split on its input dimension "
+                                                          "across ranks; supporting it would take a merge rule"),
+    "soft_prompt_tuning": (lambda v: not (v or {}).get("enabled", False) if isinstance(v, dict) else not v,
+                           "a learned soft prompt is prepended to every input; supporting it would take its "
+                           "embedding and the prepending"),
+    "te_layernorm_mlp": (lambda v: not v, "TransformerEngine fuses the MLP's layer norm into the MLP under "
+                                          "other tensor names"),
+    "te_mha": (lambda v: not v, "TransformerEngine's attention stores its weights under other names"),
+}
+
+
+def _refuse_unbuilt_neox_keys(name: str, values: Mapping[str, Any]):
+    for key, (ok, why) in UNBUILT_NEOX_KEYS.items():
+        if values.get(key) is not None and not ok(values[key]):
+            raise ConfigError(f"{name}: `{key}: {values[key]}` is not implemented: {why}.")
+    heads, kv_heads = values.get("num_attention_heads"), values.get("num_kv_heads")
+    if kv_heads is not None and kv_heads != heads:
+        raise ConfigError(f"{name}: `num_kv_heads: {kv_heads}` with {heads} attention heads is grouped-query "
+                          f"attention; supporting it would take splitting query_key_value into {heads} query "
+                          f"heads and {kv_heads} key/value heads. (num_kv_heads equal to the heads is plain "
+                          f"multi-head attention and loads.)")
+    layers, unique = values.get("num_layers"), values.get("num_unique_layers")
+    if unique is not None and unique != layers:
+        raise ConfigError(f"{name}: `num_unique_layers: {unique}` shares weights between the {layers} layers "
+                          f"(`param_sharing_style`); supporting it would take reusing layer modules.")

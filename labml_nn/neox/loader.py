@@ -46,7 +46,8 @@ class LayerGenerator:
     r"""
     ## The layer generator
 
-    * `path`: a checkpoint folder (see above).
+    * `path`: a checkpoint folder (see above), or a Hugging Face Hub name such as `EleutherAI/pythia-160m`,
+      with `revision` one of its training steps (`"step3000"`); see `checkpoint/hub.py`.
     * `dtype`: the dtype of the parameters; fp16 on a GPU, fp32 (or bf16) on a CPU.
     * `device`: where to put the layers, or `devices`: a list of devices to spread them over, balanced by
       parameter bytes, for models that do not fit one GPU. The activations follow the layers from one device to
@@ -72,8 +73,8 @@ class LayerGenerator:
                  is_llm_int8: bool = False, llm_int8_threshold: float = 6.0,
                  llm_int8_implementation: str = "bitsandbytes",
                  replicated: str = "average", trust_pickle: bool = False,
-                 progress: Optional[bool] = None):
-        self.checkpoint = open_checkpoint(path, replicated=replicated, trust_pickle=trust_pickle)
+                 progress: Optional[bool] = None, revision: Optional[str] = None):
+        self.checkpoint = open_checkpoint(path, replicated=replicated, trust_pickle=trust_pickle, revision=revision)
         self.config: NeoXConfig = self.checkpoint.config
         self.dtype = dtype
         self.devices = [torch.device(d) for d in (devices if devices else [device])]

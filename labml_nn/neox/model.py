@@ -88,15 +88,19 @@ class RotaryEmbedding(nn.Module):
     $x' = [-x_{d/2:d}, x_{0:d/2}]$ ("rotate half"),
     $\operatorname{RoPE}(x, m) = x \odot \cos(m\theta) + x' \odot \sin(m\theta)$ where $\theta$ lists each
     $\theta_i$ twice.
+
+    A model fine-tuned with *linear scaling* (position interpolation, transformers' `rope_scaling` of type
+    `linear`) uses the angles $(m / s)\theta_i$ for a factor $s$, so that $s$ times the training context falls
+    within the angles it was trained on; `scaling` is $s$, 1 for every published NeoX model.
     """
 
-    def __init__(self, d_rotary: int, base: float):
+    def __init__(self, d_rotary: int, base: float, scaling: float = 1.0):
         super().__init__()
         self.d_rotary = d_rotary
-        # $\theta_i = b^{-2i/d}$ for $i = 0 \dots d/2 - 1$. The checkpoint stores this as
+        # $\theta_i / s$ with $\theta_i = b^{-2i/d}$ for $i = 0 \dots d/2 - 1$. The checkpoint stores $\theta$ as
         # `attention.rotary_emb.inv_freq`; we compute it, and the loader drops that tensor. It is a plain
         # attribute, not a buffer, so that `model.half()` leaves it in fp32.
-        self.theta = 1.0 / base ** (torch.arange(0, d_rotary, 2, device="cpu").float() / d_rotary)
+        self.theta = 1.0 / base ** (torch.arange(0, d_rotary, 2, device="cpu").float() / d_rotary) / scaling
         # $\cos m\theta$ and $\sin m\theta$ for positions $0 \dots$ `len - 1`, computed in fp32 and kept here
         # (not as buffers, so that `model.half()` does not round the angles before we use them)
         self._cos_sin: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -162,7 +166,7 @@ class Attention(nn.Module):
         self.d_head = config.d_head
         self.query_key_value = nn.Linear(config.d_model, 3 * config.d_model)
         self.dense = nn.Linear(config.d_model, config.d_model)
-        self.rotary_emb = RotaryEmbedding(config.d_rotary, config.rotary_base)
+        self.rotary_emb = RotaryEmbedding(config.d_rotary, config.rotary_base, config.rotary_scaling)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         batch_size, n_tokens, _ = x.shape
@@ -257,6 +261,9 @@ class TransformerLayer(nn.Module):
     x_{l+1} &= h + \operatorname{FFN}(\operatorname{LN}_2(h))
     \end{aligned}
     $$
+
+    gpt-neox's `gpt_j_tied: true` (`tied_layernorms`) ties the two norms of the parallel residual: both branches
+    read $\operatorname{LN}_1(x_l)$, and `post_attention_layernorm` is kept but unused.
     """
 
     def __init__(self, config: NeoXConfig, layer_idx: int):
@@ -264,6 +271,7 @@ class TransformerLayer(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.parallel_residual = config.parallel_residual
+        self.tied_layernorms = config.tied_layernorms
         self.input_layernorm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.post_attention_layernorm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.attention = Attention(config, layer_idx)
@@ -275,8 +283,10 @@ class TransformerLayer(nn.Module):
         x = _on_device_of(x, self)
         attn = self.attention(self.input_layernorm(x), cache)
         if self.parallel_residual:
-            # $x + \operatorname{Attn}(\operatorname{LN}_1(x)) + \operatorname{FFN}(\operatorname{LN}_2(x))$
-            return x + attn + self.mlp(self.post_attention_layernorm(x))
+            # $x + \operatorname{Attn}(\operatorname{LN}_1(x)) + \operatorname{FFN}(\operatorname{LN}_2(x))$, or
+            # $\operatorname{LN}_1$ in both places when the norms are tied
+            ffn_norm = self.input_layernorm if self.tied_layernorms else self.post_attention_layernorm
+            return x + attn + self.mlp(ffn_norm(x))
         # $h = x + \operatorname{Attn}(\operatorname{LN}_1(x))$, then $h + \operatorname{FFN}(\operatorname{LN}_2(h))$
         h = x + attn
         return h + self.mlp(self.post_attention_layernorm(h))

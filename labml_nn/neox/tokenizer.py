@@ -31,8 +31,15 @@ def find_tokenizer(path: Union[str, Path]) -> Optional[Path]:
     return None
 
 
-def load_tokenizer(path: Union[str, Path]) -> Tokenizer:
-    """Load a `tokenizers` JSON file, or the one in a checkpoint folder."""
+def load_tokenizer(path: Union[str, Path], revision: Optional[str] = None) -> Tokenizer:
+    """
+    Load a `tokenizers` JSON file, or the one in a checkpoint folder, or the `tokenizer.json` of a Hugging Face
+    Hub model (`"EleutherAI/pythia-160m"`, at `revision`; see `checkpoint/hub.py`). An existing path wins.
+    """
+    if revision is not None or not Path(path).exists():
+        from labml_nn.neox.checkpoint.hub import is_hub_name, resolve_checkpoint
+        if revision is not None or is_hub_name(path):
+            path = resolve_checkpoint(path, revision, tokenizer_only=True)
     found = find_tokenizer(path)
     if found is None:
         raise FileNotFoundError(f"No tokenizer at {path}: expected a tokenizers JSON file or a folder holding one of "

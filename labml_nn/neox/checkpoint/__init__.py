@@ -16,6 +16,7 @@ weights they must be put back together, and that is what this package does.
 | [`write.py`](write.html) | writing the gpt-neox layout with any number of ranks, or a Hugging Face folder |
 | [`convert.py`](convert.html) | the `merge` command: all or nothing, with a report of how far replicated tensors diverged |
 | [`download.py`](download.html) | fetching the 20B slim weights, resumably |
+| [`hub.py`](hub.html) | a Hugging Face Hub name and revision (Pythia's training steps) to a local folder |
 | [`__main__.py`](__main__.html) | the command line: `download` and `merge` |
 
 ## Using it
@@ -24,6 +25,7 @@ weights they must be put back together, and that is what this package does.
 from labml_nn.neox.checkpoint import open_checkpoint, write_hf_checkpoint
 
 ckpt = open_checkpoint("20B_checkpoints")          # pipeline, sequential or Hugging Face layout
+pythia = open_checkpoint("EleutherAI/pythia-160m", revision="step3000")   # a Hub name and revision
 print(ckpt.config, ckpt.config.tensor_parallel_size, ckpt.tokenizer_path)
 layer_5 = ckpt.read("layer", 5)                    # {"input_layernorm.weight": tensor [C], ...}, merged
 write_hf_checkpoint("neox-20b-hf", ckpt.config, ckpt.parts(), tokenizer_path=ckpt.tokenizer_path)
@@ -39,7 +41,8 @@ python -m labml_nn.neox.checkpoint merge ~/data/20B_checkpoints neox-20b-hf --fo
 The tensors `read` returns carry the slim checkpoint's names without prefixes, the names `model.py`'s modules
 use: `word_embeddings.weight` (the embedding, `[V, C]`); per layer `input_layernorm.*`,
 `attention.query_key_value.*` (`[3C, C]`), `attention.dense.*`, `post_attention_layernorm.*`,
-`mlp.dense_h_to_4h.*` (`[4C, C]`), `mlp.dense_4h_to_h.*`; `norm.*` (the final norm); `final_linear.weight`
+`mlp.dense_h_to_4h.*` (`[4C, C]`), `mlp.dense_4h_to_h.*` (which gpt-neox has called `mlp.linear1` and
+`mlp.linear2` since September 2024; both are read); `norm.*` (the final norm); `final_linear.weight`
 (the readout, `[V, C]`).
 """
 

@@ -3,7 +3,8 @@ r"""
 
 ```
 python -m labml_nn.neox.checkpoint download [DEST] [--base-url URL]
-python -m labml_nn.neox.checkpoint merge SRC OUT --format hf|neox [--replicated average|first]
+python -m labml_nn.neox.checkpoint merge SRC OUT --format hf|neox [--revision REV] [--mlp-names dense|linear]
+                                         [--replicated average|first]
                                          [--dtype float16|bfloat16|float32] [--report R.json]
                                          [--warn-above 1e-3] [--trust-pickle] [--max-shard-mb 1024]
                                          [--overwrite]
@@ -29,7 +30,10 @@ Merge a gpt-neox checkpoint's tensor-parallel ranks into a single-rank checkpoin
 
 SRC may be the GPT-NeoX-20B slim weights (`latest` + global_stepN/layer_XX-model_RR-model_states.pt), a
 gpt-neox run in the sequential layout (mp_rank_RR_model_states.pt), or a Hugging Face folder, with any number
-of ranks. The config is read from SRC/configs/*.yml (or config.json), the tokenizer is copied if present.
+of ranks, or a Hugging Face Hub name (EleutherAI/pythia-160m) with --revision (step3000). gpt-neox's MLP names
+from before (mlp.dense_h_to_4h) and since September 2024 (mlp.linear1) are both read; --format neox writes the
+source's unless --mlp-names says otherwise. The config is read from SRC/configs/*.yml (or config.json), the
+tokenizer is copied if present.
 
 Column-parallel weights are concatenated, row-parallel weights concatenated on their input dimension, their
 biases summed (parallel residual) or treated as replicated (sequential residual). Replicated tensors (layer
@@ -47,7 +51,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     merge = commands.add_parser("merge", help="merge tensor-parallel ranks into one (gpt-neox or HF format)",
                                 description=MERGE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    merge.add_argument("src", help="checkpoint folder (pipeline, sequential or Hugging Face layout)")
+    merge.add_argument("src", help="checkpoint folder (pipeline, sequential or Hugging Face layout), or a Hugging "
+                                   "Face Hub name such as EleutherAI/pythia-160m")
+    merge.add_argument("--revision", default=None, help="with a Hub name: its revision, e.g. step3000")
+    merge.add_argument("--mlp-names", choices=["dense", "linear"], default=None,
+                       help="neox: spell the MLP mlp.dense_h_to_4h/dense_4h_to_h (gpt-neox before Sept. 2024) or "
+                            "mlp.linear1/linear2 (gpt-neox since); default: as the source spells it")
     merge.add_argument("out", help="output folder; must not exist unless --overwrite")
     merge.add_argument("--format", choices=["hf", "neox"], required=True,
                        help="hf: a transformers GPTNeoXForCausalLM folder (config.json, safetensors, "
@@ -86,7 +95,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         report = merge_checkpoint(args.src, args.out, format=args.format, replicated=args.replicated,
                                   dtype=args.dtype, trust_pickle=args.trust_pickle, overwrite=args.overwrite,
                                   report=args.report, warn_above=args.warn_above,
-                                  max_shard_bytes=args.max_shard_mb * 1024 ** 2)
+                                  max_shard_bytes=args.max_shard_mb * 1024 ** 2, revision=args.revision,
+                                  mlp_names=args.mlp_names)
         print(format_report(report))
         print(f"Wrote {args.out} ({args.format})")
         return 0

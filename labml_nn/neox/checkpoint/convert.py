@@ -47,10 +47,12 @@ WARN_ABOVE = 1e-3
 def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, replicated: str = "average",
                      dtype: Optional[str] = None, trust_pickle: bool = False, overwrite: bool = False,
                      report: "str | Path | None" = None, warn_above: float = WARN_ABOVE,
-                     max_shard_bytes: int = 1024 ** 3, progress: bool = True) -> dict:
+                     max_shard_bytes: int = 1024 ** 3, progress: bool = True, mlp_names: Optional[str] = None,
+                     revision: Optional[str] = None) -> dict:
     r"""
     Merge `src` into a single-rank checkpoint at `out`. Returns the divergence report (also written to
-    `report` as JSON when given).
+    `report` as JSON when given). `src` may be a Hub name with a `revision` (`hub.py`). With `format="neox"`,
+    the MLP keeps the source's spelling (`mlp.linear1` or `mlp.dense_h_to_4h`) unless `mlp_names` says otherwise.
     """
     out = Path(out).expanduser().absolute()
     if format not in ("neox", "hf"):
@@ -61,7 +63,7 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
         raise CheckpointError(f"{out} already exists; remove it, choose another name, or pass --overwrite.")
 
     # Opening checks the layout, the config and that every file is present, before anything is written.
-    ckpt = open_checkpoint(src, trust_pickle=trust_pickle, replicated=replicated)
+    ckpt = open_checkpoint(src, trust_pickle=trust_pickle, replicated=replicated, revision=revision)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
@@ -73,7 +75,7 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
                                 max_shard_bytes=max_shard_bytes)
         else:
             write_neox_checkpoint(tmp, config, parts, tensor_parallel_size=1, tokenizer_path=ckpt.tokenizer_path,
-                                  dtype=torch_dtype)
+                                  dtype=torch_dtype, mlp_names=mlp_names or ckpt.mlp_names)
         result = divergence_report(ckpt.divergence, warn_above, source=str(src), replicated=replicated,
                                    tensor_parallel_size=ckpt.config.tensor_parallel_size)
         _replace(tmp, out)

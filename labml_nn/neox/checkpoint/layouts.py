@@ -34,7 +34,8 @@ The 20B model has $L = 44$, so its final norm is stage 47 and its readout stage 
 
 Every layout answers the same question, `load(part, layer)`: a list with one `(source, tensors)` pair per rank,
 where the tensor names are the pipeline layout's names without any prefix and `source` names the file for
-error messages.
+error messages. (gpt-neox checkpoints since September 2024 name the MLP `mlp.linear1` / `mlp.linear2`; the
+reader renames them, `merge.MLP_SPELLINGS`.)
 """
 
 import json

@@ -39,6 +39,25 @@ Let a linear layer compute $y = x W^\top + b$ with $W$ of shape `[out, in]`.
 * `rotary_emb.inv_freq` is a constant every rank computes the same way; we take rank 0, and the reader checks it
   against the config and drops it (our model computes it).
 
+## Where gpt-neox's own converter is wrong, and we are not
+
+gpt-neox ships `tools/ckpts/convert_neox_to_hf.py` to make a transformers folder. Checked against gpt-neox's
+forward pass (May 2026), it is wrong in three places, and our `merge --format hf` is right in all three:
+
+* the **row-parallel biases with the sequential residual**: gpt-neox adds the full bias once after the
+  all-reduce, so the ranks hold copies; its converter sums them (and `convert_hf_to_sequential.py` divides
+  them by $N$ on the way back), giving $N$ times the bias. We average the copies (above);
+* **`bias_gelu_fusion: true`** means the tanh GELU, but the converter writes `hidden_act: gelu`, the exact one.
+  On our demo model (`labml_nn/neox/demo`, 4 $\times$ 128 random tokens, fp32) transformers then differs from
+  gpt-neox's maths by up to $9.4 \times 10^{-3}$ in the logits; with the `gelu_fast` we write, by
+  $4.8 \times 10^{-6}$;
+* it writes **`eos_token_id: 2`**, but the end-of-text token of the 20B and Pythia tokenizer is id 0 (id 2 is
+  an ordinary token), so transformers' generation would not stop where the model ends a document. We write 0.
+
+`tests/test_checkpoint_convert.py` and `tests/test_checkpoint_merge.py` hold each of the three.
+
+## Splitting
+
 Splitting, for writing a checkpoint with $N$ ranks, applies the inverse rules. For the summed biases there are
 many splits with the right sum; we give rank 0 the whole bias and the other ranks zeros, because then the sum
 is exact in any precision ($b + 0 = b$), where $b / N$ would round.
@@ -92,6 +111,37 @@ PART_TENSORS = {
     "readout": ["final_linear.weight"],
 }
 OPTIONAL = {"layer": [INV_FREQ]}
+
+
+# ## Two spellings of the MLP
+#
+# gpt-neox PR #1212 (September 2024) renamed the MLP's two linear layers, `mlp.dense_h_to_4h` to `mlp.linear1`
+# and `mlp.dense_4h_to_h` to `mlp.linear2`: the same tensors, cut the same way. Every checkpoint trained since
+# then uses the new names, and gpt-neox loads strictly, so each checkpoint only loads under its own spelling.
+# The reader renames to the old spelling, the one `model.py` and Hugging Face use, and remembers which it saw;
+# `merge --format neox` writes the source's spelling back.
+MLP_SPELLINGS = {"dense": ("mlp.dense_h_to_4h.", "mlp.dense_4h_to_h."), "linear": ("mlp.linear1.", "mlp.linear2.")}
+
+
+def mlp_spelling(names) -> str:
+    """`"linear"` when the tensor names use gpt-neox's spelling since PR #1212, else `"dense"`."""
+    linear = MLP_SPELLINGS["linear"]
+    return "linear" if any(n.startswith(linear) for n in names) else "dense"
+
+
+def respell_mlp(tensors: Dict[str, torch.Tensor], to: str) -> Dict[str, torch.Tensor]:
+    """The same tensors with the MLP's names in the spelling `to` (`"dense"` or `"linear"`)."""
+    frm = "linear" if to == "dense" else "dense"
+    out = {}
+    for name, t in tensors.items():
+        for old, new in zip(MLP_SPELLINGS[frm], MLP_SPELLINGS[to]):
+            if name.startswith(old):
+                name = new + name[len(old):]
+        if name in out:
+            raise CheckpointError(f"both spellings of `{name}` (mlp.dense_* and mlp.linear*) are present; the "
+                                  f"file mixes two checkpoints.")
+        out[name] = t
+    return out
 
 
 def rule(name: str, parallel_residual: bool):

@@ -1,9 +1,10 @@
 r"""
 # Opening a checkpoint
 
-`open_checkpoint(path)` is the one door into the weights. It recognises the layout (`layouts.py`), finds the
-config and the tokenizer beside the weights, checks that every file the config implies is there, and returns a
-`Checkpoint` whose `read(part, layer)` gives one part of the model merged to a single rank (`merge.py`):
+`open_checkpoint(path)` is the one door into the weights. It fetches a Hub name and revision (`hub.py`),
+recognises the layout (`layouts.py`), finds the config and the tokenizer beside the weights, checks that every
+file the config implies is there, and returns a `Checkpoint` whose `read(part, layer)` gives one part of the
+model merged to a single rank (`merge.py`), its MLP always named `mlp.dense_h_to_4h` / `mlp.dense_4h_to_h`:
 
 ```python
 ckpt = open_checkpoint("20B_checkpoints")
@@ -28,8 +29,9 @@ import torch
 from ..config import ConfigError, NeoXConfig
 from ..tokenizer import find_tokenizer
 from .files import CheckpointError
+from .hub import resolve_checkpoint
 from .layouts import HFLayout, describe, find_layout
-from .merge import INV_FREQ, Divergence, merge_part
+from .merge import INV_FREQ, Divergence, merge_part, mlp_spelling, respell_mlp
 
 
 
@@ -49,6 +51,7 @@ class Checkpoint:
         # One record per replicated tensor, kept by `(part, layer, name)` so that reading a part twice does not
         # count it twice
         self._divergence: Dict[Tuple[str, Optional[int], str], Divergence] = {}
+        self._mlp_names: Optional[str] = None
 
     @property
     def divergence(self) -> List[Divergence]:
@@ -77,6 +80,9 @@ class Checkpoint:
         error (or strange text) inside the model.
         """
         ranks = self.layout.load(part, layer)
+        if part == "layer":
+            ranks = [(source, respell_mlp(tensors, "dense")) for source, tensors in
+                     self._note_spelling(ranks, layer)]
         merged, records = merge_part(part, layer, ranks, parallel_residual=self.config.parallel_residual,
                                      replicated=self.replicated)
         self._divergence.update({(r.part, r.layer, r.name): r for r in records})
@@ -87,6 +93,27 @@ class Checkpoint:
         for name, tensor in merged.items():
             self._check_shape(part, layer, name, tensor, sources)
         return merged
+
+    # The MLP's spelling (`merge.MLP_SPELLINGS`) of the layers read so far; two layers that disagree mean two
+    # checkpoints mixed in one folder.
+    def _note_spelling(self, ranks, layer):
+        for source, tensors in ranks:
+            spelling = mlp_spelling(tensors)
+            if self._mlp_names is not None and spelling != self._mlp_names:
+                raise CheckpointError(f"{source}: transformer layer {layer} names its MLP `mlp.{spelling}*` but "
+                                      f"earlier layers `mlp.{self._mlp_names}*`; the folder mixes two checkpoints.")
+            self._mlp_names = spelling
+        return ranks
+
+    @property
+    def mlp_names(self) -> str:
+        r"""
+        How the source spells the MLP: `"dense"` (`mlp.dense_h_to_4h`, gpt-neox before September 2024 and
+        Hugging Face) or `"linear"` (`mlp.linear1`, gpt-neox since). `read` always returns `"dense"` names.
+        """
+        if self._mlp_names is None:
+            self.read("layer", 0)
+        return self._mlp_names
 
     # The shape of each merged tensor in terms of $C$, $3C$, $F$ and $V$; layer norms and biases not listed are `[C]`
     SHAPES = {"word_embeddings.weight": ("V", "C"), "final_linear.weight": ("V", "C"),
@@ -104,8 +131,8 @@ class Checkpoint:
         # Which key of the config decides the dimension that disagrees
         hf = isinstance(self.layout, HFLayout)
         keys = {"V": "vocab_size" if hf else "padded_vocab_size", "C": "hidden_size", "3C": "hidden_size",
-                "F": "intermediate_size" if hf else "hidden_size (gpt-neox's MLP is 4 x hidden_size; another "
-                                                    "width means a gated MLP such as GeGLU, which we do not build)"}
+                "F": "intermediate_size" if hf else "intermediate_size, expansion_factor or mlp_multiple_of "
+                                                    "(gpt-neox's MLP width; the default is 4 x hidden_size)"}
         bad = next((s for s, e, f in zip(symbols, expected, tensor.shape) if e != f), symbols[0])
         raise CheckpointError(
             f"`{name}` of {describe(part, layer)} ({sources}) has shape {list(tensor.shape)} after merging "
@@ -133,9 +160,11 @@ class Checkpoint:
 
 # ## Opening
 def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicated: str = "average",
-                    check_rotary: bool = True) -> Checkpoint:
+                    check_rotary: bool = True, revision: Optional[str] = None) -> Checkpoint:
     r"""
     Open a checkpoint folder in any of the three layouts; raise `CheckpointError` saying what is wrong otherwise.
+    `path` may also be a Hugging Face Hub name such as `EleutherAI/pythia-160m`, with a `revision` such as
+    `step3000` (`hub.py`); an existing folder always wins over a name.
 
     * `trust_pickle`: allow DeepSpeed files to unpickle arbitrary objects (only for files you trust).
     * `replicated`: `"average"` the copies of replicated tensors across ranks, or take the `"first"`.
@@ -143,7 +172,7 @@ def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicate
     """
     if replicated not in ("average", "first"):
         raise CheckpointError(f"replicated={replicated!r}: choose 'average' or 'first'.")
-    layout = find_layout(path, trust_pickle)
+    layout = find_layout(resolve_checkpoint(path, revision), trust_pickle)
     config, source = _read_config(layout)
 
     # The tensor-parallel degree: the config's `model_parallel_size` or the ranks the files show, whichever is

@@ -28,7 +28,7 @@ import torch
 from ..config import NeoXConfig
 from .files import CheckpointError
 from .layouts import expected_indices, pipeline_index
-from .merge import PART_TENSORS, split_part
+from .merge import PART_TENSORS, respell_mlp, split_part
 
 Part = Tuple[str, Optional[int], Dict[str, torch.Tensor]]
 
@@ -49,11 +49,16 @@ def _check_part(part: str, layer: Optional[int], tensors: Dict[str, torch.Tensor
 # ## The gpt-neox layout
 def write_neox_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterable[Part], *,
                           tensor_parallel_size: int = 1, tokenizer_path: "str | Path | None" = None,
-                          dtype: Optional[torch.dtype] = None, step: int = 0, name: str = "model") -> Path:
+                          dtype: Optional[torch.dtype] = None, step: int = 0, name: str = "model",
+                          mlp_names: str = "dense") -> Path:
     r"""
     Write `parts` as a gpt-neox checkpoint with `tensor_parallel_size` ranks under `out_dir` (created if needed).
-    Returns the step folder.
+    `mlp_names` spells the MLP `mlp.dense_h_to_4h` (`"dense"`, gpt-neox before PR #1212) or `mlp.linear1`
+    (`"linear"`, gpt-neox since), as the gpt-neox that will load it expects. Returns the step folder.
     """
+    if mlp_names not in ("dense", "linear"):
+        raise CheckpointError(f"mlp_names={mlp_names!r}: choose 'dense' (mlp.dense_h_to_4h) or 'linear' "
+                              f"(mlp.linear1)")
     out = Path(out_dir)
     tag = f"global_step{step}"
     folder = out / tag
@@ -65,7 +70,8 @@ def write_neox_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iter
         _check_part(part, layer, tensors)
         index = pipeline_index(part, layer, config.n_layers)
         for rank, shard in enumerate(split_part(_cast(tensors, dtype), n, parallel_residual=config.parallel_residual)):
-            torch.save(shard, folder / f"layer_{index:02d}-model_{rank:02d}-model_states.pt")
+            path = folder / f"layer_{index:02d}-model_{rank:02d}-model_states.pt"
+            torch.save(respell_mlp(shard, mlp_names), path)
         written.add(index)
     missing = sorted(set(expected_indices(config.n_layers)) - written)
     if missing:
@@ -134,6 +140,10 @@ def write_hf_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterab
 
     for part, layer, tensors in parts:
         _check_part(part, layer, tensors)
+        # transformers has no `gpt_j_tied`; a copy of the first norm in the second's place computes the same
+        if config.tied_layernorms and part == "layer":
+            tensors = {**tensors, **{f"post_attention_layernorm.{k}": tensors[f"input_layernorm.{k}"].clone()
+                                     for k in ("weight", "bias")}}
         tensors = {hf_name(part, layer, k): v for k, v in _cast(tensors, dtype).items()}
         nbytes = sum(v.numel() * v.element_size() for v in tensors.values())
         if current and size + nbytes > max_shard_bytes:
@@ -160,7 +170,7 @@ def write_hf_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterab
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
-    hf = config.to_hf_config()
+    hf = config.with_updates(tied_layernorms=False).to_hf_config()
     hf["dtype"] = str(stored_dtype).removeprefix("torch.") if stored_dtype else "float32"
     (out / "config.json").write_text(json.dumps(hf, indent=2))
     if tokenizer_path is not None:

@@ -2,7 +2,7 @@ r"""
 # Evaluating a checkpoint from the command line
 
 ```
-python -m labml_nn.neox.evaluation [--checkpoint DIR] [--tokenizer FILE]
+python -m labml_nn.neox.evaluation [--checkpoint DIR|ORG/NAME] [--revision REV] [--tokenizer FILE]
        [--tasks lambada_openai,hellaswag,piqa,winogrande | shakespeare_cloze,shakespeare_text]
        [--int8] [--int8-threshold 6] [--int8-implementation bitsandbytes|reference]
        [--dtype float16] [--device cuda] [--batch-size 8] [--max-length N] [--limit N]
@@ -78,6 +78,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT),
                         help="checkpoint folder (20B slim weights, a gpt-neox checkpoint, or a Hugging Face "
                              "GPT-NeoX/Pythia folder); default: the demo model shipped with the package")
+    parser.add_argument("--revision", help="with a Hugging Face Hub name as --checkpoint (EleutherAI/pythia-160m): "
+                        "its revision, e.g. Pythia's training step step3000")
     parser.add_argument("--tokenizer", help="tokenizers JSON file (default: the one in the checkpoint folder)")
     parser.add_argument("--tasks", default=DEFAULT_TASKS,
                         help=f"comma-separated lm-eval tasks (default: {DEFAULT_TASKS}, the published 20B table); "
@@ -134,7 +136,8 @@ def load_model(args: argparse.Namespace):
     dtype = DTYPES[args.dtype or default_dtype(args.device)]
     generator = LayerGenerator(args.checkpoint, dtype=dtype, device=args.device, is_llm_int8=args.int8,
                                llm_int8_threshold=args.int8_threshold,
-                               llm_int8_implementation=args.int8_implementation, trust_pickle=args.trust_pickle)
+                               llm_int8_implementation=args.int8_implementation, trust_pickle=args.trust_pickle,
+                               revision=getattr(args, "revision", None))
     model = torch.nn.Sequential(*generator.load())
     tokenizer_path = args.tokenizer or getattr(generator.checkpoint, "tokenizer_path", None) \
         or find_tokenizer(args.checkpoint)
@@ -145,6 +148,9 @@ def load_model(args: argparse.Namespace):
 
 def evaluate(args: argparse.Namespace) -> dict:
     tasks = resolve_tasks(args)
+    # A Hub name is fetched (or found in the cache) before anything goes offline
+    from labml_nn.neox.checkpoint.hub import resolve_checkpoint
+    args.checkpoint, args.revision = str(resolve_checkpoint(args.checkpoint, args.revision)), None
     # Local tasks alone need no network; say so before `datasets` is imported
     only_local = all(t in LOCAL_TASKS for t in tasks)
     if args.offline or only_local:
