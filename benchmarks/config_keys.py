@@ -17,6 +17,7 @@ It prints one markdown row per key (the table in `benchmarks/RESULTS.md`): fp32,
 tokens (longer than the demo's 256-token context, so that linear RoPE scaling matters).
 """
 
+import argparse
 import json
 import shutil
 import tempfile
@@ -71,7 +72,11 @@ def hf_copy(hf: Path, tmp: Path, name: str, **keys) -> Path:
     return out
 
 
-def main():
+def main(argv=None):
+    # No options: `--help` says what the script does instead of starting it
+    argparse.ArgumentParser(description="For each config key that changes the computation: our logit error "
+                                        "against transformers on the demo model, and the error had the key been "
+                                        "ignored. Prints a markdown table.").parse_args(argv)
     tmp = Path(tempfile.mkdtemp())
     hf = tmp / "hf"
     merge_checkpoint(DEMO_CHECKPOINT, hf, format="hf", dtype="float32", progress=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import write_tiny_tokenizer
 from labml_nn.neox.config import NeoXConfig
 from labml_nn.neox.loader import LayerGenerator
 from labml_nn.neox.model import build_layers
@@ -34,18 +35,6 @@ def tiny_text(n_sentences: int = 400) -> str:
                      for _ in range(n_sentences))
 
 
-def tiny_tokenizer(path: Path) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|padding|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator([tiny_text()], trainer)
-    tokenizer.save(str(path))
-    return path
-
-
 def tiny_layers(seed: int = 0):
     torch.manual_seed(seed)
     layers = build_layers(CONFIG)
@@ -61,7 +50,7 @@ def tiny_layers(seed: int = 0):
 @pytest.fixture
 def tiny_checkpoint(tmp_path) -> Path:
     path = tmp_path / "base"
-    tokenizer = tiny_tokenizer(tmp_path / "20B_tokenizer.json")
+    tokenizer = write_tiny_tokenizer(tmp_path / "20B_tokenizer.json", 300)
     write_checkpoint(path, tiny_layers(), tensor_parallel_size=2, tokenizer_path=tokenizer)
     return path
 

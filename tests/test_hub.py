@@ -17,8 +17,7 @@ import torch
 pytest.importorskip("transformers")
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
-from helpers import make_tiny_hf_model  # noqa: E402
-from test_generate_sample import tiny_tokenizer  # noqa: E402
+from helpers import make_tiny_hf_model, write_tiny_tokenizer  # noqa: E402
 
 from labml_nn.neox.checkpoint import CheckpointError, open_checkpoint  # noqa: E402
 from labml_nn.neox.checkpoint import hub  # noqa: E402
@@ -53,7 +52,7 @@ def add_to_hub_cache(cache: Path, name: str, revision: str, files: dict, commit:
 def hub_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     tokenizer = root / "tokenizer.json"
-    tiny_tokenizer(tokenizer)
+    write_tiny_tokenizer(tokenizer, 300)
     cache, models = root / "cache", {}
     for revision, seed in REVISIONS.items():
         model = make_tiny_hf_model(seed=seed, vocab_size=320, max_position_embeddings=48)
