@@ -25,6 +25,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_PROJECT = ROOT / "tests" / "fixtures" / "docs" / "project"
@@ -54,10 +55,11 @@ def _source_modules(root: Path) -> list[str]:
 
 
 def _page_html(site: Path, module_path: str) -> Path:
+    """The built page of a module (`use_directory_urls: false`: files, not folders, so that file:// works)."""
     stem = module_path[:-3]
     if stem.endswith("/__init__"):
-        stem = stem[: -len("/__init__")]
-    return site / stem / "index.html"
+        stem = stem[: -len("__init__")] + "index"
+    return site / f"{stem}.html"
 
 
 @functools.cache
@@ -73,7 +75,10 @@ def build_site(kind: str) -> Path:
         # the real machinery (config, hook, docs) over fixed sources
         project = tmp / "project"
         project.mkdir()
-        shutil.copy(ROOT / "mkdocs.yml", project / "mkdocs.yml")
+        # the fixture's own reading path, in place of the real one
+        config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+        config["extra"]["reading_path"] = yaml.safe_load((FIXTURE_PROJECT / "reading_path.yml").read_text())
+        (project / "mkdocs.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         (project / "docs").symlink_to(ROOT / "docs", target_is_directory=True)
         for name in ("labml_nn", "samples"):
             (project / name).symlink_to(FIXTURE_PROJECT / name, target_is_directory=True)
@@ -179,7 +184,8 @@ def test_every_module_page_shows_sections_of_code_with_real_line_numbers(real_si
         source_lines = (ROOT / module).read_text(encoding="utf-8").splitlines()
         if not any(s.code for s in load_hook().parse("\n".join(source_lines)).sections):
             continue  # a docstring-only `__init__.py`
-        lines = re.findall(r'<span class="ann-line[^"]*" data-ln="(\d+)">(.*?)</span>\n', text)
+        lines = re.findall(r'<span class="ann-line[^"]*" id="L\d+" data-ln="(\d+)" style="--i:\d+">(.*?)</span>'
+                           r'(?=<span class="ann-line|</code>)', text)
         assert lines, f"{module}: no code lines on its page"
         for number, line_html in lines:
             shown = html_lib.unescape(re.sub(r"<[^>]+>", "", line_html))
@@ -187,12 +193,12 @@ def test_every_module_page_shows_sections_of_code_with_real_line_numbers(real_si
 
 
 def test_fixture_pages_have_sections_with_prose_beside_code(fixture_site):
-    page = parse_page(fixture_site / "labml_nn" / "neox" / "tricky" / "index.html")
+    page = parse_page(fixture_site / "labml_nn" / "neox" / "tricky.html")
     assert page.sections >= 10
     assert page.sections_with_prose_and_code >= 8
-    sample = parse_page(fixture_site / "samples" / "demo" / "index.html")
+    sample = parse_page(fixture_site / "samples" / "demo.html")
     assert sample.sections_with_prose_and_code >= 1
-    text = (fixture_site / "samples" / "demo" / "index.html").read_text(encoding="utf-8")
+    text = (fixture_site / "samples" / "demo.html").read_text(encoding="utf-8")
     assert "How to run" in text and "What it prints" in text
 
 
@@ -214,7 +220,7 @@ def test_no_raw_latex_outside_math(kind):
 
 
 def test_fixture_maths_is_marked_for_katex_in_intro_and_in_side_by_side_prose(fixture_site):
-    text = (fixture_site / "labml_nn" / "neox" / "tricky" / "index.html").read_text(encoding="utf-8")
+    text = (fixture_site / "labml_nn" / "neox" / "tricky.html").read_text(encoding="utf-8")
     intro = text[text.index('class="ann-intro"'):text.index('class="ann-sections"')]
     assert intro.count('class="arithmatex"') >= 3, "inline, display and align maths of the module docstring"
     assert r"\begin{align}" in intro
@@ -247,19 +253,38 @@ def test_katex_fonts_are_vendored(real_site):
 
 
 def test_pages_link_to_api_reference_and_back(fixture_site):
-    page = (fixture_site / "labml_nn" / "neox" / "tricky" / "index.html").read_text(encoding="utf-8")
-    assert 'href="../../../reference/labml_nn/neox/tricky/#labml_nn.neox.tricky.Outer.Inner.value"' in page
-    api = (fixture_site / "reference" / "labml_nn" / "neox" / "tricky" / "index.html").read_text(encoding="utf-8")
+    page = (fixture_site / "labml_nn" / "neox" / "tricky.html").read_text(encoding="utf-8")
+    assert 'href="../../reference/labml_nn/neox/tricky.html#labml_nn.neox.tricky.Outer.Inner.value"' in page
+    api = (fixture_site / "reference" / "labml_nn" / "neox" / "tricky.html").read_text(encoding="utf-8")
     assert 'id="labml_nn.neox.tricky.Outer"' in api
-    assert 'href="../../../../labml_nn/neox/tricky/#src-Outer.Inner.value"' in api
+    assert 'href="../../../labml_nn/neox/tricky.html#src-Outer.Inner.value"' in api
     assert "_private" not in api
-    # sections link to their lines in the repository, on the host configured in mkdocs.yml
-    assert re.search(r'href="https://[^"]+/blob/main/labml_nn/neox/tricky\.py#L38-L44"', page)
+
+
+def test_source_links_open_the_sites_own_copy_without_a_repository(fixture_site):
+    # mkdocs.yml sets no repo_url: a section's line range opens the plain source page at its first line
+    page = (fixture_site / "labml_nn" / "neox" / "tricky.html").read_text(encoding="utf-8")
+    assert re.search(r'<a class="ann-source" href="../../source/labml_nn/neox/tricky\.py\.html#L38"[^>]*>L38–44</a>',
+                     page)
+    source = (fixture_site / "source" / "labml_nn" / "neox" / "tricky.py.html").read_text(encoding="utf-8")
+    lines = TRICKY.read_text(encoding="utf-8").splitlines()
+    assert all(f'id="L{n}"' in source for n in range(1, len(lines) + 1))
+    assert "github.com" not in page and "your-org" not in page
+
+
+def test_source_links_go_to_the_repository_when_one_is_configured():
+    from types import SimpleNamespace
+
+    hook = load_hook()
+    module = SimpleNamespace(path="labml_nn/neox/tricky.py")
+    config = SimpleNamespace(repo_url="https://example.org/owner/name/", extra={"source_branch": "dev"})
+    assert hook._source_url(config, module, None, None, 38, 44) == \
+        "https://example.org/owner/name/blob/dev/labml_nn/neox/tricky.py#L38-L44"
 
 
 def test_every_sample_page_says_how_to_run_it_and_what_it_prints(real_site):
     for sample in sorted((ROOT / "samples").glob("*.py")):
-        text = (real_site / "samples" / sample.stem / "index.html").read_text(encoding="utf-8")
+        text = (real_site / "samples" / f"{sample.stem}.html").read_text(encoding="utf-8")
         intro = text[text.find('class="ann-intro"'):]
         for heading in ("How to run", "What it prints"):
             assert re.search(rf"<h\d[^>]*>{heading}", intro), (

@@ -8,9 +8,14 @@ An mkdocs hook (registered under `hooks:` in `mkdocs.yml`). On every build it
   one generated page per module (`File.generated`, nothing is written into `docs/`);
 * adds one API reference page per module with public classes or functions (`::: labml_nn.neox.model.X`
   blocks, rendered by mkdocstrings), cross-linked both ways with the annotated page;
-* builds the navigation (home, package, samples, API reference), mirroring the package's folders;
-* appends a list of every module page to the home page, and unlinks links of the home page's module map that
-  point at modules which do not exist yet.
+* builds the navigation, every page's Next/Previous and the home page's map from the one reading path in
+  `mkdocs.yml` (`reading_path.py`), each page labelled with its own title;
+* links mentions of our modules, classes and functions in prose to the sections that explain them, and says
+  at the top of each page which modules it builds on (`crosslinks.py`);
+* links each section's line range to the site's own copy of the source (`source/<path>.html`), or to the
+  repository when `repo_url` is set;
+* draws the figures (`figures.py`) and places each beside the code it illustrates;
+* cleans the search index (`search_index.py`).
 
 Python is read with `tokenize` and `ast`, never with regular expressions, so a `#` inside a string, a string
 that looks like a comment, or closing triple quotes on a line of text cannot be mistaken for prose. The code
@@ -30,15 +35,27 @@ import logging
 import os
 import posixpath
 import re
+import sys
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# mkdocs loads a hook as a lone file; its sibling modules are imported from the hook's own folder
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import crosslinks  # noqa: E402
+import figures  # noqa: E402
+import reading_path  # noqa: E402
+import render  # noqa: E402
+import search_index  # noqa: E402
 
 log = logging.getLogger("mkdocs.hooks.annotate")
 
 # What gets pages: (folder relative to the repository root, recursive?)
 SOURCE_ROOTS = (("labml_nn/neox", True), ("samples", False))
 API_PREFIX = "reference"
+SOURCE_PREFIX = "source"
+# pages taller than this many sections get an outline (the table of contents, in the navigation sidebar)
+OUTLINE_MIN_SECTIONS = 12
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -341,6 +358,16 @@ class Module:
     highlighted: list[str]
     members: list[str]
 
+    @property
+    def title(self) -> str:
+        """The page's own title, from its docstring's `# Heading` (the file's path when it has none)."""
+        return _title(self)[0].strip("`")
+
+    @property
+    def source_page(self) -> str:
+        """The site's plain copy of the file, with line anchors: `source/labml_nn/neox/model.py.md`."""
+        return f"{SOURCE_PREFIX}/{self.path}.md"
+
 
 def _discover(root: Path) -> list[str]:
     found = []
@@ -449,8 +476,11 @@ def rewrite_links(markdown: str, module: Module, modules: dict[str, Module]) -> 
 def module_markdown(module: Module, modules: dict[str, Module] | None = None) -> str:
     heading, intro = _title(module)
     modules = modules or {module.path: module}
+    # long pages keep their outline (Material shows it in the navigation sidebar, `toc.integrate`);
+    # annotated pages rank above API pages in search
+    hide = "" if len(module.annotated.sections) >= OUTLINE_MIN_SECTIONS else "hide:\n  - toc\n"
     parts = [
-        "---\nhide:\n  - toc\n---\n",
+        f"---\n{hide}search:\n  boost: 2\n---\n",
         f"# {heading}\n",
         "<!--ann-meta-->\n",
     ]
@@ -465,8 +495,8 @@ def module_markdown(module: Module, modules: dict[str, Module] | None = None) ->
     return "\n".join(parts)
 
 
-def api_markdown(module: Module, opts: str = "") -> str:
-    parts = [f"# `{module.dotted}`\n", "<!--ann-api-meta-->\n"]
+def api_markdown(module: Module) -> str:
+    parts = ["---\nsearch:\n  boost: 0.5\n---\n", f"# `{module.dotted}`\n", "<!--ann-api-meta-->\n"]
     for name in module.members:
         parts.append(f"::: {module.dotted}.{name}\n")
     return "\n".join(parts)
@@ -476,54 +506,64 @@ def api_markdown(module: Module, opts: str = "") -> str:
 # mkdocs events
 # ---------------------------------------------------------------------------------------------------------------
 
-_state: dict = {"modules": [], "by_page": {}, "by_api": {}}
+# what `on_config` learns about the sources, for the later events
+_state: dict = {"modules": [], "by_page": {}, "by_api": {}, "by_source": {}, "by_path": {}}
 
 
 def _root(config) -> Path:
     return Path(config.config_file_path).resolve().parent
 
 
-def _source_url(config, path: str, start: int | None = None, end: int | None = None) -> str | None:
+def _source_url(config, module: Module, page, files, start: int | None = None, end: int | None = None) -> str:
+    """
+    Where "source" and a section's line range link to: the repository when `repo_url` is set (GitHub's
+    `/blob/<branch>/<path>#L<a>-L<b>`), otherwise the site's own plain copy of the file, at line `start`.
+    """
     repo = (config.repo_url or "").rstrip("/")
     if not repo:
-        return None
+        return render.url(page, files, module.source_page, f"L{start}" if start else "")
     branch = (config.extra or {}).get("source_branch", "main")
-    url = f"{repo}/blob/{branch}/{path}"
+    url = f"{repo}/blob/{branch}/{module.path}"
     if start:
         url += f"#L{start}" + (f"-L{end}" if end and end != start else "")
     return url
 
 
+def source_markdown(module: Module) -> str:
+    """The plain page of a file: every line, highlighted and numbered, each with its anchor `#L<n>`."""
+    return (f"---\nsearch:\n  exclude: true\nhide:\n  - toc\n---\n# `{module.path}`\n\n"
+            "<!--ann-source-meta-->\n\n<!--ann-source-->\n")
+
+
 def on_config(config):
-    modules = load_modules(_root(config))
+    root = _root(config)
+    modules = load_modules(root)
     _state["modules"] = modules
     _state["by_page"] = {m.page: m for m in modules}
     _state["by_api"] = {m.api_page: m for m in modules if m.api_page}
+    _state["by_source"] = {m.source_page: m for m in modules}
+    _state["by_path"] = {m.path: m for m in modules}
+    _state["xref"] = crosslinks.build_index(modules)
+    known = {m.path for m in modules}
+    _state["builds_on"] = {m.path: crosslinks.imports(m, known) for m in modules}
+    _state["figures"] = figures.place(root, modules)
 
-    package = [m for m in modules if m.path.startswith("labml_nn/")]
-    samples = [m for m in modules if m.path.startswith("samples/")]
-
-    def tree(mods: list[Module], prefix: str) -> list:
-        items: list = []
-        folders: dict[str, list[Module]] = {}
-        for m in mods:
-            rel = m.path[len(prefix):]
-            if "/" in rel:
-                folders.setdefault(rel.split("/")[0], []).append(m)
-            else:
-                items.append({rel: m.page})
-        for name, sub in folders.items():
-            items.append({f"{name}/": tree(sub, f"{prefix}{name}/")})
-        return items
-
+    # the reading path: checked now, reported in `on_files` (where a warning fails `--strict`)
+    docs_dir = Path(config.docs_dir)
+    docs_pages = sorted(p.relative_to(docs_dir).as_posix() for p in docs_dir.glob("*.md") if p.name != "index.md")
+    stops, problems = reading_path.read(config.extra)
+    existing = [m.path for m in modules] + docs_pages
+    _state["path_problems"] = problems + reading_path.check(stops, existing)
+    stops = reading_path.ordered(stops, existing)
+    _state["stops"] = stops
+    _state["page_of"] = {m.path: m.page for m in modules}
+    _state["title_of"] = {m.path: m.title for m in modules}
+    for page in docs_pages:
+        first = (docs_dir / page).read_text(encoding="utf-8").lstrip().split("\n", 1)[0]
+        _state["title_of"][page] = first[2:].strip() if first.startswith("# ") else page
     if not config.nav:
-        docs_dir = Path(config.docs_dir)
-        extra_pages = sorted(p.relative_to(docs_dir).as_posix() for p in docs_dir.glob("*.md") if p.name != "index.md")
-        nav: list = [{"Home": "index.md"}] + extra_pages
-        if package:
-            nav.append({"Package": tree(package, "labml_nn/neox/")})
-        if samples:
-            nav.append({"Samples": [{m.path.split("/")[-1]: m.page} for m in samples]})
+        nav: list = [{"Home": "index.md"}]
+        nav += reading_path.nav(stops, _state["page_of"], _state["title_of"])
         api = [{m.dotted.removeprefix("labml_nn.neox.") or m.dotted: m.api_page} for m in modules if m.api_page]
         if api:
             nav.append({"API reference": api})
@@ -534,76 +574,36 @@ def on_config(config):
 def on_files(files, config):
     from mkdocs.structure.files import File
 
+    for problem in _state["path_problems"]:
+        log.warning(problem)
     by_path = {m.path: m for m in _state["modules"]}
     for m in _state["modules"]:
         files.append(File.generated(config, m.page, content=module_markdown(m, by_path)))
+        files.append(File.generated(config, m.source_page, content=source_markdown(m)))
         if m.api_page:
             files.append(File.generated(config, m.api_page, content=api_markdown(m)))
+    figures.add_files(files, config, _state["figures"])
     return files
 
 
-# Links in the home page's module map to generated pages that do not exist (yet) become plain text.
+_MAP_MARK = "<!--reading-path-->"
+# Links of the home page to generated pages that do not exist (in a project without that module) become text.
 _MD_LINK = re.compile(r"\[([^\]\n]+)\]\(((?:labml_nn|samples|reference)/[^)\s#]+\.md)(#[^)\s]*)?\)")
 
 
 def on_page_markdown(markdown, page, config, files):
+    """The home page's map of the modules is the reading path, written where `<!--reading-path-->` stands."""
     if page.file.src_uri != "index.md":
         return markdown
     pages = {f.src_uri for f in files}
-
-    def unlink(match):
-        if match.group(2) in pages:
-            return match.group(0)
-        log.info(f"index.md: {match.group(2)} does not exist yet; its link is shown as plain text")
-        return f"{match.group(1)} *(not written yet)*"
-
-    markdown = _MD_LINK.sub(unlink, markdown)
-    listing = ["", "## Every module page", "",
-               "Generated from the source tree at build time, so nothing is missed.", ""]
-    for m in _state["modules"]:
-        depth = m.path.count("/") - (2 if m.path.startswith("labml_nn/") else 1)
-        line = f"{'    ' * depth}* [`{m.path}`]({m.page})"
-        if m.api_page:
-            line += f" · [API]({m.api_page})"
-        listing.append(line)
-    return markdown.rstrip() + "\n" + "\n".join(listing) + "\n"
-
-
-def _url(page, files, src_uri: str, anchor: str = "") -> str:
-    from mkdocs.utils import get_relative_url
-
-    target = files.get_file_from_path(src_uri)
-    return get_relative_url(target.url, page.url) + (f"#{anchor}" if anchor else "")
-
-
-def _code_html(module: Module, section: Section) -> str:
-    rows = []
-    previous = None
-    for ln in section.code:
-        gap = " ann-gap" if previous is not None and ln != previous + 1 else ""
-        rows.append(f'<span class="ann-line{gap}" data-ln="{ln}">{module.highlighted[ln - 1]}</span>')
-        previous = ln
-    return ('<div class="ann-code"><div class="highlight"><pre><code>' + "\n".join(rows) +
-            "\n</code></pre></div></div>")
-
-
-def _section_tools(module: Module, section: Section, page, files, config) -> str:
-    tools = [f'<a class="ann-permalink" href="#{section.anchor}" title="Link to this section">¶</a>']
-    if section.code:
-        url = _source_url(config, module.path, section.code[0], section.code[-1])
-        if url:
-            label = f"L{section.code[0]}" + (f"–{section.code[-1]}" if section.code[-1] != section.code[0] else "")
-            tools.append(f'<a class="ann-source" href="{html.escape(url)}" title="These lines on the source host">'
-                         f"{label}</a>")
-    if section.api_path and module.api_page:
-        ident = f"{module.dotted}.{section.api_path}"
-        tools.append(f'<a class="ann-api" href="{_url(page, files, module.api_page, ident)}" '
-                     f'title="{html.escape(ident)} in the API reference">API</a>')
-    return '<div class="ann-tools" data-search-exclude>' + "".join(tools) + "</div>"
-
-
-_SECTION_MARK = re.compile(r"(?:<p>)?<!--ann-section:(\d+)-->(?:</p>)?")
-_END_MARK = re.compile(r"(?:<p>)?<!--ann-end-->(?:</p>)?")
+    markdown = _MD_LINK.sub(lambda m: m.group(0) if m.group(2) in pages else m.group(1), markdown)
+    first_sentence = {m.path: re.split(r"(?<=[.:])\s", _title(m)[1].replace("\n", " "), maxsplit=1)[0]
+                      for m in _state["modules"]}
+    listing = reading_path.home_map(_state["stops"], _state["page_of"], _state["title_of"], first_sentence)
+    if _MAP_MARK not in markdown:
+        log.warning(f"index.md: no {_MAP_MARK} line; the map of the reading path goes at the end of the page")
+        return markdown.rstrip() + "\n\n" + listing
+    return markdown.replace(_MAP_MARK, listing, 1)
 
 
 _MATH_OR_CODE = re.compile(r'<(span|div) class="arithmatex">.*?</\1>|<pre\b.*?</pre>|<code\b.*?</code>', re.S)
@@ -621,58 +621,26 @@ def _check_maths(html_text: str, where: str) -> None:
 
 def on_page_content(html_text, page, config, files):
     src = page.file.src_uri
-    if src not in _state["by_page"]:
-        _check_maths(html_text, src)
-    module = _state["by_page"].get(src)
+    state = _state
+    state.setdefault("urls", {})[src] = page.url
+    module = state["by_page"].get(src)
     if module is not None:
-        return _module_content(html_text, module, page, files, config)
-    module = _state["by_api"].get(src)
+        def source_url(start, end):
+            return _source_url(config, module, page, files, start, end)
+        return render.module_page(html_text, module, state, page, files, config, source_url, _check_maths)
+    module = state["by_api"].get(src) or state["by_source"].get(src)
+    if module is not None and src == module.api_page:
+        return render.api_page(html_text, module, page, files,
+                               lambda start, end: _source_url(config, module, page, files, start, end))
     if module is not None:
-        return _api_content(html_text, module, page, files, config)
-    return html_text
+        return render.source_page(html_text, module, page, files)
+    _check_maths(html_text, src)
+    # the home page and the other pages of docs/ link our code too
+    linked, _ = crosslinks.link_code(
+        html_text, state["xref"],
+        lambda t: render.url(page, files, state["by_path"][t.path].page, t.anchor or ""), ("", None))
+    return linked
 
 
-def _module_content(html_text, module: Module, page, files, config) -> str:
-    meta = [f'<span class="ann-meta-path">{html.escape(module.path)}</span>']
-    url = _source_url(config, module.path)
-    if url:
-        meta.append(f'<a href="{html.escape(url)}">source</a>')
-    if module.api_page:
-        meta.append(f'<a href="{_url(page, files, module.api_page)}">API reference</a>')
-    html_text = html_text.replace("<!--ann-meta-->", '<p class="ann-meta" data-search-exclude>' + " · ".join(meta) + "</p>", 1)
-
-    head, _, tail = html_text.partition("<!--ann-end-->")
-    tail = tail.removeprefix("</p>")
-    pieces = _SECTION_MARK.split(head)
-    out = [pieces[0]]
-    _check_maths(pieces[0], f"{module.path}, the module docstring")
-    for index, prose in zip(pieces[1::2], pieces[2::2]):
-        section = module.annotated.sections[int(index)]
-        _check_maths(prose, f"{module.path}:{section.first_line}")
-        classes = "ann-section" + ("" if section.prose else " ann-no-prose") + ("" if section.code else " ann-no-code")
-        out.append(f'<div class="{classes}" id="{section.anchor}">'
-                   f'<div class="ann-docs">{_section_tools(module, section, page, files, config)}{prose.strip()}</div>'
-                   f"{_code_html(module, section) if section.code else ''}</div>")
-    body = "".join(out)
-    first = body.find('<div class="ann-section')
-    if first >= 0:
-        body = body[:first] + '<div class="ann-sections">' + body[first:] + "</div>"
-    return body + tail
-
-
-def _api_content(html_text, module: Module, page, files, config) -> str:
-    meta = [f'<a href="{_url(page, files, module.page)}">Annotated source of <code>{html.escape(module.path)}</code></a>']
-    url = _source_url(config, module.path)
-    if url:
-        meta.append(f'<a href="{html.escape(url)}">source</a>')
-    html_text = html_text.replace("<!--ann-api-meta-->", '<p class="ann-meta" data-search-exclude>' + " · ".join(meta) + "</p>", 1)
-    # after each documented object's heading, a link back to the section that explains it
-    for section in module.annotated.sections:
-        if not section.api_path:
-            continue
-        ident = f"{module.dotted}.{section.api_path}"
-        pattern = re.compile(r'(<h(\d) id="' + re.escape(ident) + r'"[^>]*>.*?</h\2>)', re.S)
-        link = (f'<p class="ann-backlink"><a href="{_url(page, files, module.page, section.anchor)}">'
-                f"Read it annotated</a></p>")
-        html_text = pattern.sub(lambda m: m.group(1) + link, html_text, count=1)
-    return html_text
+def on_post_build(config):
+    search_index.clean(config, _state)
