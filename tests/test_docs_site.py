@@ -446,3 +446,147 @@ def test_public_members_follow_all_and_skip_private_names():
     assert hook.public_members("class A: pass\ndef _b(): pass\ndef c(): pass\n") == ["A", "c"]
     assert hook.public_members("__all__ = ['c']\nclass A: pass\ndef c(): pass\n") == ["c"]
     assert hook.public_members("from x import A\n") == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Links, the reading path, figures and search
+# ---------------------------------------------------------------------------------------------------------------
+
+def _hrefs(path: Path) -> list[str]:
+    return re.findall(r'<(?:a|link)\b[^>]*\bhref="([^"]*)"|<(?:img|script)\b[^>]*\bsrc="([^"]*)"', path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("kind", ["real", "fixture"])
+def test_every_internal_link_opens_a_page_and_its_anchor(kind):
+    site = build_site(kind)
+    ids: dict[Path, set[str]] = {}
+    dead, placeholders, checked = [], [], 0
+    for path in sorted(site.rglob("*.html")):
+        if path.name == "404.html":
+            continue  # served from any folder, so its links are absolute on purpose
+        for href in ("".join(pair) for pair in _hrefs(path)):
+            if "your-org" in href or "example.com" in href:
+                placeholders.append(f"{path.relative_to(site)}: {href}")
+            if re.match(r"^([a-z][a-z0-9+.-]*:|//)", href, re.I) or not href:
+                continue
+            target_path, _, anchor = html_lib.unescape(href).partition("#")
+            target = (path.parent / target_path).resolve() if target_path else path
+            checked += 1
+            if not target.is_file():
+                dead.append(f"{path.relative_to(site)}: {href} (no such file)")
+                continue
+            if anchor and target.suffix == ".html":
+                if target not in ids:
+                    ids[target] = set(re.findall(r'\bid="([^"]+)"', target.read_text(encoding="utf-8")))
+                if anchor not in ids[target]:
+                    dead.append(f"{path.relative_to(site)}: {href} (no id {anchor!r})")
+    assert checked > 100
+    assert not dead, f"{len(dead)} dead links of {checked}:\n" + "\n".join(dead[:20])
+    assert not placeholders, "placeholder links:\n" + "\n".join(placeholders[:10])
+
+
+def _next_chain(site: Path) -> list[str]:
+    """Pages in the order of their Next links, starting at the home page."""
+    chain, page = [], site / "index.html"
+    while page is not None and len(chain) < 500:
+        chain.append(page.relative_to(site).as_posix())
+        found = re.search(r'<a href="([^"]+)" class="md-footer__link md-footer__link--next"', page.read_text(encoding="utf-8"))
+        page = (page.parent / found.group(1)).resolve() if found else None
+    return chain
+
+
+def test_navigation_and_next_links_follow_the_reading_path(real_site):
+    path = load_hook().reading_path.read(yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["extra"])[0]
+    expected = ["index.html"] + [(_page_html(real_site, s.path) if s.path.endswith(".py") else real_site / s.path.replace(".md", ".html"))
+                                 .relative_to(real_site).as_posix() for s in path]
+    chain = _next_chain(real_site)
+    assert chain[: len(expected)] == expected
+    assert all(p.startswith("reference/") for p in chain[len(expected):]), "after the path: the API reference only"
+    # each page is labelled with its own title, in the navigation and the browser's tab
+    model = _page_html(real_site, "labml_nn/neox/model.py").read_text(encoding="utf-8")
+    assert "<title>GPT-NeoX model - The annotated GPT-NeoX</title>" in model
+    assert "<title>__init__.py" not in (real_site / "labml_nn" / "neox" / "index.html").read_text(encoding="utf-8")
+
+
+def test_the_reading_path_names_the_line_to_add_or_remove():
+    rp = load_hook().reading_path
+    stops, problems = rp.read({"reading_path": {"The model": ["labml_nn/neox/model.py", {"labml_nn/neox/gone.py": "x"}]}})
+    assert not problems
+    found = rp.check(stops, ["labml_nn/neox/model.py", "labml_nn/neox/hub.py"])
+    assert any("`labml_nn/neox/gone.py` does not exist; remove the line `- labml_nn/neox/gone.py: x`" in p for p in found)
+    assert any("labml_nn/neox/hub.py exists but is not on the reading path: add the line `- labml_nn/neox/hub.py:" in p
+               and "after the line `- labml_nn/neox/model.py`" in p for p in found)
+
+
+def test_a_module_missing_from_the_reading_path_fails_the_strict_build(tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(FIXTURE_PROJECT, project, symlinks=True)
+    (project / "labml_nn" / "neox" / "extra.py").write_text('"""# Extra\n\nNot on the path."""\nX = 1\n')
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    config["extra"]["reading_path"] = yaml.safe_load((FIXTURE_PROJECT / "reading_path.yml").read_text())
+    (project / "mkdocs.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    (project / "docs").symlink_to(ROOT / "docs", target_is_directory=True)
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+                            cwd=project, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0
+    assert "labml_nn/neox/extra.py exists but is not on the reading path: add the line" in result.stderr + result.stdout
+
+
+def test_home_page_map_follows_the_reading_path_and_says_where_to_start(real_site):
+    text = (real_site / "index.html").read_text(encoding="utf-8")
+    map_ = text[text.index('id="a-map-of-the-modules"'):]
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    stops = load_hook().reading_path.read(config["extra"])[0]
+    positions = [map_.index(f"<code>{s.path}</code>") for s in stops if s.path.endswith(".py")]
+    assert positions == sorted(positions)
+    assert 'href="labml_nn/neox/model.html"' in text and "start with the" in text
+
+
+def test_prose_links_our_symbols_from_the_code_itself(real_site):
+    hook = load_hook()
+    modules = hook.load_modules(ROOT)
+    index = hook.crosslinks.build_index(modules)
+    # every public class of the package is found where it is defined, whatever file that is
+    for m in modules:
+        for name in hook.public_members("\n".join(m.annotated.lines)):
+            if name in index and m.path.startswith("labml_nn/"):
+                assert index[name].path == m.path, name
+    assert index["NeoXConfig"].path == "labml_nn/neox/config.py"
+    assert index["config.py"].path == "labml_nn/neox/config.py"
+    model = _page_html(real_site, "labml_nn/neox/model.py").read_text(encoding="utf-8")
+    assert re.search(r'<a class="ann-xref" href="config.html#src-NeoXConfig"><code>NeoXConfig</code></a>', model)
+    # most annotated pages link to two or more other annotated pages
+    pages = {m.path: _page_html(real_site, m.path) for m in modules}
+    linking = 0
+    for path, page in pages.items():
+        targets = {(page.parent / href.split("#")[0]).resolve() for href in
+                   re.findall(r'<a (?:class="ann-xref" )?href="([^"#:]+\.html)(?:#[^"]*)?"', page.read_text(encoding="utf-8"))}
+        linking += len(targets & {p.resolve() for p in pages.values()} - {page.resolve()}) >= 2
+    assert linking >= 0.6 * len(pages), f"only {linking} of {len(pages)} pages link to two or more others"
+
+
+def test_figures_are_drawn_and_placed_beside_their_code(real_site):
+    makers = load_hook().figures.figure_makers
+    for spec in makers.FIGURES:
+        page = _page_html(real_site, spec["module"]).read_text(encoding="utf-8")
+        found = re.search(rf'<figure class="ann-figure[^"]*" id="figure-{spec["name"]}"><a href="([^"]+)"[^>]*>'
+                          rf'<img src="\1" alt="([^"]+)">', page)
+        assert found, f"figure {spec['name']} is not on {spec['module']}'s page"
+        svg = (_page_html(real_site, spec["module"]).parent / found.group(1)).read_text(encoding="utf-8")
+        assert "<svg" in svg and svg.count("<path") + svg.count("<use") + svg.count("<image") >= 5, spec["name"]
+    assert len(makers.FIGURES) >= 7
+
+
+def test_search_index_has_no_latex_finds_code_and_ranks_annotated_pages_first(real_site):
+    import json
+
+    index = json.loads((real_site / "search" / "search_index.json").read_text(encoding="utf-8"))
+    docs = index["docs"]
+    raw = [d["location"] for d in docs if re.search(r"\\\(|\\\[|\\begin\{|\\frac|\$\$", d["text"])]
+    assert not raw, f"LaTeX in search previews: {raw[:5]}"
+    assert any("scaled_dot_product_attention" in d["text"] and d["location"].startswith("labml_nn/neox/model.html#")
+               for d in docs), "identifiers of the code column are findable"
+    boosts = {d["location"].split("#")[0]: d.get("boost", 1) for d in docs}
+    assert boosts["labml_nn/neox/model.html"] > boosts["reference/labml_nn/neox/model.html"]
+    assert not any(d["location"].startswith("source/") for d in docs)

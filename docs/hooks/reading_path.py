@@ -75,7 +75,7 @@ def check(stops: list[Stop], existing: list[str]) -> list[str]:
                             f"remove the line `- {stop.path}{': ' + stop.teaches if stop.teaches else ''}`")
     for path in existing:
         if path not in listed:
-            neighbour = _neighbour(path, stops)
+            neighbour = _neighbour(path, [s for s in stops if s.path in have])
             where = f"in part {neighbour.part!r}, after the line `- {neighbour.path}`" if neighbour else "in a part"
             problems.append(f"{path} exists but is not on the reading path: add the line "
                             f"`- {path}: <what the page teaches>` to `extra: reading_path:` in mkdocs.yml, {where}")
@@ -83,7 +83,7 @@ def check(stops: list[Stop], existing: list[str]) -> list[str]:
 
 
 def _neighbour(path: str, stops: list[Stop]) -> Stop | None:
-    """The listed file of the same folder that comes last, as a suggestion of where a new one goes."""
+    """The listed (existing) file of the same folder that comes last: a suggestion of where a new one goes."""
     folder = path.rsplit("/", 1)[0] if "/" in path else ""
     same = [s for s in stops if (s.path.rsplit("/", 1)[0] if "/" in s.path else "") == folder]
     return same[-1] if same else None
