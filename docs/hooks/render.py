@@ -14,9 +14,11 @@ characters), and the line numbers stay beside the lines they number.
 
 from __future__ import annotations
 
+import ast
 import html
 import logging
 import re
+import textwrap
 
 import crosslinks
 import figures
@@ -78,6 +80,36 @@ def _links(module, state, page, files, title_of) -> str:
     return ('<p class="ann-builds-on" data-search-exclude>' + "; ".join(parts) + ".</p>") if parts else ""
 
 
+def _imports_prose(module, section, state, page, files) -> str:
+    """
+    Prose for a block of imports that has none: what it brings in, our modules linked. (An import block is
+    otherwise an empty prose cell at the top of every page.)
+    """
+    try:
+        tree = ast.parse(textwrap.dedent("\n".join(module.annotated.lines[n - 1] for n in section.code)))
+    except SyntaxError:
+        return ""
+    if not tree.body or not all(isinstance(node, (ast.Import, ast.ImportFrom)) for node in tree.body):
+        return ""
+    outside = []
+    for node in tree.body:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        for name in names:
+            top = name.split(".")[0]
+            if top and top != "labml_nn" and not getattr(node, "level", 0) and top not in outside:
+                outside.append(top)
+    # (a module imports from the package at its top, so what it builds on is what this block imports)
+    ours = state["builds_on"].get(module.path, [])
+    parts = []
+    if outside:
+        parts.append(", ".join(f"<code>{html.escape(n)}</code>" for n in outside))
+    if ours:
+        links = [f'<a href="{url(page, files, state["by_path"][p].page)}">{html.escape(state["title_of"][p])}</a>'
+                 for p in ours]
+        parts.append("from this project " + ", ".join(links))
+    return f'<p class="ann-imports">Imports: {"; ".join(parts)}.</p>' if parts else ""
+
+
 def module_page(html_text: str, module, state, page, files, config, source_url, check_maths) -> str:
     title_of = state["title_of"]
     meta = [f'<span class="ann-meta-path">{html.escape(module.path)}</span>',
@@ -104,13 +136,15 @@ def module_page(html_text: str, module, state, page, files, config, source_url, 
         section = module.annotated.sections[int(index)]
         check_maths(prose, f"{module.path}:{section.first_line}")
         prose = xref(prose.strip(), section.anchor)
+        if not section.prose and section.code:
+            prose = _imports_prose(module, section, state, page, files)
         for figure in placed.get(section.anchor, []):
             drawn = figures.figure_html(figure, url(page, files, figure.src_uri))
             if figure.wide:
                 out.append(f'<div class="ann-figure-row">{drawn}</div>')
             else:
                 prose += drawn
-        classes = "ann-section" + ("" if section.prose or section.anchor in placed else " ann-no-prose")
+        classes = "ann-section" + ("" if prose else " ann-no-prose")
         classes += "" if section.code else " ann-no-code"
         code = f'<div class="ann-code">{code_lines(module, section.code)}</div>' if section.code else ""
         out.append(f'<div class="{classes}" id="{section.anchor}">'
