@@ -55,8 +55,8 @@ def residual(root: Path):
             graph = Boxes().trace(layer, concrete_args={"cache": None})
         nodes, level, edges = [], {}, []
         for node in graph.nodes:
-            if node.op == "placeholder" and node.name != "x":
-                continue
+            if (node.op == "placeholder" and node.name != "x") or node.name.startswith("_assert"):
+                continue  # the cache (None here) and fx's check that it is None
             inputs = [a for a in node.all_input_nodes if a in level]
             level[node] = 1 + max((level[a] for a in inputs), default=-1)
             nodes.append(node)
@@ -104,14 +104,14 @@ def rope(root: Path):
     x[..., : d // 2] = 1.0
     out = RotaryEmbedding(d, 10000.0)(x, offset=0)[0, :, 0]
     plt = _plt()
-    fig, axes = plt.subplots(1, d // 2, figsize=(8, 2.6))
-    for i, ax in enumerate(axes):
+    fig, axes = plt.subplots(2, d // 4, figsize=(5, 5.2))
+    for i, ax in enumerate(axes.flat):
         xs, ys = out[:, i].numpy(), out[:, i + d // 2].numpy()
         ax.add_patch(plt.Circle((0, 0), 1, fill=False, color="#ccc"))
         ax.plot(xs, ys, "-", color="#bbb", lw=0.8)
         ax.scatter(xs, ys, c=range(positions), cmap="viridis", s=22, zorder=3)
         for m in (0, 1, 2, positions - 1):
-            ax.annotate(f"m={m}", (xs[m], ys[m]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(f"m={m}", (xs[m], ys[m]), fontsize=8, xytext=(4, 3), textcoords="offset points")
         ax.set_aspect("equal")
         ax.set_xlim(-1.3, 1.3)
         ax.set_ylim(-1.3, 1.3)
