@@ -627,7 +627,7 @@ def on_page_content(html_text, page, config, files):
     if module is not None:
         def source_url(start, end):
             return _source_url(config, module, page, files, start, end)
-        return render.module_page(html_text, module, state, page, files, config, source_url, _check_maths)
+        return render.module_page(html_text, module, state, page, files, source_url, _check_maths)
     module = state["by_api"].get(src) or state["by_source"].get(src)
     if module is not None and src == module.api_page:
         return render.api_page(html_text, module, page, files,

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import ast
 import html
-import logging
 import re
 import textwrap
 
 import crosslinks
 import figures
-
-log = logging.getLogger("mkdocs.hooks.annotate")
 
 
 def url(page, files, src_uri: str, anchor: str = "") -> str:
@@ -47,7 +44,7 @@ def code_lines(module, numbers) -> str:
     return '<div class="highlight"><pre><code>' + "".join(rows) + "</code></pre></div>"
 
 
-def _section_tools(module, section, page, files, config, source_url) -> str:
+def _section_tools(module, section, page, files, source_url) -> str:
     tools = [f'<a class="ann-permalink" href="#{section.anchor}" title="Link to this section">¶</a>']
     if section.code:
         first, last = section.code[0], section.code[-1]
@@ -110,7 +107,7 @@ def _imports_prose(module, section, state, page, files) -> str:
     return f'<p class="ann-imports">Imports: {"; ".join(parts)}.</p>' if parts else ""
 
 
-def module_page(html_text: str, module, state, page, files, config, source_url, check_maths) -> str:
+def module_page(html_text: str, module, state, page, files, source_url, check_maths) -> str:
     title_of = state["title_of"]
     meta = [f'<span class="ann-meta-path">{html.escape(module.path)}</span>',
             f'<a href="{html.escape(source_url(None, None))}">source</a>']
@@ -148,7 +145,7 @@ def module_page(html_text: str, module, state, page, files, config, source_url, 
         classes += "" if section.code else " ann-no-code"
         code = f'<div class="ann-code">{code_lines(module, section.code)}</div>' if section.code else ""
         out.append(f'<div class="{classes}" id="{section.anchor}">'
-                   f'<div class="ann-docs">{_section_tools(module, section, page, files, config, source_url)}'
+                   f'<div class="ann-docs">{_section_tools(module, section, page, files, source_url)}'
                    f"{prose}</div>{code}</div>")
     body = "".join(out)
     first = body.find('<div class="ann-section')

@@ -34,7 +34,11 @@ _SYMBOLS = {
 
 
 def plain_maths(tex: str) -> str:
-    """A formula as plain text for a search preview: `\\frac{a}{b}` -> `a/b`, `\\theta` -> `θ`, no braces."""
+    """
+    A formula (as it stands in the index's HTML) as plain text for a search preview: `\\frac{a}{b}` -> `(a)/(b)`,
+    `\\theta` -> `θ`, no braces, no alignment marks.
+    """
+    tex = html.unescape(tex)
     tex = re.sub(r"\\(begin|end)\{[a-z*]+\}", " ", tex)
     tex = re.sub(r"\\(left|right|big|Big|bigg|Bigg)\b\.?", "", tex)
     tex = re.sub(r"\\(operatorname|text|mathrm|mathbf|mathcal|mathit|textbf|boldsymbol)\s*\{([^{}]*)\}", r"\2", tex)
@@ -46,7 +50,7 @@ def plain_maths(tex: str) -> str:
     tex = re.sub(r"\\([A-Za-z]+)", lambda m: _SYMBOLS.get(m.group(1), m.group(1)), tex)
     tex = tex.replace("&", "").replace("{", "").replace("}", "")
     tex = re.sub(r"\((\w)\)", r"\1", tex)
-    return re.sub(r"\s+", " ", tex).strip()
+    return html.escape(re.sub(r"\s+", " ", tex).strip(), quote=False)
 
 
 _MATHS = re.compile(r"\\\((.*?)\\\)|\\\[(.*?)\\\]|\\begin\{(align\*?|aligned|equation\*?)\}(.*?)\\end\{\3\}", re.S)
