@@ -47,7 +47,7 @@ def residual(root: Path):
             return name != ""
 
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(5.6, 4.4))
     for ax, parallel in zip(axes, (True, False)):
         layer = model.TransformerLayer(_config(parallel_residual=parallel), 0)
         # moving the input to the layer's device is not a step of the maths (and asks a tensor for its device)
@@ -80,7 +80,7 @@ def residual(root: Path):
             x, y = position[node]
             box = "circle,pad=0.25" if text == "+" else "round,pad=0.35"
             colour = {"Attn": "#c7d7f5", "FFN": "#f5dcc7"}.get(text, "#eeeeee")
-            ax.text(x, y, text, ha="center", va="center", fontsize=11,
+            ax.text(x, y, text, ha="center", va="center", fontsize=12,
                     bbox=dict(boxstyle=box, fc=colour, ec="#444"))
         ax.set_xlim(-2.2, 2.2)
         ax.set_ylim(-max(rows) - 0.6, 0.6)
