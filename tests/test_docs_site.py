@@ -442,3 +442,14 @@ def test_search_index_has_no_latex_finds_code_and_ranks_annotated_pages_first(re
     boosts = {d["location"].split("#")[0]: d.get("boost", 1) for d in docs}
     assert boosts["labml_nn/neox/model.html"] > boosts["reference/labml_nn/neox/model.html"]
     assert not any(d["location"].startswith("source/") for d in docs)
+
+
+def test_a_figure_whose_symbol_is_gone_fails_the_build(monkeypatch):
+    hook = load_hook()
+    spec = dict(name="gone", module="labml_nn/neox/tricky.py", symbol="Gone.method", make=None, depends=(),
+                alt="a figure", caption="a caption")
+    monkeypatch.setattr(hook.figures.figure_makers, "FIGURES", [spec])
+    found = hook.figures.place(FIXTURE_PROJECT, hook.load_modules(FIXTURE_PROJECT))
+    assert found["placed"] == {}
+    assert found["problems"] == ["figure gone: labml_nn/neox/tricky.py has no `Gone.method` any more; point the "
+                                 "figure at the symbol it illustrates (docs/hooks/figure_makers.py, FIGURES)"]

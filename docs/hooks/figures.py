@@ -67,6 +67,10 @@ def _draw(root: Path, make) -> str:
 
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    # `mkdocs serve` rebuilds in the same process: drop the package's modules imported for an earlier figure,
+    # so that a figure is drawn by the code as it is now, not as it was when the server started
+    for name in [m for m in sys.modules if m == "labml_nn" or m.startswith("labml_nn.")]:
+        del sys.modules[name]
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "annotated-neox", "font.size": 10,
                          "font.family": "sans-serif", "axes.spines.top": False, "axes.spines.right": False}):
         fig = make(root)
