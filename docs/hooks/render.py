@@ -73,7 +73,7 @@ def _links(module, state, page, files, title_of) -> str:
         parts.append("Builds on " + ", ".join(link(p) for p in builds_on))
     used_by = [p for p, deps in state["builds_on"].items() if module.path in deps]
     if used_by:
-        parts.append("used by " + ", ".join(link(p) for p in used_by))
+        parts.append(("used by " if parts else "Used by ") + ", ".join(link(p) for p in used_by))
     return ('<p class="ann-builds-on" data-search-exclude>' + "; ".join(parts) + ".</p>") if parts else ""
 
 
