@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # mkdocs loads a hook as a lone file; its sibling modules are imported from the hook's own folder
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import crosslinks  # noqa: E402
 import figures  # noqa: E402
 import reading_path  # noqa: E402
