@@ -3,8 +3,9 @@ The website in a real browser: headless Chromium, driven over the Chrome DevTool
 
 The built site is served on 127.0.0.1 (a `http.server` in a thread, on a free port). Chromium is started with
 `--remote-debugging-pipe`, so the protocol runs over two pipes (file descriptors 3 and 4 of the browser) with no
-websocket library. Each page is opened at 1400 px (prose beside code) and 420 px (a phone: prose above code);
-screenshots go to `test-artifacts/docs/`.
+websocket library. Pages are opened at 1280, 1400 and 1440 px (prose beside code) and at 390 and 420 px (a phone:
+prose above code); screenshots go to `test-artifacts/docs/`. At 1280 px and wider, no code block of an annotated
+page may scroll sideways and no display formula may be clipped; the site must also work opened from disk.
 
 Skipped when no Chromium binary is installed (`apt-get install -y chromium`).
 """
@@ -244,19 +245,19 @@ def _check_layout(browser: Browser, url: str, name: str):
 
 
 def test_fixture_module_side_by_side_when_wide_and_stacked_when_narrow(browser, fixture_url):
-    _check_layout(browser, f"{fixture_url}/labml_nn/neox/tricky/", "fixture-tricky")
+    _check_layout(browser, f"{fixture_url}/labml_nn/neox/tricky.html", "fixture-tricky")
 
 
 def test_real_module_pages_side_by_side_and_stacked(browser, real_url):
     site = build_site("real")
     for name in ("model", "config"):
-        if (site / "labml_nn" / "neox" / name / "index.html").is_file():
-            _check_layout(browser, f"{real_url}/labml_nn/neox/{name}/", f"real-{name}")
+        if (site / "labml_nn" / "neox" / f"{name}.html").is_file():
+            _check_layout(browser, f"{real_url}/labml_nn/neox/{name}.html", f"real-{name}")
 
 
 def test_maths_is_rendered_by_katex(browser, fixture_url, real_url):
     browser.set_width(1400)
-    for url, name in ((f"{fixture_url}/labml_nn/neox/tricky/", "fixture-tricky"), (f"{real_url}/", "real-home")):
+    for url, name in ((f"{fixture_url}/labml_nn/neox/tricky.html", "fixture-tricky"), (f"{real_url}/", "real-home")):
         browser.goto(url)
         counts = browser.evaluate("""({
             katex: document.querySelectorAll('.katex').length,
@@ -279,8 +280,8 @@ def test_maths_is_rendered_by_katex(browser, fixture_url, real_url):
 def test_no_request_leaves_the_machine(browser, fixture_url, real_url):
     browser.events.clear()
     browser.set_width(1400)
-    pages = [f"{real_url}/", f"{fixture_url}/labml_nn/neox/tricky/", f"{fixture_url}/reference/labml_nn/neox/tricky/",
-             f"{fixture_url}/samples/demo/"]
+    pages = [f"{real_url}/", f"{fixture_url}/labml_nn/neox/tricky.html",
+             f"{fixture_url}/reference/labml_nn/neox/tricky.html", f"{fixture_url}/samples/demo.html"]
     for url in pages:
         browser.goto(url)
     # search: the index is fetched and searched locally
@@ -301,7 +302,7 @@ def test_no_request_leaves_the_machine(browser, fixture_url, real_url):
 
 def test_copy_button_and_permalinks(browser, fixture_url):
     browser.set_width(1400)
-    browser.goto(f"{fixture_url}/labml_nn/neox/tricky/#src-decorated")
+    browser.goto(f"{fixture_url}/labml_nn/neox/tricky.html#src-decorated")
     found = browser.evaluate("""({
         copy: document.querySelectorAll('.ann-code .md-code__button[data-md-type=copy], .ann-code .md-clipboard').length,
         sections: document.querySelectorAll('.ann-section').length,
@@ -319,3 +320,91 @@ def test_copy_button_and_permalinks(browser, fixture_url):
     # what the copy button copies is the code, without line numbers
     assert found["copied"] == ("@staticmethod\n@decorator(\n    option=1,  # inside the decorator's brackets\n)\n"
                                "def decorated(x):\n    return x"), found["copied"]
+
+
+# Per page: code blocks wider than their box, and display formulas wider than theirs (after KaTeX has set an
+# over-wide one smaller), or cut without the visible cue of a scrolling formula.
+OVERFLOW = """(() => {
+  const code = [...document.querySelectorAll('.ann-code pre')].filter(pre => {
+    const c = pre.querySelector('code') || pre;
+    return c.scrollWidth > c.clientWidth + 1 || pre.scrollWidth > pre.clientWidth + 1;
+  }).map(pre => pre.closest('[id]').id);
+  const maths = [...document.querySelectorAll('.katex-display')];
+  // beside code, a formula must stay in the prose column; elsewhere, on the screen
+  const right = m => { const docs = m.closest('.ann-docs'); return docs ? docs.getBoundingClientRect().right : window.innerWidth; };
+  const clipped = maths.filter(m => m.scrollWidth > m.clientWidth + 1 || m.getBoundingClientRect().right > right(m) + 1);
+  return {code, blocks: document.querySelectorAll('.ann-code pre').length, maths: maths.length,
+          clipped: clipped.map(m => m.textContent.slice(0, 40)),
+          uncued: clipped.filter(m => !m.classList.contains('ann-math-scrolls')).length,
+          sideways: document.documentElement.scrollWidth > window.innerWidth + 1};
+})()"""
+
+
+def _annotated_pages(site: Path) -> list[str]:
+    return sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html")
+                  if not p.relative_to(site).as_posix().startswith(("reference/", "source/"))
+                  and 'class="ann-sections"' in p.read_text(encoding="utf-8"))
+
+
+def test_no_code_block_scrolls_sideways_and_no_formula_is_clipped_at_1280_and_1440(browser, real_url):
+    site = build_site("real")
+    pages = _annotated_pages(site) + ["index.html"]
+    assert len(pages) >= 10
+    for width in (1280, 1440):
+        browser.set_width(width)
+        bad, blocks, maths = [], 0, 0
+        for page in pages:
+            browser.goto(f"{real_url}/{page}")
+            found = browser.evaluate(OVERFLOW)
+            blocks += found["blocks"]
+            maths += found["maths"]
+            if found["code"] or found["clipped"] or found["sideways"]:
+                bad.append(f"{page}: {found}")
+        assert blocks > 100 and maths >= 10
+        assert not bad, f"at {width} px:\n" + "\n".join(bad)
+
+
+def test_screenshots_and_a_phone_shows_everything(browser, real_url):
+    for width in (1280, 1440, 390):
+        browser.set_width(width)
+        for page, name in (("index.html", "home"), ("labml_nn/neox/model.html", "model"),
+                           ("labml_nn/neox/utils/llm_int8.html", "llm_int8")):
+            browser.goto(f"{real_url}/{page}")
+            browser.screenshot(ARTIFACTS / f"{name}-{width}.png")
+            if name == "model":
+                browser.evaluate("document.getElementById('src-RotaryEmbedding').scrollIntoView()")
+                browser.screenshot(ARTIFACTS / f"{name}-rope-{width}.png")
+            if width == 390:
+                found = browser.evaluate(OVERFLOW)
+                assert not found["sideways"] and not found["code"], found
+                assert found["uncued"] == 0, f"{page}: formulas cut without a cue: {found}"
+
+
+def test_figures_are_rendered_with_alt_text(browser, real_url):
+    site = build_site("real")
+    pages = sorted({p for p in _annotated_pages(site) if 'class="ann-figure' in (site / p).read_text(encoding="utf-8")})
+    browser.set_width(1280)
+    shown = 0
+    for page in pages:
+        browser.goto(f"{real_url}/{page}")
+        figures = browser.evaluate("""Promise.all([...document.querySelectorAll('.ann-figure img')].map(img =>
+            img.decode().then(() => [img.alt, img.naturalWidth, img.getBoundingClientRect().width],
+                              () => [img.alt, 0, 0])))""")
+        for alt, natural, width in figures:
+            assert alt and natural > 0 and width > 150, (page, alt, natural, width)
+            shown += 1
+    assert shown >= 7
+
+
+def test_the_site_works_from_disk(browser):
+    site = build_site("real")
+    browser.set_width(1280)
+    browser.goto((site / "index.html").as_uri())
+    href = browser.evaluate("[...document.querySelectorAll('article a')].find(a => a.getAttribute('href') == "
+                            "'labml_nn/neox/model.html').href")
+    browser.goto(href)
+    found = browser.evaluate("({title: document.title, url: location.href, "
+                             "sections: document.querySelectorAll('.ann-section').length})")
+    browser.screenshot(ARTIFACTS / "from-disk-model-1280.png")
+    assert found["url"].startswith("file://") and found["url"].endswith("/labml_nn/neox/model.html"), found
+    assert found["title"].startswith("GPT-NeoX model") and found["sections"] > 10, found

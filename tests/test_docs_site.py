@@ -1,5 +1,6 @@
 """
-Tests of the website: the annotating parser of `docs/hooks/annotate.py` on tricky sources, and the built site.
+Tests of the built website: pages, links, the reading path, figures and search (the parser behind the pages
+is tested in `test_docs_parser.py`, the pages in a browser in `test_docs_browser.py`).
 
 The site is built twice, once per session (`build_site`, shared with `test_docs_browser.py`):
 
@@ -25,6 +26,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_PROJECT = ROOT / "tests" / "fixtures" / "docs" / "project"
@@ -54,10 +56,11 @@ def _source_modules(root: Path) -> list[str]:
 
 
 def _page_html(site: Path, module_path: str) -> Path:
+    """The built page of a module (`use_directory_urls: false`: files, not folders, so that file:// works)."""
     stem = module_path[:-3]
     if stem.endswith("/__init__"):
-        stem = stem[: -len("/__init__")]
-    return site / stem / "index.html"
+        stem = stem[: -len("__init__")] + "index"
+    return site / f"{stem}.html"
 
 
 @functools.cache
@@ -73,7 +76,10 @@ def build_site(kind: str) -> Path:
         # the real machinery (config, hook, docs) over fixed sources
         project = tmp / "project"
         project.mkdir()
-        shutil.copy(ROOT / "mkdocs.yml", project / "mkdocs.yml")
+        # the fixture's own reading path, in place of the real one
+        config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+        config["extra"]["reading_path"] = yaml.safe_load((FIXTURE_PROJECT / "reading_path.yml").read_text())
+        (project / "mkdocs.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         (project / "docs").symlink_to(ROOT / "docs", target_is_directory=True)
         for name in ("labml_nn", "samples"):
             (project / name).symlink_to(FIXTURE_PROJECT / name, target_is_directory=True)
@@ -179,7 +185,8 @@ def test_every_module_page_shows_sections_of_code_with_real_line_numbers(real_si
         source_lines = (ROOT / module).read_text(encoding="utf-8").splitlines()
         if not any(s.code for s in load_hook().parse("\n".join(source_lines)).sections):
             continue  # a docstring-only `__init__.py`
-        lines = re.findall(r'<span class="ann-line[^"]*" data-ln="(\d+)">(.*?)</span>\n', text)
+        lines = re.findall(r'<span class="ann-line[^"]*" id="L\d+" data-ln="(\d+)" style="--i:\d+">(.*?)</span>'
+                           r'(?=<span class="ann-line|</code>)', text)
         assert lines, f"{module}: no code lines on its page"
         for number, line_html in lines:
             shown = html_lib.unescape(re.sub(r"<[^>]+>", "", line_html))
@@ -187,12 +194,12 @@ def test_every_module_page_shows_sections_of_code_with_real_line_numbers(real_si
 
 
 def test_fixture_pages_have_sections_with_prose_beside_code(fixture_site):
-    page = parse_page(fixture_site / "labml_nn" / "neox" / "tricky" / "index.html")
+    page = parse_page(fixture_site / "labml_nn" / "neox" / "tricky.html")
     assert page.sections >= 10
     assert page.sections_with_prose_and_code >= 8
-    sample = parse_page(fixture_site / "samples" / "demo" / "index.html")
+    sample = parse_page(fixture_site / "samples" / "demo.html")
     assert sample.sections_with_prose_and_code >= 1
-    text = (fixture_site / "samples" / "demo" / "index.html").read_text(encoding="utf-8")
+    text = (fixture_site / "samples" / "demo.html").read_text(encoding="utf-8")
     assert "How to run" in text and "What it prints" in text
 
 
@@ -214,7 +221,7 @@ def test_no_raw_latex_outside_math(kind):
 
 
 def test_fixture_maths_is_marked_for_katex_in_intro_and_in_side_by_side_prose(fixture_site):
-    text = (fixture_site / "labml_nn" / "neox" / "tricky" / "index.html").read_text(encoding="utf-8")
+    text = (fixture_site / "labml_nn" / "neox" / "tricky.html").read_text(encoding="utf-8")
     intro = text[text.index('class="ann-intro"'):text.index('class="ann-sections"')]
     assert intro.count('class="arithmatex"') >= 3, "inline, display and align maths of the module docstring"
     assert r"\begin{align}" in intro
@@ -247,19 +254,38 @@ def test_katex_fonts_are_vendored(real_site):
 
 
 def test_pages_link_to_api_reference_and_back(fixture_site):
-    page = (fixture_site / "labml_nn" / "neox" / "tricky" / "index.html").read_text(encoding="utf-8")
-    assert 'href="../../../reference/labml_nn/neox/tricky/#labml_nn.neox.tricky.Outer.Inner.value"' in page
-    api = (fixture_site / "reference" / "labml_nn" / "neox" / "tricky" / "index.html").read_text(encoding="utf-8")
+    page = (fixture_site / "labml_nn" / "neox" / "tricky.html").read_text(encoding="utf-8")
+    assert 'href="../../reference/labml_nn/neox/tricky.html#labml_nn.neox.tricky.Outer.Inner.value"' in page
+    api = (fixture_site / "reference" / "labml_nn" / "neox" / "tricky.html").read_text(encoding="utf-8")
     assert 'id="labml_nn.neox.tricky.Outer"' in api
-    assert 'href="../../../../labml_nn/neox/tricky/#src-Outer.Inner.value"' in api
+    assert 'href="../../../labml_nn/neox/tricky.html#src-Outer.Inner.value"' in api
     assert "_private" not in api
-    # sections link to their lines in the repository, on the host configured in mkdocs.yml
-    assert re.search(r'href="https://[^"]+/blob/main/labml_nn/neox/tricky\.py#L38-L44"', page)
+
+
+def test_source_links_open_the_sites_own_copy_without_a_repository(fixture_site):
+    # mkdocs.yml sets no repo_url: a section's line range opens the plain source page at its first line
+    page = (fixture_site / "labml_nn" / "neox" / "tricky.html").read_text(encoding="utf-8")
+    assert re.search(r'<a class="ann-source" href="../../source/labml_nn/neox/tricky\.py\.html#L38"[^>]*>L38–44</a>',
+                     page)
+    source = (fixture_site / "source" / "labml_nn" / "neox" / "tricky.py.html").read_text(encoding="utf-8")
+    lines = TRICKY.read_text(encoding="utf-8").splitlines()
+    assert all(f'id="L{n}"' in source for n in range(1, len(lines) + 1))
+    assert "github.com" not in page and "your-org" not in page
+
+
+def test_source_links_go_to_the_repository_when_one_is_configured():
+    from types import SimpleNamespace
+
+    hook = load_hook()
+    module = SimpleNamespace(path="labml_nn/neox/tricky.py")
+    config = SimpleNamespace(repo_url="https://example.org/owner/name/", extra={"source_branch": "dev"})
+    assert hook._source_url(config, module, None, None, 38, 44) == \
+        "https://example.org/owner/name/blob/dev/labml_nn/neox/tricky.py#L38-L44"
 
 
 def test_every_sample_page_says_how_to_run_it_and_what_it_prints(real_site):
     for sample in sorted((ROOT / "samples").glob("*.py")):
-        text = (real_site / "samples" / sample.stem / "index.html").read_text(encoding="utf-8")
+        text = (real_site / "samples" / f"{sample.stem}.html").read_text(encoding="utf-8")
         intro = text[text.find('class="ann-intro"'):]
         for heading in ("How to run", "What it prints"):
             assert re.search(rf"<h\d[^>]*>{heading}", intro), (
@@ -273,151 +299,157 @@ def test_home_page_lists_every_module_page(real_site):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The parser, on sources that broke Pycco-style annotators
+# Links, the reading path, figures and search
 # ---------------------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tricky():
-    return load_hook().parse(TRICKY.read_text(encoding="utf-8"))
+def _hrefs(path: Path) -> list[str]:
+    return re.findall(r'<(?:a|link)\b[^>]*\bhref="([^"]*)"|<(?:img|script)\b[^>]*\bsrc="([^"]*)"', path.read_text(encoding="utf-8"))
 
 
-def _section(annotated, qualname):
-    found = [s for s in annotated.sections if s.qualname == qualname]
-    assert len(found) == 1, f"{qualname}: {len(found)} sections"
-    return found[0]
+@pytest.mark.parametrize("kind", ["real", "fixture"])
+def test_every_internal_link_opens_a_page_and_its_anchor(kind):
+    site = build_site(kind)
+    ids: dict[Path, set[str]] = {}
+    dead, placeholders, checked = [], [], 0
+    for path in sorted(site.rglob("*.html")):
+        if path.name == "404.html":
+            continue  # served from any folder, so its links are absolute on purpose
+        for href in ("".join(pair) for pair in _hrefs(path)):
+            if "your-org" in href or "example.com" in href:
+                placeholders.append(f"{path.relative_to(site)}: {href}")
+            if re.match(r"^([a-z][a-z0-9+.-]*:|//)", href, re.I) or not href:
+                continue
+            target_path, _, anchor = html_lib.unescape(href).partition("#")
+            target = (path.parent / target_path).resolve() if target_path else path
+            checked += 1
+            if not target.is_file():
+                dead.append(f"{path.relative_to(site)}: {href} (no such file)")
+                continue
+            if anchor and target.suffix == ".html":
+                if target not in ids:
+                    ids[target] = set(re.findall(r'\bid="([^"]+)"', target.read_text(encoding="utf-8")))
+                if anchor not in ids[target]:
+                    dead.append(f"{path.relative_to(site)}: {href} (no id {anchor!r})")
+    assert checked > 100
+    assert not dead, f"{len(dead)} dead links of {checked}:\n" + "\n".join(dead[:20])
+    assert not placeholders, "placeholder links:\n" + "\n".join(placeholders[:10])
 
 
-def _code(annotated, section) -> list[str]:
-    return [annotated.lines[n - 1] for n in section.code]
+def _next_chain(site: Path) -> list[str]:
+    """Pages in the order of their Next links, starting at the home page."""
+    chain, page = [], site / "index.html"
+    while page is not None and len(chain) < 500:
+        chain.append(page.relative_to(site).as_posix())
+        found = re.search(r'<a href="([^"]+)" class="md-footer__link md-footer__link--next"', page.read_text(encoding="utf-8"))
+        page = (page.parent / found.group(1)).resolve() if found else None
+    return chain
 
 
-def _all_code(annotated) -> str:
-    return "\n".join(line for s in annotated.sections for line in _code(annotated, s))
+def test_navigation_and_next_links_follow_the_reading_path(real_site):
+    path = load_hook().reading_path.read(yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["extra"])[0]
+    expected = ["index.html"] + [(_page_html(real_site, s.path) if s.path.endswith(".py") else real_site / s.path.replace(".md", ".html"))
+                                 .relative_to(real_site).as_posix() for s in path]
+    chain = _next_chain(real_site)
+    assert chain[: len(expected)] == expected
+    assert all(p.startswith("reference/") for p in chain[len(expected):]), "after the path: the API reference only"
+    # each page is labelled with its own title, in the navigation and the browser's tab
+    model = _page_html(real_site, "labml_nn/neox/model.py").read_text(encoding="utf-8")
+    assert "<title>GPT-NeoX model - The annotated GPT-NeoX</title>" in model
+    assert "<title>__init__.py" not in (real_site / "labml_nn" / "neox" / "index.html").read_text(encoding="utf-8")
 
 
-def test_module_docstring_is_the_introduction_and_keeps_its_latex(tricky):
-    assert tricky.intro.startswith("# Tricky module")
-    assert r"$$\operatorname{softmax}\left(\frac{q k^\top}{\sqrt{D}}\right) v$$" in tricky.intro
-    assert "\\begin{align}\na &= b + c \\\\\nd &= e\n\\end{align}" in tricky.intro
-    assert "# A Markdown heading inside a docstring is prose" in tricky.intro
-    assert "Tricky module" not in _all_code(tricky)
+def test_the_reading_path_names_the_line_to_add_or_remove():
+    rp = load_hook().reading_path
+    stops, problems = rp.read({"reading_path": {"The model": ["labml_nn/neox/model.py", {"labml_nn/neox/gone.py": "x"}]}})
+    assert not problems
+    found = rp.check(stops, ["labml_nn/neox/model.py", "labml_nn/neox/hub.py"])
+    assert any("`labml_nn/neox/gone.py` does not exist; remove the line `- labml_nn/neox/gone.py: x`" in p for p in found)
+    assert any("labml_nn/neox/hub.py exists but is not on the reading path: add the line `- labml_nn/neox/hub.py:" in p
+               and "after the line `- labml_nn/neox/model.py`" in p for p in found)
 
 
-def test_shebang_and_encoding_lines_stay_in_the_code(tricky):
-    first = tricky.sections[0]
-    assert first.prose == ""
-    assert _code(tricky, first)[:2] == ["#!/usr/bin/env python3", "# -*- coding: utf-8 -*-"]
+def test_a_module_missing_from_the_reading_path_fails_the_strict_build(tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(FIXTURE_PROJECT, project, symlinks=True)
+    (project / "labml_nn" / "neox" / "extra.py").write_text('"""# Extra\n\nNot on the path."""\nX = 1\n')
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    config["extra"]["reading_path"] = yaml.safe_load((FIXTURE_PROJECT / "reading_path.yml").read_text())
+    (project / "mkdocs.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    (project / "docs").symlink_to(ROOT / "docs", target_is_directory=True)
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+                            cwd=project, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0
+    assert "labml_nn/neox/extra.py exists but is not on the reading path: add the line" in result.stderr + result.stdout
 
 
-def test_comments_at_the_end_of_a_code_line_stay_in_the_code(tricky):
-    assert "import re  # a comment at the end of a code line stays in the code" in _code(tricky, tricky.sections[0])
-    assert not any("a comment at the end" in s.prose for s in tricky.sections)
+def test_home_page_map_follows_the_reading_path_and_says_where_to_start(real_site):
+    text = (real_site / "index.html").read_text(encoding="utf-8")
+    map_ = text[text.index('id="a-map-of-the-modules"'):]
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    stops = load_hook().reading_path.read(config["extra"])[0]
+    positions = [map_.index(f"<code>{s.path}</code>") for s in stops if s.path.endswith(".py")]
+    assert positions == sorted(positions)
+    assert 'href="labml_nn/neox/model.html"' in text and "start with the" in text
 
 
-def test_strings_that_look_like_comments_stay_in_the_code(tricky):
-    code = _all_code(tricky)
-    assert "# not a heading: this line is inside a string" in code
-    assert 'HASH = "# not a comment"' in code
-    assert 'URL = "http://example.com/#fragment"' in code
-    assert 'PATTERN = f"{URL}#{HASH}"' in code
-    assert not any("not a heading" in s.prose or "not a comment" in s.prose for s in tricky.sections)
-
-
-def test_a_comment_run_is_one_paragraphed_prose_block(tricky):
-    rules = [s for s in tricky.sections if s.prose.startswith("The merge rules")]
-    assert len(rules) == 1
-    assert rules[0].prose == ("The merge rules, one per tensor.\n\nA blank comment line is a paragraph break; "
-                              "the comment inside the brackets below stays in the code.")
-    assert _code(tricky, rules[0]) == ["RULES = {", "    # concatenated on dim 0",
-                                       '    "word_embeddings.weight": 0,', "}"]
-
-
-def test_decorators_stay_with_their_def_and_the_docstring_is_its_prose(tricky):
-    s = _section(tricky, "decorated")
-    assert s.prose == ("A comment block right above a decorated function\njoins the function's docstring in one "
-                       "section.\n\n" r"The docstring of `decorated`, with $\theta_i = b^{-2i/d}$.")
-    assert _code(tricky, s) == ["@staticmethod", "@decorator(", "    option=1,  # inside the decorator's brackets",
-                                ")", "def decorated(x):", "    return x"]
-    assert s.code == [38, 39, 40, 41, 42, 44], "real line numbers, with the docstring's line left out"
-    assert s.api_path == "decorated"
-
-
-def test_closing_quotes_on_a_text_line_end_the_docstring(tricky):
-    s = _section(tricky, "closing_on_text_line")
-    assert s.prose == "First line.\n\nThe closing quotes are on this text line."
-    code = _code(tricky, s)
-    assert code[0] == "def closing_on_text_line():"
-    assert code[1] == '    return "not a docstring" + \'"""\''
-    assert not any("closing quotes" in line for line in code)
-
-
-def test_a_docstring_on_the_def_line_stays_in_the_code(tricky):
-    assert 'def one_liner(): "stays in the code column"' in _all_code(tricky)
-    assert not any("stays in the code column" in s.prose for s in tricky.sections)
-
-
-def test_nested_classes_and_functions_get_their_own_sections(tricky):
-    assert _section(tricky, "Outer").prose.startswith("## The outer class")
-    assert _code(tricky, _section(tricky, "Outer")) == ["class Outer:"]
-    assert _code(tricky, _section(tricky, "Outer.Inner")) == ["    class Inner:"]
-    prop = _section(tricky, "Outer.Inner.value")
-    assert prop.prose == "A property's docstring belongs to the property."
-    assert _code(tricky, prop) == ["        @property", "        def value(self):"]
-    helper = _section(tricky, "Outer.Inner.method.helper")
-    assert helper.prose == "The nested helper."
-    assert helper.api_path is None, "functions inside functions are not in the API reference"
-    assert _section(tricky, "Outer.__init__").api_path == "Outer"
-    assert _section(tricky, "Outer._private").api_path is None
-    assert _section(tricky, "fetch").api_path == "fetch"
-
-
-def test_comments_inside_a_method_are_prose_beside_the_following_lines(tricky):
-    s = [s for s in tricky.sections if s.prose == "a comment inside a method is prose beside the lines that follow"]
-    assert len(s) == 1 and _code(tricky, s[0]) == ["            result = 1"]
-    s = [s for s in tricky.sections if s.prose == "two comment blocks separated by code are two sections"]
-    assert len(s) == 1 and _code(tricky, s[0]) == ["            return result"]
-
-
-def test_a_string_that_is_not_the_first_statement_is_code(tricky):
-    s = _section(tricky, "Outer._private")
-    assert '        "a second string statement is not a docstring"' in _code(tricky, s)
-
-
-def test_the_last_comment_of_a_file_is_a_section_without_code(tricky):
-    last = tricky.sections[-1]
-    assert last.prose == "The last comment of the file, with nothing after it." and last.code == []
-
-
-def test_every_source_line_is_shown_once_or_is_prose(tricky):
+def test_prose_links_our_symbols_from_the_code_itself(real_site):
     hook = load_hook()
-    shown = [n for s in tricky.sections for n in s.code]
-    assert len(shown) == len(set(shown)) and shown == sorted(shown)
-    highlighted = hook.highlight_lines(tricky.lines)
-    assert len(highlighted) == len(tricky.lines)
-    for n, line_html in enumerate(highlighted, 1):
-        assert html_lib.unescape(re.sub(r"<[^>]+>", "", line_html)) == tricky.lines[n - 1]
+    modules = hook.load_modules(ROOT)
+    index = hook.crosslinks.build_index(modules)
+    # every public class of the package is found where it is defined, whatever file that is
+    for m in modules:
+        for name in hook.public_members("\n".join(m.annotated.lines)):
+            if name in index and m.path.startswith("labml_nn/"):
+                assert index[name].path == m.path, name
+    assert index["NeoXConfig"].path == "labml_nn/neox/config.py"
+    assert index["config.py"].path == "labml_nn/neox/config.py"
+    model = _page_html(real_site, "labml_nn/neox/model.py").read_text(encoding="utf-8")
+    assert re.search(r'<a class="ann-xref" href="config.html#src-NeoXConfig"><code>NeoXConfig</code></a>', model)
+    # most annotated pages link to two or more other annotated pages
+    pages = {m.path: _page_html(real_site, m.path) for m in modules}
+    linking = 0
+    for path, page in pages.items():
+        text = page.read_text(encoding="utf-8")
+        article = text[text.index("<article"):text.index("</article>")]  # not the navigation
+        targets = {(page.parent / href).resolve() for href in
+                   re.findall(r'<a (?:class="ann-xref" )?href="([^"#:]+\.html)(?:#[^"]*)?"', article)}
+        linking += len(targets & {p.resolve() for p in pages.values()} - {page.resolve()}) >= 2
+    assert linking >= 0.6 * len(pages), f"only {linking} of {len(pages)} pages link to two or more others"
 
 
-def test_section_anchors_are_unique(tricky):
-    anchors = [s.anchor for s in tricky.sections]
-    assert len(anchors) == len(set(anchors))
+def test_figures_are_drawn_and_placed_beside_their_code(real_site):
+    makers = load_hook().figures.figure_makers
+    for spec in makers.FIGURES:
+        page = _page_html(real_site, spec["module"]).read_text(encoding="utf-8")
+        found = re.search(rf'<figure class="ann-figure[^"]*" id="figure-{spec["name"]}"><a href="([^"]+)"[^>]*>'
+                          rf'<img src="\1" alt="([^"]+)">', page)
+        assert found, f"figure {spec['name']} is not on {spec['module']}'s page"
+        svg = (_page_html(real_site, spec["module"]).parent / found.group(1)).read_text(encoding="utf-8")
+        assert "<svg" in svg and svg.count("<path") + svg.count("<use") + svg.count("<image") >= 5, spec["name"]
+    assert len(makers.FIGURES) >= 7
 
 
-def test_non_raw_docstring_and_tabs_and_crlf():
+def test_search_index_has_no_latex_finds_code_and_ranks_annotated_pages_first(real_site):
+    import json
+
+    index = json.loads((real_site / "search" / "search_index.json").read_text(encoding="utf-8"))
+    docs = index["docs"]
+    raw = [d["location"] for d in docs if re.search(r"\\\(|\\\[|\\begin\{|\\frac|\$\$", d["text"])]
+    assert not raw, f"LaTeX in search previews: {raw[:5]}"
+    assert any("scaled_dot_product_attention" in d["text"] and d["location"].startswith("labml_nn/neox/model.html#")
+               for d in docs), "identifiers of the code column are findable"
+    boosts = {d["location"].split("#")[0]: d.get("boost", 1) for d in docs}
+    assert boosts["labml_nn/neox/model.html"] > boosts["reference/labml_nn/neox/model.html"]
+    assert not any(d["location"].startswith("source/") for d in docs)
+
+
+def test_a_figure_whose_symbol_is_gone_fails_the_build(monkeypatch):
     hook = load_hook()
-    source = 'def f():\r\n    """Tab\\there."""\r\n\treturn 1\r\n'
-    parsed = hook.parse(source)
-    assert parsed.sections[0].prose == "Tab     here.", "the string's value, tabs expanded like inspect.cleandoc"
-    assert parsed.lines[parsed.sections[0].code[-1] - 1] == "    return 1"
-
-
-def test_a_file_that_does_not_parse_still_gets_a_page_of_code():
-    parsed = load_hook().parse("def broken(:\n    pass\n")
-    assert parsed.syntax_error and [s.code for s in parsed.sections] == [[1, 2]]
-
-
-def test_public_members_follow_all_and_skip_private_names():
-    hook = load_hook()
-    assert hook.public_members("class A: pass\ndef _b(): pass\ndef c(): pass\n") == ["A", "c"]
-    assert hook.public_members("__all__ = ['c']\nclass A: pass\ndef c(): pass\n") == ["c"]
-    assert hook.public_members("from x import A\n") == []
+    spec = dict(name="gone", module="labml_nn/neox/tricky.py", symbol="Gone.method", make=None, depends=(),
+                alt="a figure", caption="a caption")
+    monkeypatch.setattr(hook.figures.figure_makers, "FIGURES", [spec])
+    found = hook.figures.place(FIXTURE_PROJECT, hook.load_modules(FIXTURE_PROJECT))
+    assert found["placed"] == {}
+    assert found["problems"] == ["figure gone: labml_nn/neox/tricky.py has no `Gone.method` any more; point the "
+                                 "figure at the symbol it illustrates (docs/hooks/figure_makers.py, FIGURES)"]

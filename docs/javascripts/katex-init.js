@@ -32,10 +32,39 @@
     }
   }
 
+  // A display formula wider than its column is set smaller, down to 70%; if it still does not fit, it scrolls,
+  // and the class ann-math-scrolls draws the cue (annotate.css). Run again when the window is resized.
+  function fit(root) {
+    var nodes = (root || document).querySelectorAll(".katex-display");
+    for (var i = 0; i < nodes.length; i++) {
+      var el = nodes[i];
+      el.style.fontSize = "";
+      el.classList.remove("ann-math-scrolls");
+      var scale = 1;
+      while (el.scrollWidth > el.clientWidth + 1 && scale > 0.7) {
+        scale = Math.max(0.7, scale * Math.min(0.95, el.clientWidth / el.scrollWidth));
+        el.style.fontSize = scale + "em";
+      }
+      if (el.scrollWidth > el.clientWidth + 1) el.classList.add("ann-math-scrolls");
+    }
+  }
+
+  function renderAndFit(root) {
+    render(root);
+    fit(root);
+    if (document.fonts && document.fonts.ready) document.fonts.ready.then(function () { fit(root); });
+  }
+
+  var resizing = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizing);
+    resizing = setTimeout(function () { fit(document); }, 100);
+  });
+
   if (typeof document$ !== "undefined") {
     // Material's observable: fires on the first load and after every instant navigation
-    document$.subscribe(function () { render(document); });
+    document$.subscribe(function () { renderAndFit(document); });
   } else {
-    document.addEventListener("DOMContentLoaded", function () { render(document); });
+    document.addEventListener("DOMContentLoaded", function () { renderAndFit(document); });
   }
 })();

@@ -17,6 +17,8 @@ Errors are `CheckpointError`s whose messages say what to do; the command prints 
 and exits with status 1.
 """
 
+# The command line is thin: each command calls one function of the package, which does the work and raises a
+# `CheckpointError` whose message says what went wrong and what to do.
 import argparse
 import sys
 from typing import List, Optional
@@ -25,6 +27,8 @@ from .convert import DTYPES, WARN_ABOVE, format_report, merge_checkpoint
 from .download import BASE_URL, default_dir, download_20b
 from .files import CheckpointError
 
+# What `merge --help` prints before the options: what SRC may be, how each kind of tensor is merged, and the
+# promise that a failed merge leaves nothing behind.
 MERGE_HELP = """\
 Merge a gpt-neox checkpoint's tensor-parallel ranks into a single-rank checkpoint.
 
@@ -49,6 +53,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      description="Download, merge and convert GPT-NeoX checkpoints.")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    # `merge SRC OUT --format hf|neox`: where from, where to and in which layout; then how to treat the tensors
+    # every rank holds a copy of, an optional dtype, a report of how far apart those copies were, and the limits
+    # (pickles to trust, shard size) that only matter for some checkpoints.
     merge = commands.add_parser("merge", help="merge tensor-parallel ranks into one (gpt-neox or HF format)",
                                 description=MERGE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     merge.add_argument("src", help="checkpoint folder (pipeline, sequential or Hugging Face layout), or a Hugging "
@@ -79,6 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                             "layer; the merge holds one shard in memory)")
     merge.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only on success)")
 
+    # `download [DEST]`: the 20B slim weights over HTTP, resumable, into a folder that `merge` and the loader read.
     download = commands.add_parser("download", help="download the GPT-NeoX-20B slim weights (resumable)",
                                    description="Download the GPT-NeoX-20B slim weights (about 39 GB: both "
                                                "tensor-parallel ranks, config, tokenizer). Interrupted downloads "
@@ -86,6 +94,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     download.add_argument("dest", nargs="?", default=None, help=f"destination folder (default {default_dir()})")
     download.add_argument("--base-url", default=BASE_URL, help="where the slim weights are served")
 
+    # Run the command. An error of ours is expected (a missing file, a wrong layout): print its message, which
+    # names the file and the fix, without a traceback, and exit with status 1.
     args = parser.parse_args(argv)
     try:
         if args.command == "download":

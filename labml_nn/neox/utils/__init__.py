@@ -1,6 +1,19 @@
 r"""
 # Utilities
 
-The pieces that sit around the model: the key-value cache for decoding (`cache.py`), LLM.int8 quantization
-(`llm_int8.py`), and fine-tuning and training (`finetune.py`, `text_dataset.py`, `trainer.py`).
+The pieces that sit around the model, each a module of its own so that it can be read (and copied) alone:
+
+* **Decoding fast.** `cache.py` holds the key-value cache: the keys and values of the tokens already seen, so
+  that generating one more token runs only that token through the layers. The caller owns the cache and passes
+  it to every `forward`; nothing is kept between generations behind the caller's back.
+* **Using less memory.** `llm_int8.py` stores the weights of the linear layers in 8 bits and multiplies most of
+  each product in int8, keeping the few outlier features of large models in floating point; it halves the
+  memory of a layer and leaves its results almost unchanged.
+* **Training.** `text_dataset.py` turns a text file into windows of token ids, `finetune.py` chooses which
+  parameters train (all, the biases only, a few layers) and saves only those, and `trainer.py` is the loop that
+  trains `model.py`'s modules on one process or several.
+* **Command lines.** `cli.py` holds what every sample and command shares: where the demo model is, the dtype
+  names and their default.
+
+None of these modules is needed to run the model itself: `model.py` and `config.py` are enough for that.
 """

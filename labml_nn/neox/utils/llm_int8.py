@@ -161,8 +161,7 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
-        # $\alpha$; 0 turns the decomposition off (plain vector-wise int8)
-        self.threshold = threshold
+        self.threshold = threshold  # alpha, the outlier threshold; 0 turns the decomposition off (plain int8)
         self.weight = nn.Parameter(torch.zeros(out_features, in_features, dtype=torch.int8, device=device),
                                    requires_grad=False)
         self.register_buffer("weight_step", torch.ones(out_features, dtype=torch.float32, device=device))
