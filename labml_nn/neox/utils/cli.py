@@ -18,6 +18,12 @@ together with the demo checkpoint's.
 otherwise `labml-nn-neox` in the user's cache folder (`$XDG_CACHE_HOME`, by default `~/.cache`), never the current
 folder or the installed package.
 
+Errors follow one convention in every command (`run_command`): a usage error (a wrong or missing argument) exits
+with status 2, a data error (a file, key or value that is not what it should be) with status 1, each as one line
+`error: ...` on standard error that names the argument, file or key and says what to do. A traceback is printed
+only when asked for, with `--debug` or `LABML_NN_NEOX_DEBUG=1`. `ArgumentParser` is argparse's parser with that
+convention: its own errors become usage errors, and it has the `--debug` flag.
+
 `HelpFormatter` makes `--help` state each option's default once. argparse's `ArgumentDefaultsHelpFormatter`
 appends `(default: X)` to every option, which reads badly when the help already says what happens by default
 ("the demo model") or when the default is `None` and the option simply means "not given".
@@ -92,3 +98,68 @@ def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def quiet_bitsandbytes_import():
     import logging
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+# ## Errors
+class UsageError(Exception):
+    """The command was called wrongly (an argument is missing, malformed or contradicts another): exit status 2."""
+
+
+class DataError(Exception):
+    """What the command was given is not what it should be (a file, a key, a value): exit status 1."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are `UsageError`s, with a `--debug` flag."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true",
+                          help="on an error, print the whole traceback instead of one line (or set "
+                               "LABML_NN_NEOX_DEBUG=1)")
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _debugging(argv) -> bool:
+    return "--debug" in argv or os.environ.get("LABML_NN_NEOX_DEBUG", "") not in ("", "0")
+
+
+def run_command(main, argv=None) -> int:
+    r"""
+    Run a command's `main(argv)` under the convention above and return its exit status: `main`'s own (0 when it
+    returns `None`), 2 for a `UsageError`, 1 for a data error (`DataError`, a checkpoint or config error, an
+    `OSError` such as a missing file or a full disk), 130 on Ctrl-C. Any other exception is a bug of ours: one line
+    saying so, exit status 1. Use it as `sys.exit(run_command(main))`.
+    """
+    import sys
+    import traceback
+    from labml_nn.neox.checkpoint.files import CheckpointError
+    from labml_nn.neox.config import ConfigError
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        status = main(argv)
+        return 0 if status is None else int(status)
+    except SystemExit as e:
+        # argparse's --help, and commands that still stop with a message of their own
+        if isinstance(e.code, str):
+            print(f"error: {e.code}", file=sys.stderr)
+            return 1
+        return e.code or 0
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 (the one place where every error becomes a message)
+        if _debugging(argv):
+            traceback.print_exc()
+        if isinstance(e, UsageError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, (DataError, CheckpointError, ConfigError, OSError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"error: an unexpected {type(e).__name__}: {e}. This is a bug of ours: rerun with --debug and "
+              f"report the traceback", file=sys.stderr)
+        return 1
