@@ -176,7 +176,3 @@ class LayerGenerator:
             module = make_llm_int8_layer(module, threshold=self.llm_int8_threshold,
                                          implementation=self.llm_int8_implementation)
         return module
-
-
-# The checkpoint's tensor names and shapes must be the module's. `load_state_dict` would also complain, but it
-# cannot say which part or config key is at fault.
