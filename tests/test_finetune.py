@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from helpers import write_tiny_tokenizer
+from labml_nn.neox.checkpoint import CheckpointError
 from labml_nn.neox.config import NeoXConfig
 from labml_nn.neox.loader import LayerGenerator
 from labml_nn.neox.model import build_layers
@@ -165,7 +166,7 @@ def test_merging_trained_tensors_into_the_base_checkpoint(tiny_checkpoint, tmp_p
 def test_an_existing_folder_is_not_overwritten_by_default(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(CheckpointError, match="already exists"):
         write_checkpoint(tmp_path / "out", tiny_layers())
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     # Nothing half-written is left beside it
@@ -195,6 +196,6 @@ def test_finetune_sample_writes_a_checkpoint_that_loads(tiny_checkpoint, tmp_pat
 
 def test_an_output_path_that_is_a_file_is_refused_with_a_message(tmp_path):
     (tmp_path / "out").write_text("a file")
-    with pytest.raises(FileExistsError, match="is a file"):
+    with pytest.raises(CheckpointError, match="is a file"):
         write_checkpoint(tmp_path / "out", tiny_layers())
     assert (tmp_path / "out").read_text() == "a file"

@@ -9,9 +9,10 @@ a transformers `GPTNeoXForCausalLM` folder (`format="hf"`). It is what
 Two promises make it safe to run on the 39 GB 20B checkpoint:
 
 * **Nothing half-written.** The output is built in a temporary folder beside `out` (`out.tmp-XXXX`, on the same
-  file system, so the final step is a rename) and appears under its name only when every part is written.
-  If anything fails, the temporary folder is removed, `out` does not exist, and the error names the file or
-  tensor at fault. An existing `out` is left alone unless `overwrite=True`.
+  file system, so the final step is a rename) and appears under its name only when every part is written
+  (`atomic.py`). If anything fails, or the run is interrupted or terminated, the temporary folder is removed,
+  `out` does not exist, and the error names the file or tensor at fault. An existing `out` is left alone
+  unless `overwrite=True`, and a folder that appears at `out` during the merge is never touched.
 * **Memory near one layer.** Parts are read, merged and written one at a time (`Checkpoint.parts()`), with
   the source files memory-mapped.
 
@@ -28,13 +29,12 @@ different models, and it is worth evaluating both (`--replicated first` vs the d
 """
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 
+from .atomic import atomic_folder
 from .files import CheckpointError
 from .merge import Divergence
 from .reader import open_checkpoint
@@ -61,12 +61,14 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
         raise CheckpointError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}.")
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; remove it, choose another name, or pass --overwrite.")
+    # The report's folder is checked now, not after 39 GB are written
+    if report is not None and not Path(report).expanduser().absolute().parent.is_dir():
+        raise CheckpointError(f"--report {report}: the folder {Path(report).parent} does not exist; create it or "
+                              f"choose another path.")
 
     # Opening checks the layout, the config and that every file is present, before anything is written.
     ckpt = open_checkpoint(src, trust_pickle=trust_pickle, replicated=replicated, revision=revision)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out, overwrite=overwrite) as tmp:
         parts = _with_progress(ckpt, progress)
         config = ckpt.config.with_updates(tensor_parallel_size=1)
         torch_dtype = DTYPES[dtype] if dtype else None
@@ -78,10 +80,6 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
                                   dtype=torch_dtype, mlp_names=mlp_names or ckpt.mlp_names)
         result = divergence_report(ckpt.divergence, warn_above, source=str(src), replicated=replicated,
                                    tensor_parallel_size=ckpt.config.tensor_parallel_size)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if report is not None:
         Path(report).write_text(json.dumps(result, indent=2))
     return result
@@ -94,17 +92,6 @@ def _with_progress(ckpt, progress: bool):
     keys = ckpt.part_keys()
     for part, layer in (monit.iterate("Merge", keys) if progress else keys):
         yield part, layer, ckpt.read(part, layer)
-
-
-# With `overwrite`, the old folder is moved aside first and deleted only once the new one is in place
-def _replace(tmp: Path, out: Path):
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=out.name + ".old-", dir=out.parent))
-        out.rename(old / out.name)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ## The report

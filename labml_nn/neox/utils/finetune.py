@@ -38,9 +38,7 @@ checkpoint, which any tool that reads gpt-neox checkpoints can load.
 """
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -201,28 +199,15 @@ def write_checkpoint(out_dir: Union[str, Path], modules: Sequence[nn.Module], *,
     in too (such as the file of fine-tuned tensors).
     """
     from labml_nn.neox.checkpoint import write_neox_checkpoint
+    from labml_nn.neox.checkpoint.atomic import atomic_folder
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file, not a folder; choose another output folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another folder or allow overwriting")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    # An empty folder at `out` (made by the user for us) counts as free
+    replace = overwrite or (out.is_dir() and not out.is_symlink() and not any(out.iterdir()))
+    with atomic_folder(out, overwrite=replace) as tmp:
         write_neox_checkpoint(tmp, modules[0].config, model_parts(modules, dtype),
                               tensor_parallel_size=tensor_parallel_size, tokenizer_path=tokenizer_path)
         for f in extra_files:
             shutil.copyfile(f, tmp / Path(f).name)
-        # `mkdtemp` makes a folder only its owner can read; give the checkpoint the usual permissions
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 
