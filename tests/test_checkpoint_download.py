@@ -1,11 +1,13 @@
 r"""
 The downloader, offline: a local HTTP server on 127.0.0.1 serves a tiny fake tree of the 20B slim weights.
-A download resumes from `NAME.part` with a `Range` request, and a file appears under its final name only when
-its size matches what the server announced.
+A download resumes from `NAME.part` with a `Range` request (and `If-Range`, so a file that changed on the server
+is fetched whole), and a file appears under its final name only when its size matches what the server announced.
+The server's misbehaviours (`Server.mode`) are shared with the hostile battery (`test_hostile.py`).
 """
 
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -17,11 +19,14 @@ TREE = {"20B_tokenizer.json": b'{"model": {}}' * 50, "configs/20B.yml": b"num-la
 
 
 class Server:
-    """Serves `TREE`; `mode` makes it misbehave: "cut" sends half the body and closes, "bad_total" announces a
-    total size smaller than the file in `Content-Range`."""
+    """Serves `tree` (by default `TREE`) with an `ETag` per file, honouring `Range` and `If-Range`; `mode` makes it
+    misbehave: "cut" sends half the body and closes, "bad_total" announces a total size smaller than the file in
+    `Content-Range`, "no_length" omits `Content-Length` (and cuts with "cut"), "no_content_range" answers 206
+    without `Content-Range`, "html" answers every request with an HTML page, "ignore_if_range" resumes whatever the
+    `If-Range` says."""
 
-    def __init__(self):
-        self.mode, self.ranges = None, []
+    def __init__(self, tree=None):
+        self.mode, self.ranges, self.tree = None, [], dict(TREE if tree is None else tree)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -29,20 +34,34 @@ class Server:
                 pass
 
             def do_GET(self):
-                body = TREE.get(self.path.lstrip("/"))
+                body = server.tree.get(self.path.lstrip("/"))
                 if body is None:
                     self.send_error(404)
                     return
+                if server.mode == "html":
+                    page = b"<html><body>Please log in</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
+                etag = f'"{zlib.crc32(body):08x}-{len(body)}"'
                 start = 0
-                if "Range" in self.headers:
+                if_range = self.headers.get("If-Range")
+                resume = if_range in (None, etag) or server.mode == "ignore_if_range"
+                if "Range" in self.headers and resume:
                     server.ranges.append(self.headers["Range"])
                     start = int(self.headers["Range"].split("=")[1].rstrip("-"))
                     self.send_response(206)
                     total = len(body) - 7 if server.mode == "bad_total" else len(body)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{total}")
+                    if server.mode != "no_content_range":
+                        self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{total}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
+                self.send_header("ETag", etag)
+                if server.mode != "no_length":
+                    self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 payload = body[start:]
                 if server.mode == "stall":
@@ -56,6 +75,14 @@ class Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def begin_part(folder, name, n):
+    """A `.part` of `n` bytes as an interrupted run leaves it, with the ETag the server gave when it began
+    (which the resumed request sends as `If-Range`)."""
+    body = TREE[name]
+    (folder / (name + ".part")).write_bytes(body[:n])
+    (folder / (name + ".part.etag")).write_text(f'"{zlib.crc32(body):08x}-{len(body)}"')
 
 
 @pytest.fixture
@@ -87,7 +114,7 @@ def test_downloads_a_tree_and_skips_complete_files(server, tmp_path):
 def test_a_partial_file_is_resumed_with_a_range_request(server, tmp_path):
     name = "global_step150000/layer_00-model_00-model_states.pt"
     (tmp_path / name).parent.mkdir(parents=True)
-    (tmp_path / (name + ".part")).write_bytes(TREE[name][:1000])
+    begin_part(tmp_path, name, 1000)
     download_file(server.url + name, tmp_path / name, progress=False)
     assert server.ranges == ["bytes=1000-"]
     assert (tmp_path / name).read_bytes() == TREE[name]
@@ -119,7 +146,7 @@ def test_a_connection_that_stalls_mid_file_is_a_download_error_and_resumes(serve
 def test_a_size_mismatch_leaves_no_complete_looking_file(server, tmp_path):
     name = "global_step150000/layer_00-model_00-model_states.pt"
     (tmp_path / name).parent.mkdir(parents=True)
-    (tmp_path / (name + ".part")).write_bytes(TREE[name][:100])
+    begin_part(tmp_path, name, 100)
     server.mode = "bad_total"
     with pytest.raises(DownloadError, match="announced"):
         download_file(server.url + name, tmp_path / name, progress=False)

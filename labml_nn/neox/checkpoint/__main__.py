@@ -2,7 +2,7 @@ r"""
 # The command line
 
 ```
-python -m labml_nn.neox.checkpoint download [DEST] [--base-url URL]
+python -m labml_nn.neox.checkpoint download [DEST] [--base-url URL] [--verify]
 python -m labml_nn.neox.checkpoint merge SRC OUT --format hf|neox [--revision REV] [--mlp-names dense|linear]
                                          [--replicated average|first]
                                          [--dtype float16|bfloat16|float32] [--report R.json]
@@ -13,8 +13,9 @@ python -m labml_nn.neox.checkpoint merge SRC OUT --format hf|neox [--revision RE
 `download` fetches the 20B slim weights (`download.py`); `merge` writes a single-rank copy of any checkpoint,
 in gpt-neox's layout or Hugging Face's (`convert.py`). `--help` on either explains every option.
 
-Errors are `CheckpointError`s whose messages say what to do; the command prints the message (no traceback)
-and exits with status 1.
+Errors follow the convention of every command here (`utils/cli.py`): a wrong argument exits with status 2, a
+file or value that is not what it should be (a `CheckpointError`) with status 1, each as one line `error: ...`
+that says what to do; `--debug` prints the traceback too.
 """
 
 # The command line is thin: each command calls one function of the package, which does the work and raises a
@@ -24,8 +25,9 @@ import sys
 from typing import List, Optional
 
 from .convert import DTYPES, WARN_ABOVE, format_report, merge_checkpoint
-from .download import BASE_URL, default_dir, download_20b
+from .download import BASE_URL, default_dir, download_20b, verify_20b
 from .files import CheckpointError
+from ..utils.cli import ArgumentParser, run_command
 
 # What `merge --help` prints before the options: what SRC may be, how each kind of tensor is merged, and the
 # promise that a failed merge leaves nothing behind.
@@ -49,7 +51,12 @@ The output is written to OUT.tmp-XXXX beside OUT and renamed at the end: on fail
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labml_nn.neox.checkpoint",
+    """Run the command line; returns the exit status (0, 1 for a data error, 2 for a usage error)."""
+    return run_command(_run, argv)
+
+
+def _run(argv: List[str]) -> int:
+    parser = ArgumentParser(prog="python -m labml_nn.neox.checkpoint",
                                      description="Download, merge and convert GPT-NeoX checkpoints.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -93,26 +100,35 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                "resume from NAME.part; complete files are skipped.")
     download.add_argument("dest", nargs="?", default=None, help=f"destination folder (default {default_dir()})")
     download.add_argument("--base-url", default=BASE_URL, help="where the slim weights are served")
+    download.add_argument("--verify", action="store_true",
+                          help="download nothing: recompute every file's SHA-256 and compare it with the one "
+                               "recorded in DEST/SHA256SUMS when the file completed")
 
-    # Run the command. An error of ours is expected (a missing file, a wrong layout): print its message, which
-    # names the file and the fix, without a traceback, and exit with status 1.
+    # Run the command. An error of ours is expected (a missing file, a wrong layout): it is a `CheckpointError`
+    # whose message names the file and the fix, and `run_command` prints it as one line with exit status 1.
     args = parser.parse_args(argv)
-    try:
-        if args.command == "download":
-            path = download_20b(args.dest, base_url=args.base_url)
-            print(f"Downloaded to {path}")
+    if args.command == "download":
+        if args.verify:
+            problems = verify_20b(args.dest)
+            if problems:
+                raise CheckpointError(f"{len(problems)} file(s) failed verification:\n  " + "\n  ".join(problems))
+            print(f"Every file in {args.dest or default_dir()} matches its recorded SHA-256")
             return 0
-        report = merge_checkpoint(args.src, args.out, format=args.format, replicated=args.replicated,
-                                  dtype=args.dtype, trust_pickle=args.trust_pickle, overwrite=args.overwrite,
-                                  report=args.report, warn_above=args.warn_above,
-                                  max_shard_bytes=args.max_shard_mb * 1024 ** 2, revision=args.revision,
-                                  mlp_names=args.mlp_names)
-        print(format_report(report))
-        print(f"Wrote {args.out} ({args.format})")
+        path = download_20b(args.dest, base_url=args.base_url)
+        print(f"Downloaded to {path}")
         return 0
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.max_shard_mb < 1:
+        parser.error(f"--max-shard-mb {args.max_shard_mb} must be at least 1")
+    if not args.warn_above >= 0:
+        parser.error(f"--warn-above {args.warn_above} must be a number >= 0")
+    report = merge_checkpoint(args.src, args.out, format=args.format, replicated=args.replicated,
+                              dtype=args.dtype, trust_pickle=args.trust_pickle, overwrite=args.overwrite,
+                              report=args.report, warn_above=args.warn_above,
+                              max_shard_bytes=args.max_shard_mb * 1024 ** 2, revision=args.revision,
+                              mlp_names=args.mlp_names)
+    print(format_report(report))
+    print(f"Wrote {args.out} ({args.format})")
+    return 0
 
 
 if __name__ == "__main__":

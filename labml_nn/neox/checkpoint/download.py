@@ -11,7 +11,8 @@ A 39 GB download will be interrupted, so each file is fetched **resumably and at
 * bytes go to `NAME.part`; a later run asks the server only for the rest (an HTTP `Range` request) and
   appends;
 * when the `.part` file has exactly the size the server announced, it is renamed to `NAME`. A file under its
-  final name is therefore always complete, and files already complete are skipped;
+  final name is therefore always complete, and files already complete are skipped. A server that does not
+  announce the size never gets a file finalised on its word;
 * if the size comes out wrong (a connection closed early, or a server that sent more than it announced), no
   file appears under the final name: a short `.part` is kept to resume from, an over-long one is deleted.
 
@@ -26,7 +27,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from .files import CheckpointError
 
@@ -52,6 +53,13 @@ class DownloadError(CheckpointError):
 
 
 # ## One file
+#
+# What the server says is checked before a byte is kept: an HTML page (an error or login page served with
+# status 200) is not a checkpoint file; a `206 Partial Content` must say which bytes it holds (`Content-Range`),
+# and they must start where our `.part` ends. A `.part` is resumed only with `If-Range`, carrying the `ETag` (or
+# `Last-Modified`) the server gave when the `.part` was begun: if the file changed on the server since, the server
+# answers with the whole new file (status 200) instead of splicing its end onto our old beginning. Without such
+# a validator we cannot know, so we start again.
 def download_file(url: str, dest: Path, *, progress: bool = True, timeout: float = 60.0) -> Path:
     r"""
     Fetch `url` to `dest`, resuming from `dest.part` if it exists. Returns `dest`.
@@ -61,10 +69,14 @@ def download_file(url: str, dest: Path, *, progress: bool = True, timeout: float
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    validator_file = dest.with_name(dest.name + ".part.etag")
+    offset = part.stat().st_size if part.is_file() else 0
+    validator = validator_file.read_text().strip() if offset and validator_file.is_file() else ""
+    if not validator:
+        offset = 0
+    headers = {"Range": f"bytes={offset}-", "If-Range": validator} if offset else {}
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:
             # The server has nothing past our offset: the `.part` is at least as long as the file. We cannot
@@ -76,22 +88,42 @@ def download_file(url: str, dest: Path, *, progress: bool = True, timeout: float
         raise DownloadError(f"{url}: {e}. Check the connection and run again; downloads resume.") from None
 
     with response:
-        # A 206 continues our `.part`; a 200 means the server ignored the range and sends the whole file.
+        kind = response.headers.get("Content-Type", "")
+        if kind.startswith("text/html") and not dest.name.endswith(".html"):
+            raise DownloadError(f"{url}: the server sent an HTML page, not {dest.name} (an error or login page?). "
+                                f"Check --base-url; nothing was saved.")
+        served = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
         if response.status == 206:
-            total = int(response.headers["Content-Range"].rsplit("/", 1)[1])
+            # A 206 continues our `.part`, and only if it is the same file and starts at our offset
+            start, total = _content_range(response.headers.get("Content-Range"), url)
+            if start != offset or (served and served != validator):
+                raise DownloadError(f"{url}: the server resumed at byte {start} of a file tagged {served!r}, but "
+                                    f"{part.name} has {offset} bytes of a file tagged {validator!r}. Delete "
+                                    f"{part.name} and run again.")
         else:
-            offset, total = 0, int(response.headers.get("Content-Length", -1))
+            # A 200 is the whole file: the server ignored the range, or the file changed since the `.part` began
+            length = response.headers.get("Content-Length", "")
+            offset, total = 0, int(length) if length.isdigit() else None
+            if served:
+                validator_file.write_text(served)
+            else:
+                validator_file.unlink(missing_ok=True)
         with open(part, "ab" if offset else "wb") as f:
             try:
-                _copy(response, f, offset, total, dest.name, progress)
+                _copy(response, f, offset, total or 0, dest.name, progress)
             except (OSError, http.client.HTTPException) as e:
                 # A timeout or a reset in the middle of the body: what arrived is in the part file
                 f.flush()
                 raise DownloadError(f"{url}: the connection failed after {f.tell()} bytes ({type(e).__name__}: "
                                     f"{e}); {part.name} is kept. Run again to resume.") from None
 
+    # The file gets its final name only when its size is the one the server announced
     size = part.stat().st_size
-    if total >= 0 and size != total:
+    if total is None:
+        raise DownloadError(f"{url}: the server did not say how long {dest.name} is (no Content-Length), so a "
+                            f"complete file cannot be told from a cut one; {part.name} ({size} bytes) is kept. Run "
+                            f"again: the resumed request asks for the size.")
+    if size != total:
         if size > total:
             part.unlink()
             raise DownloadError(f"{url}: received {size} bytes but the server announced {total}; the partial "
@@ -99,7 +131,19 @@ def download_file(url: str, dest: Path, *, progress: bool = True, timeout: float
         raise DownloadError(f"{url}: the connection ended after {size} of {total} bytes; {part.name} is kept. "
                             f"Run again to resume.")
     part.rename(dest)
+    validator_file.unlink(missing_ok=True)
     return dest
+
+
+# `Content-Range: bytes START-END/TOTAL`; anything else in a 206 is a server we cannot trust to resume
+def _content_range(header: Optional[str], url: str):
+    import re
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+)\s*", header or "")
+    if not match:
+        raise DownloadError(f"{url}: the server answered 206 (partial content) with Content-Range {header!r}, "
+                            f"which does not say which bytes it sent; nothing was appended. Run again, or "
+                            f"delete the .part file to download the file whole.")
+    return int(match[1]), int(match[3])
 
 
 def _copy(response, f, offset: int, total: int, name: str, progress: bool):
@@ -118,7 +162,34 @@ def _copy(response, f, offset: int, total: int, name: str, progress: bool):
             monit.progress(done)
 
 
-# ## The whole checkpoint
+# ## The whole checkpoint, and its checksums
+#
+# Each file's SHA-256 is recorded in `SHA256SUMS` at the top of the folder as the file completes, in the format
+# of `sha256sum`, so `sha256sum -c SHA256SUMS` checks the folder too. `verify_20b` (`download --verify`) recomputes
+# them: a file that a disk, a copy or an editor damaged later is named, with what to do.
+SUMS = "SHA256SUMS"
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_sums(dest: Path) -> Dict[str, str]:
+    sums = {}
+    path = Path(dest) / SUMS
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            digest, _, name = line.partition("  ")
+            if name:
+                sums[name] = digest
+    return sums
+
+
 def download_20b(dest: "str | Path | None" = None, *, base_url: str = BASE_URL,
                  files: Optional[List[str]] = None, progress: bool = True) -> Path:
     r"""
@@ -127,6 +198,31 @@ def download_20b(dest: "str | Path | None" = None, *, base_url: str = BASE_URL,
     """
     dest = Path(dest).expanduser() if dest else default_dir()
     base_url = base_url.rstrip("/") + "/"
+    sums = read_sums(dest)
     for name in files if files is not None else slim_20b_files():
-        download_file(base_url + name, dest / name, progress=progress)
+        path = download_file(base_url + name, dest / name, progress=progress)
+        if name not in sums:
+            sums[name] = sha256_file(path)
+            with open(dest / SUMS, "a", encoding="utf-8") as f:
+                f.write(f"{sums[name]}  {name}\n")
     return dest
+
+
+def verify_20b(dest: "str | Path | None" = None, *, files: Optional[List[str]] = None) -> List[str]:
+    r"""
+    Recompute the SHA-256 of every downloaded file and compare it with `SHA256SUMS`. Returns the problems, one
+    line each (an empty list when every file is as downloaded).
+    """
+    dest = Path(dest).expanduser() if dest else default_dir()
+    sums, problems = read_sums(dest), []
+    for name in files if files is not None else slim_20b_files():
+        path = dest / name
+        if not path.is_file():
+            problems.append(f"{path} is missing; run download again")
+        elif name not in sums:
+            problems.append(f"{path} has no recorded SHA-256 in {dest / SUMS} (downloaded by an older version?); "
+                            f"delete it and run download again")
+        elif sha256_file(path) != sums[name]:
+            problems.append(f"{path} changed since it was downloaded (SHA-256 differs); delete it and run "
+                            f"download again")
+    return problems
