@@ -51,23 +51,24 @@ labml also writes the losses to files under `--log-dir`.
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 
-from labml_nn.neox.utils.cli import DTYPES, HelpFormatter, default_dtype, dtype_name, output_home
+from labml_nn.neox.utils.cli import (DTYPES, ArgumentParser, DataError, UsageError, default_dtype, dtype_name,
+                                     output_home, run_command)
 
 # The learning rate that suits each choice: biases tolerate (and need) larger steps than whole matrices
 DEFAULT_LR = {"biases": 1e-3, "ffn": 1e-4, "all": 1e-4}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Fine-tune a GPT-NeoX checkpoint on a text file and write a complete checkpoint that "
-                    "samples/generate.py loads. By default only the biases train (BitFit).",
-        formatter_class=HelpFormatter)
+                    "samples/generate.py loads. By default only the biases train (BitFit).")
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="the checkpoint to start from: 20B slim weights, any gpt-neox checkpoint, a "
                              "Hugging Face GPT-NeoX folder, or a Hub name such as EleutherAI/pythia-160m")
@@ -100,7 +101,46 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow DeepSpeed files that pickle Python objects (only for files you trust)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batches' order and sampling")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+# ## Checks before any work
+#
+# Everything the run needs is checked before the model is loaded, so that a wrong number or path costs a second,
+# not a training run: the counts are positive, the text is a file, `--out` is a folder we may write.
+def check_args(parser: ArgumentParser, args: argparse.Namespace):
+    for name in ("steps", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
+    if args.seq_len is not None and args.seq_len < 2:
+        parser.error(f"--seq-len {args.seq_len} must be at least 2 (a window predicts its tokens after the first)")
+    if not 0 <= args.valid_fraction < 1:
+        parser.error(f"--valid-fraction {args.valid_fraction} must be in [0, 1)")
+    if args.lr is not None and not 0 < args.lr < float("inf"):
+        parser.error(f"--lr {args.lr} must be a positive number")
+    if args.valid_every < 0:
+        parser.error(f"--valid-every {args.valid_every} must be 0 (only at the end) or positive")
+    if not args.text.is_file():
+        parser.error(f"--text {args.text} is not a file; give the UTF-8 text to train on")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file, not a folder; choose a folder to write the checkpoint to")
+    if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
+        parser.error(f"--out {args.out} exists and is not empty: choose another --out, or pass --overwrite")
+
+
+# The written checkpoint is about the size of the model in its stored dtype, plus the trained tensors in fp32.
+# A full disk would otherwise show up after training as PyTorch's `enforce fail at inline_container.cc`.
+def check_free_space(out: Path, modules, stored_dtype: torch.dtype):
+    import shutil
+    need = sum(p.numel() for m in modules for p in m.parameters()) * torch.finfo(stored_dtype).bits // 8
+    need += sum(p.numel() * 4 for m in modules for p in m.parameters() if p.requires_grad)
+    folder = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise DataError(f"--out {out}: the checkpoint needs about {need / 2 ** 20:,.0f} MiB but {folder} has "
+                        f"{free / 2 ** 20:,.0f} MiB free; free some space or choose another --out")
 
 
 # ## Processes
@@ -117,16 +157,14 @@ def init_distributed(device: torch.device) -> int:
     return dist.get_rank()
 
 
-def main(argv: Optional[List[str]] = None):
+def _finetune(argv: Optional[List[str]] = None):
     args = parse_args(argv)
     from labml_nn.neox.loader import LayerGenerator
-    from labml_nn.neox.tokenizer import load_tokenizer
+    from labml_nn.neox.tokenizer import check_vocabulary, load_tokenizer
     from labml_nn.neox.utils.finetune import count_parameters, save_trained, select_trainable, write_checkpoint
     from labml_nn.neox.utils.text_dataset import TokenWindows, split_train_valid, tokenize_file
     from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, labml_experiment
 
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise SystemExit(f"{args.out} exists and is not empty: choose another --out, or pass --overwrite")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = init_distributed(device)
@@ -141,7 +179,7 @@ def main(argv: Optional[List[str]] = None):
                                trust_pickle=args.trust_pickle, progress=None if rank == 0 else False, revision=args.revision)
     config, checkpoint = generator.config, generator.checkpoint
     if checkpoint.tokenizer_path is None:
-        raise SystemExit(f"{args.checkpoint} has no tokenizer file; copy the model's tokenizer.json there")
+        raise DataError(f"{args.checkpoint} has no tokenizer file; copy the model's tokenizer.json there")
     # The dtype the source stores its weights in, which the output keeps
     stored_dtype = next(iter(checkpoint.read("norm").values())).dtype
     modules = list(generator.load())
@@ -155,7 +193,15 @@ def main(argv: Optional[List[str]] = None):
     # Tokenized whole, its end held out for validation, cut into windows of `--seq-len` tokens (the model's
     # context, at most 512, by default).
     tokenizer = load_tokenizer(checkpoint.tokenizer_path)
+    try:
+        check_vocabulary(tokenizer, config.n_vocab, checkpoint.tokenizer_path)
+    except ValueError as e:
+        raise DataError(str(e)) from None
     seq_len = args.seq_len or min(config.n_ctx, 512)
+    if seq_len > config.n_ctx:
+        raise UsageError(f"--seq-len {seq_len} is longer than the model's context, {config.n_ctx} tokens; "
+                         f"choose at most {config.n_ctx}")
+    check_free_space(args.out, modules, stored_dtype)
     train_ids, valid_ids = split_train_valid(tokenize_file(tokenizer, args.text), args.valid_fraction, seq_len)
     train, valid = TokenWindows(train_ids, seq_len), TokenWindows(valid_ids, seq_len) if len(valid_ids) else None
     if rank == 0:
@@ -200,5 +246,11 @@ def main(argv: Optional[List[str]] = None):
         dist.destroy_process_group()
 
 
+# Every error becomes one line and an exit status (2 for a wrong argument, 1 for a bad file or value), see
+# `utils/cli.py`
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_command(_finetune, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

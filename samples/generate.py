@@ -67,18 +67,18 @@ from typing import List, Optional, TextIO
 
 import torch
 
-from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, DTYPES, HelpFormatter, default_dtype, dtype_name
+from labml_nn.neox.utils.cli import (DEMO_CHECKPOINT, DTYPES, ArgumentParser, DataError, UsageError, default_dtype,
+                                     dtype_name, run_command)
 
 
 # ## Command-line arguments
 #
 # Sampling defaults to temperature 0.8 with nucleus sampling at $p = 0.95$; the dtype follows the device.
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Generate text with a GPT-NeoX model (the 20B slim weights, any gpt-neox checkpoint, or a "
                     "Hugging Face GPT-NeoX folder such as Pythia). With no arguments, the bundled Shakespeare "
-                    "demo model generates unconditionally.",
-        formatter_class=HelpFormatter)
+                    "demo model generates unconditionally.")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint folder, or a Hugging Face Hub name such as EleutherAI/pythia-160m "
                              "(default: the demo model inside the installed package)")
@@ -110,24 +110,22 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.output is not None and args.prompt_file is None:
         parser.error("--output is for --prompt-file")
-    if args.max_new_tokens < 1:
-        parser.error("--max-new-tokens must be at least 1")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        parser.error("--top-p must be in (0, 1]")
+    from labml_nn.neox.generation import check_sampling_args
+    try:
+        check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    except ValueError as e:
+        # The library names its arguments as Python does (`top_p`); the command line spells them `--top-p`
+        parser.error("--" + str(e).replace("_", "-", 2))
     if args.dtype is None:
         args.dtype = default_dtype(args.device)
     return args
-
-
-class UsageError(Exception):
-    """Something the user can fix; printed without a traceback."""
 
 
 # ## Loading the model and its tokenizer
 def load(args: argparse.Namespace, progress: bool):
     from labml_nn.neox.checkpoint import CheckpointError
     from labml_nn.neox.loader import LayerGenerator
-    from labml_nn.neox.tokenizer import load_tokenizer
+    from labml_nn.neox.tokenizer import check_vocabulary, load_tokenizer
 
     from labml_nn.neox.checkpoint.hub import is_hub_name
 
@@ -147,8 +145,9 @@ def load(args: argparse.Namespace, progress: bool):
         if tokenizer_path is None:
             raise UsageError(f"No tokenizer found beside {checkpoint} (20B_tokenizer.json or tokenizer.json); "
                              f"pass --tokenizer PATH.")
-        model = torch.nn.Sequential(*generator.load())
         tokenizer = load_tokenizer(tokenizer_path)
+        check_vocabulary(tokenizer, generator.config.n_vocab, tokenizer_path)
+        model = torch.nn.Sequential(*generator.load())
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     return model, tokenizer
@@ -249,7 +248,8 @@ def run_prompt_file(model, tokenizer, args, out: TextIO):
         out.flush()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _generate(argv: Optional[List[str]] = None) -> int:
+    from labml_nn.neox.generation import NonFiniteLogitsError
     args = parse_args(argv)
     # labml draws its progress bar on standard output, with terminal escape codes even when the output is
     # piped. We show it only on a terminal, and never when standard output carries JSON lines; otherwise a
@@ -274,10 +274,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             run_interactive(model, tokenizer, args)
         else:
             run_one(model, tokenizer, args.prompt, args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except NonFiniteLogitsError as e:
+        raise DataError(str(e)) from None
     return 0
+
+
+# Every error becomes one line and an exit status (2 for a wrong argument, 1 for a bad file or value), see
+# `utils/cli.py`
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_command(_generate, argv)
 
 
 if __name__ == "__main__":

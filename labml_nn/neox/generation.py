@@ -89,6 +89,50 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: Option
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+# ## Checking the sampling arguments
+#
+# A wrong argument here does not crash: a negative temperature would quietly mean greedy decoding, `top_p=1.5`
+# would mean no filter, a negative `max_new_tokens` would return the prompt. So every argument is checked once,
+# before the first step, and a wrong one is a `ValueError` that names it and its valid range.
+def check_sampling_args(max_new_tokens: int, temperature: float, top_k: Optional[int], top_p: Optional[float]):
+    import math
+
+    def number(name, value, kinds=(int, float)):
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"{name}={value!r} is not a number")
+        if not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} must be a finite number")
+
+    number("max_new_tokens", max_new_tokens, (int,))
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
+    number("temperature", temperature)
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be 0 (greedy) or positive")
+    if top_k is not None:
+        number("top_k", top_k, (int,))
+        if top_k < 1:
+            raise ValueError(f"top_k={top_k} must be at least 1 (or None for no top-k filter)")
+    if top_p is not None:
+        number("top_p", top_p)
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p={top_p} must be in (0, 1] (or None for no nucleus filter)")
+
+
+# Logits that are NaN or infinite come from weights that are (a half-written or corrupt file, an fp16 overflow
+# when a model trained in bf16 runs in fp16); greedy decoding would then emit token 0 forever and sampling would
+# crash inside `multinomial`. We stop with the likely causes instead.
+class NonFiniteLogitsError(ArithmeticError):
+    """The model produced NaN or infinite logits."""
+
+
+def _check_finite(logits: torch.Tensor, step: int):
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteLogitsError(
+            f"the model's logits are NaN or infinite at generation step {step}: the weights hold NaN/Inf (a corrupt "
+            f"or half-written checkpoint) or overflow in this dtype (try --dtype fp32 or bf16)")
+
+
 @torch.inference_mode()
 def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
@@ -106,6 +150,7 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     On a CPU the first call re-stores the model's fp32 linear weights column by column (see below); their values,
     shapes and names do not change.
     """
+    check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     if prompt_ids.dim() != 2:
         raise ValueError(f"prompt_ids must be [B, T], got shape {tuple(prompt_ids.shape)}")
     batch_size, n_prompt = prompt_ids.shape
@@ -133,8 +178,9 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     finished = torch.zeros(batch_size, dtype=torch.bool, device=prompt_ids.device)
     # The first step runs the whole prompt
     ids = prompt_ids
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         logits = forward(model, ids, cache, last_only=True)[:, -1]
+        _check_finite(logits, step)
         if seed is not None and generator is None:
             generator = torch.Generator(device=logits.device).manual_seed(seed)
         next_ids = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,

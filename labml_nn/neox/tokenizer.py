@@ -50,6 +50,19 @@ def load_tokenizer(path: Union[str, Path], revision: Optional[str] = None) -> To
         raise ValueError(f"{found} is not a tokenizers JSON file ({e})") from None
 
 
+# A tokenizer and a model are a pair: every id the tokenizer can produce must be a row of the model's embedding,
+# or the embedding fails with PyTorch's bare `index out of range in self` at the first unlucky word. The padded
+# vocabulary of the model is larger than the tokenizer (50,432 rows for 50,277 tokens in the 20B model), never
+# smaller; we check it once, when both are loaded.
+def check_vocabulary(tokenizer: Tokenizer, n_vocab: int, tokenizer_path: Union[str, Path, None] = None):
+    """Raise `ValueError` when `tokenizer` has ids outside the model's `n_vocab` embedding rows."""
+    largest = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+    if n_vocab and largest >= n_vocab:
+        raise ValueError(f"the tokenizer {tokenizer_path or ''} has ids up to {largest} but the model's embedding "
+                         f"has {n_vocab} rows: they are not a pair. Pass --tokenizer with the model's own "
+                         f"tokenizer.json")
+
+
 def encode(tokenizer: Tokenizer, text: str) -> List[int]:
     """The ids of `text` alone: no end-of-text or other special token is added around it."""
     return tokenizer.encode(text, add_special_tokens=False).ids
