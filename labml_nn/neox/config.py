@@ -131,6 +131,7 @@ class NeoXConfig:
     # Fill the derived default $4C$ and check the numbers fit together. A frozen dataclass still lets
     # `__post_init__` set a field through `object.__setattr__`.
     def __post_init__(self):
+        check_values("NeoXConfig", asdict(self), FIELD_KINDS)
         if self.d_ff == 0:
             object.__setattr__(self, "d_ff", 4 * self.d_model)
         if self.d_model % self.n_heads != 0:
@@ -179,6 +180,7 @@ class NeoXConfig:
         """
         name, values = _read_yaml(source)
         values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        check_values(name, values, NEOX_VALUE_KINDS)
 
         def get(key, default=None, required=False):
             if key in values and values[key] is not None:
@@ -231,11 +233,14 @@ class NeoXConfig:
                 path = path / "config.json"
             name = str(path)
             try:
-                values = json.loads(path.read_text())
-            except FileNotFoundError:
-                raise ConfigError(f"{name} does not exist") from None
+                values = json.loads(read_config_text(path))
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{name} is not valid JSON ({e})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{name} does not hold a JSON object of config keys but a {type(values).__name__}")
+        check_values(name, values, HF_VALUE_KINDS)
+        for key in ("rope_scaling", "rope_parameters"):
+            check_values(name, values.get(key) or {}, ROPE_VALUE_KINDS, within=f"{key}.")
 
         model_type = values.get("model_type", "gpt_neox")
         if model_type != "gpt_neox":
@@ -346,13 +351,12 @@ def _read_yaml(source) -> "tuple[str, dict]":
 
     path = Path(source)
     try:
-        values = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist") from None
+        values = yaml.safe_load(read_config_text(path))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} does not hold a mapping of config keys")
+        raise ConfigError(f"{path} does not hold a mapping of config keys (`key: value` lines) but a "
+                          f"{type(values).__name__}")
     return str(path), values
 
 
@@ -483,3 +487,98 @@ def _refuse_unbuilt_neox_keys(name: str, values: Mapping[str, Any]):
     if unique is not None and unique != layers:
         raise ConfigError(f"{name}: `num_unique_layers: {unique}` shares weights between the {layers} layers "
                           f"(`param_sharing_style`); supporting it would take reusing layer modules.")
+
+
+# ## Checking the values
+#
+# A config file is input from outside: a number may be a word (`num_layers: four`), a list (`hidden_size: [256]`),
+# zero or negative, and a flag may be the *string* `"false"`, which Python's `bool` reads as true. Each would
+# otherwise surface deep inside as a bare `ValueError`, `ZeroDivisionError` or, worse, a model built from the
+# wrong value. So every key we read is checked once, before it is used, and a wrong one names the file, the key,
+# the value and what it should be. Numbers written as strings (`"1e-5"`, which PyYAML reads as a string) are
+# accepted when they parse; flags must be YAML's `true`/`false`.
+#
+# What each kind accepts: `count` an integer $\geq 1$, `size` an integer $\geq 0$, `positive` a finite number
+# $> 0$, `fraction` a number in $(0, 1]$, `flag` `true` or `false`, `mapping` a `{key: value}` table.
+NEOX_VALUE_KINDS = {
+    "num_layers": "count", "hidden_size": "count", "num_attention_heads": "count", "padded_vocab_size": "size",
+    "intermediate_size": "size", "expansion_factor": "positive", "mlp_multiple_of": "count",
+    "max_position_embeddings": "count", "seq_length": "count", "rotary_pct": "fraction",
+    "rotary_emb_base": "positive", "layernorm_epsilon": "positive", "gpt_j_residual": "flag", "gpt_j_tied": "flag",
+    "bias_gelu_fusion": "flag", "no_weight_tying": "flag", "model_parallel_size": "count",
+    "num_kv_heads": "count", "num_unique_layers": "count", "moe_num_experts": "size", "num_experts": "size",
+}
+HF_VALUE_KINDS = {
+    "num_hidden_layers": "count", "hidden_size": "count", "num_attention_heads": "count", "vocab_size": "count",
+    "intermediate_size": "size", "max_position_embeddings": "count", "layer_norm_eps": "positive",
+    "use_parallel_residual": "flag", "tie_word_embeddings": "flag", "attention_bias": "flag",
+    "rotary_pct": "fraction", "rotary_emb_base": "positive", "eos_token_id": "size",
+    "rope_scaling": "mapping", "rope_parameters": "mapping",
+}
+# Inside `rope_scaling` / `rope_parameters`
+ROPE_VALUE_KINDS = {"factor": "positive", "partial_rotary_factor": "fraction", "rope_theta": "positive"}
+# The same rules for the fields of `NeoXConfig` itself, for configs built in Python
+FIELD_KINDS = {
+    "n_layers": "count", "d_model": "count", "n_heads": "count", "n_vocab": "size", "d_ff": "size",
+    "n_ctx": "count", "rotary_pct": "fraction", "rotary_base": "positive", "rotary_scaling": "positive",
+    "layer_norm_eps": "positive", "parallel_residual": "flag", "tied_layernorms": "flag",
+    "tensor_parallel_size": "count", "eos_token_id": "size",
+}
+WHAT = {"count": "an integer >= 1", "size": "an integer >= 0", "positive": "a finite number > 0",
+        "fraction": "a number in (0, 1]", "flag": "true or false (without quotes)", "mapping": "a {key: value} table"}
+
+
+def _value_ok(kind: str, value) -> bool:
+    import math
+    if kind == "flag":
+        return isinstance(value, bool) or value in (0, 1) and not isinstance(value, (str, float))
+    if kind == "mapping":
+        return isinstance(value, Mapping)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    if not math.isfinite(number):
+        return False
+    if kind in ("count", "size"):
+        return number == int(number) and number >= (1 if kind == "count" else 0)
+    return number > 0 and (kind != "fraction" or number <= 1)
+
+
+def check_values(name: str, values: Mapping[str, Any], kinds: Mapping[str, str], within: str = ""):
+    """Raise `ConfigError` naming `name` and the key for the first value of `values` that is not of its kind."""
+    for key, kind in kinds.items():
+        value = values.get(key)
+        if value is not None and not _value_ok(kind, value):
+            raise ConfigError(f"{name}: `{within}{key}: {value!r}` must be {WHAT[kind]}; fix it in the file")
+
+
+# Config files are read only when they are regular files of a sane size: a named pipe would block forever and a
+# link to `/dev/zero` would fill the memory. They must be UTF-8, as YAML and JSON require.
+MAX_CONFIG_BYTES = 16 * 2 ** 20
+
+
+def read_config_text(path: "str | Path") -> str:
+    """The text of the config file `path`, or a `ConfigError` that says what is wrong with the file."""
+    import os
+    import stat
+    path = Path(path)
+    try:
+        mode, size = os.stat(path).st_mode, os.stat(path).st_size
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"{path} cannot be read ({e.strerror}); check the path and its permissions") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path} is not a regular file (a folder, a pipe or a device); give the config file")
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} has {size:,} bytes; a config is a few kB, so this is not one. Check the path")
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    try:
+        return data[:MAX_CONFIG_BYTES].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start} is {data[e.start]:#04x}); save it as "
+                          f"UTF-8") from None

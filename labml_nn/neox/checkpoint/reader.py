@@ -26,7 +26,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from ..config import ConfigError, NeoXConfig
+from ..config import ConfigError, NeoXConfig, read_config_text
 from ..tokenizer import find_tokenizer
 from .files import CheckpointError
 from .hub import resolve_checkpoint
@@ -223,9 +223,14 @@ def _read_config(layout) -> Tuple[NeoXConfig, str]:
     values, origin = {}, {}
     for f in files:
         try:
-            loaded = yaml.safe_load(f.read_text()) or {}
+            loaded = yaml.safe_load(read_config_text(f)) or {}
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
         except yaml.YAMLError as e:
             raise CheckpointError(f"{f} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise CheckpointError(f"{f} does not hold a mapping of config keys (`key: value` lines) but a "
+                                  f"{type(loaded).__name__}")
         for key, value in loaded.items():
             k = str(key).replace("-", "_")
             if k in values and values[k] != value:
