@@ -75,6 +75,13 @@ def load_torch_file(path: Path, *, trust_pickle: bool = False, what: str = "") -
         raise CheckpointError(_unsafe_message(path, about)) from None
     except CheckpointError:
         raise
+    except UnicodeError:
+        raise CheckpointError(f"The path {path!r}{about} cannot be encoded for this file system; the file is not "
+                              f"the problem: rename the folder with plain characters or set a UTF-8 locale "
+                              f"(LANG=C.UTF-8).") from None
+    except PermissionError:
+        raise CheckpointError(f"{path}{about} cannot be read: permission denied. Check the file's permissions "
+                              f"(it need not be re-downloaded).") from None
     except Exception as e:  # torch raises RuntimeError, EOFError, zipfile or OS errors for damaged files
         raise CheckpointError(f"Could not read {path}{about}: {type(e).__name__}: {e}. The file is probably "
                               f"truncated or corrupt (an interrupted download?); re-download it.") from None

@@ -206,6 +206,32 @@ class SequentialLayout(PipelineLayout):
 
 # ## Hugging Face layout
 #
+# The index of a sharded folder maps each tensor to the file that holds it. It is read like any config (a regular
+# file of sane size, UTF-8, a JSON object), and each file it names must be a plain file name in the folder:
+# an entry such as `../../elsewhere.safetensors` is refused, not followed, and a missing shard is found here,
+# when the folder is opened, not at its layer half-way through a merge.
+def _read_weight_map(folder: Path, name: str) -> Dict[str, str]:
+    from ..config import ConfigError, read_config_text
+    path = folder / name
+    try:
+        index = json.loads(read_config_text(path))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); re-download it.") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{path} is not an index of shards: it needs a `weight_map` object mapping each "
+                              f"tensor name to a file name. Re-download it.")
+    for file in sorted(set(weight_map.values())):
+        if Path(file).name != file or file in (".", ".."):
+            raise CheckpointError(f"{path}: `weight_map` names the file {file!r}, which is not in {folder}; an "
+                                  f"index may only name files beside it. Refusing to follow it.")
+        if not (folder / file).is_file():
+            raise CheckpointError(f"{path} lists the shard {file}, which is missing from {folder}. Download it "
+                                  f"(or the whole folder) again.")
+    return weight_map
+#
 # One rank, so nothing to merge; only the names change. `attention.bias` and `attention.masked_bias` are the
 # causal mask and a constant that transformers 4.x saved as buffers in the Pythia files, and `inv_freq` is the
 # rotary constant our model computes; none of them are weights.
@@ -224,10 +250,7 @@ class HFLayout:
         self.n_layers = 0
         name = next(n for n in self.WEIGHT_FILES if (folder / n).is_file())
         if name.endswith(".index.json"):
-            try:
-                weight_map = json.loads((folder / name).read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{folder / name} is not a valid index of shards ({e}).") from None
+            weight_map = _read_weight_map(folder, name)
         else:
             weight_map = {n: name for n in self._names(folder / name)}
         # Our part names, `(part, layer, name)`, for every stored name that is a weight
@@ -238,6 +261,10 @@ class HFLayout:
                 raise CheckpointError(f"{folder / file}: unexpected tensor `{stored}`; a GPTNeoXForCausalLM has "
                                       f"only gpt_neox.embed_in, gpt_neox.layers.N.*, gpt_neox.final_layer_norm "
                                       f"and embed_out. Refusing to convert a model the merge rules do not cover.")
+            if key in self.where:
+                # `embed_out.weight` and `lm_head.weight` (or a name with and without `gpt_neox.`) are one tensor
+                raise CheckpointError(f"{folder}: both `{self.where[key][0]}` and `{stored}` hold "
+                                      f"{key[2]}; the folder mixes two models. Keep one of them.")
             if key[2] not in HF_BUFFERS:
                 self.where[key] = (stored, file)
 
@@ -249,7 +276,11 @@ class HFLayout:
                     return list(f.keys())
             except Exception as e:
                 raise CheckpointError(f"Could not read {path}: {e}. Re-download it.") from None
-        return list(load_torch_file(path, trust_pickle=self.trust_pickle))
+        state = load_torch_file(path, trust_pickle=self.trust_pickle)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dictionary of named tensors; it "
+                                  f"is not a model's state_dict.")
+        return list(state)
 
     @staticmethod
     def _split(stored: str) -> Optional[Tuple[str, Optional[int], str]]:

@@ -202,6 +202,7 @@ def merge_part(part: str, layer: Optional[int], ranks: List[RankTensors], *, par
     records of the replicated tensors.
     """
     _check_names(part, layer, ranks)
+    _check_tensors(part, layer, ranks)
     merged, records = {}, []
     for name in PART_TENSORS[part] + [n for n in OPTIONAL.get(part, []) if n in ranks[0][1]]:
         copies = [tensors[name] for _, tensors in ranks]
@@ -241,6 +242,19 @@ def _check_names(part: str, layer: Optional[int], ranks: List[RankTensors]):
             if name not in tensors:
                 raise CheckpointError(f"{source}: tensor `{name}` of {describe(part, layer)} is missing. The "
                                       f"file is incomplete or from another architecture; re-download it.")
+
+
+# Every value must be a floating-point tensor with at least one dimension: a number, a string or a 0-dim tensor in
+# a layer file, or integer weights, are a damaged or foreign file, and would otherwise fail far from here.
+def _check_tensors(part: str, layer: Optional[int], ranks: List[RankTensors]):
+    for source, tensors in ranks:
+        for name, t in tensors.items():
+            if not isinstance(t, torch.Tensor) or t.dim() == 0 or not t.is_floating_point():
+                what = (f"a {type(t).__name__}" if not isinstance(t, torch.Tensor) else
+                        f"a 0-dim tensor" if t.dim() == 0 else f"a {t.dtype} tensor")
+                raise CheckpointError(f"{source}: `{name}` of {describe(part, layer)} is {what}, not a "
+                                      f"floating-point weight tensor. The file is damaged or was not written by "
+                                      f"gpt-neox; re-create it from its source.")
 
 
 def _check_same_shape(name: str, ranks: List[RankTensors], copies: List[torch.Tensor]):

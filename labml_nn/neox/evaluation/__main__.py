@@ -66,15 +66,16 @@ from typing import List, Optional
 import torch
 
 from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, LOCAL_TASKS, TEXT_TASK, go_offline, write_local_tasks
-from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, DTYPES, default_dtype, dtype_name, quiet_bitsandbytes_import
+from labml_nn.neox.utils.cli import (DEMO_CHECKPOINT, DTYPES, ArgumentParser, DataError, UsageError, default_dtype,
+                                     dtype_name, quiet_bitsandbytes_import, run_command)
 
 # The four tasks of the published GPT-NeoX-20B table
 DEFAULT_TASKS = "lambada_openai,hellaswag,piqa,winogrande"
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m labml_nn.neox.evaluation",
-                                     description="Evaluate a GPT-NeoX checkpoint with lm-eval 0.4.")
+    parser = ArgumentParser(prog="python -m labml_nn.neox.evaluation",
+                            description="Evaluate a GPT-NeoX checkpoint with lm-eval 0.4.")
     parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT),
                         help="checkpoint folder (20B slim weights, a gpt-neox checkpoint, or a Hugging Face "
                              "GPT-NeoX/Pythia folder); default: the demo model shipped with the package")
@@ -105,7 +106,35 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--bootstrap-iters", type=int, default=1000,
                         help="bootstrap resamples for the standard errors of perplexities (lm-eval's default is "
                              "100000, which takes minutes on LAMBADA)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+# ## Checks before the model is loaded
+#
+# Loading the 20B model takes minutes; a wrong number, a missing file or a misspelt task must cost a second.
+# The task names are checked against lm-eval's index in `evaluate`, also before the model is loaded.
+def check_args(parser: ArgumentParser, args: argparse.Namespace):
+    for name, least in (("batch_size", 1), ("max_length", 1), ("bootstrap_iters", 0)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            parser.error(f"--{name.replace('_', '-')} {value} must be at least {least}")
+    if args.limit is not None and not 0 < args.limit < float("inf"):
+        parser.error(f"--limit {args.limit} must be a positive number of documents (or a fraction < 1)")
+    if not 0 < args.int8_threshold < float("inf"):
+        parser.error(f"--int8-threshold {args.int8_threshold} must be a positive number")
+    for flag, paths in (("--lambada-file", [args.lambada_file] if args.lambada_file else []),
+                        ("--text-file", args.text_file or []), ("--tokenizer", [args.tokenizer] if args.tokenizer
+                                                                  else [])):
+        for path in paths:
+            if not Path(path).is_file():
+                parser.error(f"{flag} {path} is not a file")
+    if args.output and not Path(args.output).absolute().parent.is_dir():
+        parser.error(f"--output {args.output}: the folder {Path(args.output).parent} does not exist; create it")
+    from labml_nn.neox.checkpoint.hub import is_hub_name
+    if not Path(args.checkpoint).exists() and not is_hub_name(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint} does not exist; give a checkpoint folder or a Hub name")
 
 
 def resolve_tasks(args: argparse.Namespace) -> List[str]:
@@ -119,9 +148,9 @@ def resolve_tasks(args: argparse.Namespace) -> List[str]:
     if args.text_file and TEXT_TASK not in tasks:
         tasks.append(TEXT_TASK)
     if LAMBADA_TASK in tasks and not args.lambada_file:
-        raise SystemExit(f"{LAMBADA_TASK} reads a local file: give its path with --lambada-file")
+        raise UsageError(f"{LAMBADA_TASK} reads a local file: give its path with --lambada-file")
     if TEXT_TASK in tasks and not args.text_file:
-        raise SystemExit(f"{TEXT_TASK} reads local text: give the files with --text-file")
+        raise UsageError(f"{TEXT_TASK} reads local text: give the files with --text-file")
     return tasks
 
 
@@ -131,7 +160,7 @@ def load_model(args: argparse.Namespace):
     layer is loaded, so the fp16 model never has to fit on the GPU whole.
     """
     from labml_nn.neox.loader import LayerGenerator
-    from labml_nn.neox.tokenizer import find_tokenizer, load_tokenizer
+    from labml_nn.neox.tokenizer import check_vocabulary, find_tokenizer, load_tokenizer
 
     dtype = DTYPES[args.dtype or default_dtype(args.device)]
     generator = LayerGenerator(args.checkpoint, dtype=dtype, device=args.device, is_llm_int8=args.int8,
@@ -142,8 +171,13 @@ def load_model(args: argparse.Namespace):
     tokenizer_path = args.tokenizer or getattr(generator.checkpoint, "tokenizer_path", None) \
         or find_tokenizer(args.checkpoint)
     if tokenizer_path is None:
-        raise SystemExit(f"No tokenizer found in {args.checkpoint}: pass --tokenizer path/to/20B_tokenizer.json")
-    return model, load_tokenizer(tokenizer_path), dtype
+        raise DataError(f"No tokenizer found in {args.checkpoint}: pass --tokenizer path/to/20B_tokenizer.json")
+    tokenizer = load_tokenizer(tokenizer_path)
+    try:
+        check_vocabulary(tokenizer, generator.config.n_vocab, tokenizer_path)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return model, tokenizer, dtype
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -159,18 +193,22 @@ def evaluate(args: argparse.Namespace) -> dict:
     from labml_nn.neox.evaluation import EvalHarnessAdapter
     from labml_nn.neox.evaluation.tasks import task_manager
 
-    model, tokenizer, dtype = load_model(args)
-    adapter = EvalHarnessAdapter(model, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
     limit = None if args.limit is None else (args.limit if args.limit < 1 else int(args.limit))
-    started = time.time()
     with tempfile.TemporaryDirectory() as task_dir:
         write_local_tasks(task_dir, lambada_file=args.lambada_file, text_files=args.text_file)
+        manager = task_manager(task_dir, include_defaults=not only_local)
+        unknown = [t for t in tasks if t not in manager.all_tasks]
+        if unknown:
+            raise UsageError(f"--tasks: unknown task(s) {', '.join(unknown)}; see `lm-eval ls tasks`, or the local "
+                             f"tasks {', '.join(sorted(LOCAL_TASKS))}")
+        model, tokenizer, dtype = load_model(args)
+        adapter = EvalHarnessAdapter(model, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+        started = time.time()
         try:
-            results = lm_eval.simple_evaluate(model=adapter, tasks=tasks, limit=limit,
-                                              task_manager=task_manager(task_dir, include_defaults=not only_local),
+            results = lm_eval.simple_evaluate(model=adapter, tasks=tasks, limit=limit, task_manager=manager,
                                               log_samples=False, bootstrap_iters=args.bootstrap_iters)
         except ConnectionError as e:
-            raise SystemExit(f"{e}\nA task's data is neither in the `datasets` cache nor reachable. Run once with "
+            raise DataError(f"{e}. A task's data is neither in the `datasets` cache nor reachable. Run once with "
                              f"internet (without --offline) to cache it, or use the local tasks (--lambada-file, "
                              f"--text-file).") from None
     results["run"] = {"checkpoint": str(args.checkpoint), "dtype": str(dtype).replace("torch.", ""),
@@ -213,5 +251,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
     return results
 
 
+# The command: every error becomes one line and an exit status (`utils/cli.py`)
+def command(argv: Optional[List[str]] = None) -> int:
+    def run(arguments) -> int:
+        main(arguments)
+        return 0
+    return run_command(run, argv)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(command())
