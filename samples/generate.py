@@ -146,10 +146,13 @@ def load(args: argparse.Namespace, progress: bool):
             raise UsageError(f"No tokenizer found beside {checkpoint} (20B_tokenizer.json or tokenizer.json); "
                              f"pass --tokenizer PATH.")
         tokenizer = load_tokenizer(tokenizer_path)
-        check_vocabulary(tokenizer, generator.config.n_vocab, tokenizer_path)
-        model = torch.nn.Sequential(*generator.load())
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
+    try:
+        check_vocabulary(tokenizer, generator.config.n_vocab, tokenizer_path)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    model = torch.nn.Sequential(*generator.load())
     return model, tokenizer
 
 

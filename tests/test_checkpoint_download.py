@@ -38,7 +38,8 @@ class Server:
                 if body is None:
                     self.send_error(404)
                     return
-                if server.mode == "html":
+                mode = (server.mode or "").split("+")
+                if "html" in mode:
                     page = b"<html><body>Please log in</body></html>"
                     self.send_response(200)
                     self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -49,28 +50,28 @@ class Server:
                 etag = f'"{zlib.crc32(body):08x}-{len(body)}"'
                 start = 0
                 if_range = self.headers.get("If-Range")
-                resume = if_range in (None, etag) or server.mode == "ignore_if_range"
+                resume = if_range in (None, etag) or "ignore_if_range" in mode
                 if "Range" in self.headers and resume:
                     server.ranges.append(self.headers["Range"])
                     start = int(self.headers["Range"].split("=")[1].rstrip("-"))
                     self.send_response(206)
-                    total = len(body) - 7 if server.mode == "bad_total" else len(body)
-                    if server.mode != "no_content_range":
+                    total = len(body) - 7 if "bad_total" in mode else len(body)
+                    if "no_content_range" not in mode:
                         self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{total}")
                 else:
                     self.send_response(200)
                 self.send_header("ETag", etag)
-                if server.mode != "no_length":
+                if "no_length" not in mode:
                     self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 payload = body[start:]
-                if server.mode == "stall":
+                if "stall" in mode:
                     # Half the body, then silence longer than the client's timeout
                     self.wfile.write(payload[: len(payload) // 2])
                     self.wfile.flush()
                     time.sleep(1.0)
                     return
-                self.wfile.write(payload[: len(payload) // 2] if server.mode == "cut" else payload)
+                self.wfile.write(payload[: len(payload) // 2] if "cut" in mode else payload)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"

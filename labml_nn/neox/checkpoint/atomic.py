@@ -18,9 +18,9 @@ What the helper promises, each kept by a test in `tests/test_hostile.py`:
   cannot be caught. Each temporary folder carries a marker file, `.labml-nn-neox-partial`, holding the
   writer's host and process id; the next run to the same place removes the temporary folders whose marker
   names a process of this host that no longer exists. A folder that merely has a similar name is not touched.
-* **The usual permissions.** `tempfile.mkdtemp` makes folders only their owner can read (mode 0700); we create
-  ours with `os.mkdir`, which follows the umask like every other folder the user makes, so the checkpoint is
-  as readable as the user's other files.
+* **The usual permissions.** `tempfile.mkdtemp` makes folders only their owner can read (mode 0700), and
+  safetensors writes its files 0600. Ours follow the umask like every other file the user makes, so on a shared
+  machine the checkpoint is as readable as the user's other files.
 """
 
 import json
@@ -101,6 +101,18 @@ class _CatchSignals:
             signal.signal(s, handler)
 
 
+# Some writers create their files private whatever the umask (safetensors writes `model.safetensors` with mode
+# 0600), so before publishing, everything in the folder (all of it ours) gets the modes the umask gives a new file
+# or folder: with the usual umask 022, readable by everyone, writable by the owner.
+def _follow_umask(tmp: Path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for folder, subfolders, files in os.walk(tmp):
+        os.chmod(folder, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+
+
 # ## Publishing
 #
 # `rename` of a folder onto an *empty* folder replaces it silently on Linux, so a plain rename could remove a
@@ -161,6 +173,7 @@ def atomic_folder(out: "str | Path", *, overwrite: bool = False) -> Iterator[Pat
             _write_marker(tmp)
             yield tmp
             (tmp / MARKER).unlink()
+            _follow_umask(tmp)
             now = _identity(out)
             if now is not None and (not overwrite or now != before):
                 published = True  # complete: never delete it, say where it is
