@@ -46,7 +46,9 @@ biases summed (parallel residual) or treated as replicated (sequential residual)
 norms) are averaged or taken from rank 0, and how far apart their copies were is reported: a table of the
 worst tensors, all of them in --report, and a warning above --warn-above.
 
-The output is written to OUT.tmp-XXXX beside OUT and renamed at the end: on failure, OUT does not exist.
+The output is written to OUT.tmp-XXXX beside OUT and renamed at the end: on failure, Ctrl-C, SIGTERM or SIGHUP,
+OUT does not exist and OUT.tmp-XXXX is removed (after a SIGKILL, by the next merge to OUT). A folder that appears
+at OUT meanwhile is never touched: the merge stops and keeps both.
 """
 
 
@@ -97,7 +99,8 @@ def _run(argv: List[str]) -> int:
     download = commands.add_parser("download", help="download the GPT-NeoX-20B slim weights (resumable)",
                                    description="Download the GPT-NeoX-20B slim weights (about 39 GB: both "
                                                "tensor-parallel ranks, config, tokenizer). Interrupted downloads "
-                                               "resume from NAME.part; complete files are skipped.")
+                                               "resume from NAME.part; complete files are skipped. Each file's "
+                                               "SHA-256 is recorded in DEST/SHA256SUMS as it completes.")
     download.add_argument("dest", nargs="?", default=None, help=f"destination folder (default {default_dir()})")
     download.add_argument("--base-url", default=BASE_URL, help="where the slim weights are served")
     download.add_argument("--verify", action="store_true",
