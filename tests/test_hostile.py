@@ -368,6 +368,25 @@ def case_folder_name_not_utf8(slim_source, tmp_path, capsys):
     assert rc == 0 or (rc == 1 and "re-download" not in err.lower() and "Traceback" not in err), err
 
 
+# ## Row 12: advice that fits the fault: a misplaced file is named, not the config, and not re-downloaded
+def case_readout_in_the_embeddings_place(slim, tmp_path, capsys):
+    step = slim / "global_step10"
+    for rank in (0, 1):
+        readout, embedding = (step / f"layer_{i:02d}-model_{rank:02d}-model_states.pt" for i in (6, 0))
+        shutil.copy(readout, embedding)
+    rc, err = merge(slim, tmp_path / "out", capsys)
+    judge(rc, err, 1, "layer_00-model_00-model_states.pt")
+    assert "padded_vocab_size" not in err
+
+
+def case_stray_rank_file(slim, tmp_path, capsys):
+    step = slim / "global_step10"
+    shutil.copy(step / "layer_02-model_00-model_states.pt", step / "layer_02-model_03-model_states.pt")
+    rc, err = merge(slim, tmp_path / "out", capsys)
+    judge(rc, err, 1, "layer_02-model_03-model_states.pt")
+    assert "download" not in err.lower()
+
+
 # ## Row 12: Hugging Face files that are not what they claim
 def shard(hf: Path):
     """Split `model.safetensors` into two shards with an index, as `save_pretrained` does for large models."""

@@ -121,6 +121,7 @@ class PipelineLayout:
     def check(self, n_layers: int, n_ranks: int, config_key: str = "num_layers"):
         self.n_layers, self.n_ranks = n_layers, n_ranks
         _check_indices({i for i, _ in self.files}, n_layers, config_key, self.rel(self.folder))
+        self._refuse_stray_ranks(n_layers, n_ranks)
         for index, (part, layer) in expected_indices(n_layers).items():
             for rank in range(n_ranks):
                 path = self.file(index, rank)
@@ -129,6 +130,20 @@ class PipelineLayout:
                         f"Missing {self.rel(path)}: the checkpoint has {n_ranks} tensor-parallel rank(s) but "
                         f"rank {rank} of {describe(part, layer)} is absent. Re-download it (for the 20B model: "
                         f"`python -m labml_nn.neox.checkpoint download`), or copy it from the training run.")
+
+    # A rank with files for only a few stages while rank 0 has them all is not a half-finished download (files
+    # come stage by stage, both ranks together) but a stray file of another run, and re-downloading would not help.
+    def _refuse_stray_ranks(self, n_layers: int, n_ranks: int):
+        stages = list(expected_indices(n_layers))
+        have = {r: [i for i in stages if (i, r) in self.files] for r in range(n_ranks)}
+        if len(have[0]) < len(stages):
+            return
+        for rank in range(1, n_ranks):
+            if 0 < len(have[rank]) <= len(stages) // 2:
+                first = self.rel(self.files[have[rank][0], rank])
+                raise CheckpointError(f"{first} is of tensor-parallel rank {rank}, but rank {rank} has files for "
+                                      f"only {len(have[rank])} of {len(stages)} stages: a stray file of another "
+                                      f"run? Move it out of {self.rel(self.folder)}, or check `model_parallel_size`.")
 
     def embedding_rows(self) -> List[int]:
         return [t["word_embeddings.weight"].shape[0] if "word_embeddings.weight" in t else 0

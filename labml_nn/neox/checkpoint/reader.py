@@ -183,6 +183,8 @@ def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicate
     # The vocabulary is padded to a multiple of `make_vocab_size_divisible_by` $\times$ the rank count, and
     # gpt-neox's YAML does not hold the result: the embedding's rows tell us. (With `mmap`, reading the shape does not read the tensor.)
     rows = layout.embedding_rows()
+    if 0 in rows:
+        _refuse_misplaced_embedding(layout)
     n_vocab = sum(rows)
     if config.n_vocab and rows and config.n_vocab != n_vocab:
         key = "vocab_size" if isinstance(layout, HFLayout) else "padded_vocab_size"
@@ -190,6 +192,16 @@ def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicate
                               f"has {n_vocab} rows across {n_ranks} rank(s). Fix `{key}`.")
     config = config.with_updates(tensor_parallel_size=n_ranks, n_vocab=config.n_vocab or n_vocab)
     return Checkpoint(layout, config, source, _find_tokenizer(layout), replicated, check_rotary)
+
+
+# A file in the embedding's place without `word_embeddings.weight` is another stage's file under the wrong name
+# (the readout, say, whose matrix has the same shape); the config is not at fault, so we name the file instead.
+def _refuse_misplaced_embedding(layout):
+    for source, tensors in layout.load("embedding", None):
+        if "word_embeddings.weight" not in tensors:
+            raise CheckpointError(f"{source} should hold the embedding (word_embeddings.weight) but holds "
+                                  f"{sorted(tensors)[:4]}: it is another stage's file under the embedding's name. "
+                                  f"Put the embedding's file in its place.")
 
 
 # Where to look for the config and the tokenizer: beside the weights, or one level up when the user pointed at a
