@@ -72,11 +72,12 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from labml_nn.neox.utils.cli import DTYPES, HelpFormatter, check_model_args, dtype_name, quiet_bitsandbytes_import
+from labml_nn.neox.utils.cli import (DTYPES, ArgumentParser, HelpFormatter, check_model_args, dtype_name,
+                                     quiet_bitsandbytes_import, run_command)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Generate text with a GPT-NeoX model quantized to LLM.int8, and report the memory its weights "
                     "take against fp16.", formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None,
@@ -230,4 +231,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Every error becomes one line and an exit status (`utils/cli.py`)
+    sys.exit(run_command(main))

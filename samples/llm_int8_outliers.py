@@ -59,8 +59,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from labml_nn.neox.utils.cli import (DTYPES, HelpFormatter, check_model_args, dtype_name, output_home,
-                                     quiet_bitsandbytes_import)
+from labml_nn.neox.utils.cli import (DTYPES, ArgumentParser, HelpFormatter, check_model_args, dtype_name, output_home,
+                                     quiet_bitsandbytes_import, run_command)
 
 LINEAR_LAYERS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
 
@@ -101,7 +101,7 @@ And lose the name of action."""
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Find the outlier features (input dimensions with |x| >= threshold) of each linear layer of a "
                     "GPT-NeoX model on a text; print a table and save a figure.",
         formatter_class=HelpFormatter)
@@ -300,4 +300,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Every error becomes one line and an exit status (`utils/cli.py`)
+    sys.exit(run_command(main))

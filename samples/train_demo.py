@@ -69,7 +69,7 @@ from labml_nn.neox.model import build_layers
 from labml_nn.neox.utils.finetune import write_checkpoint
 from labml_nn.neox.utils.text_dataset import TokenWindows, tokenize_documents
 from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, labml_experiment, evaluate
-from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, HelpFormatter, output_home
+from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, ArgumentParser, HelpFormatter, output_home, run_command
 
 VALIDATION_WORKS = ("macbeth_gut.txt", "twelfth_night_gut.txt", "julius_caesar_gut.txt")
 
@@ -165,7 +165,7 @@ def evaluate_checkpoint(path: Path, valid_docs: List[str], seq_len: int):
 
 
 def main():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Train the small GPT-NeoX demo model on Shakespeare and write it as a 2-rank slim-weights "
                     "checkpoint, into a new folder (the shipped demo is replaced only with --replace-shipped-demo).",
         formatter_class=HelpFormatter)
@@ -264,4 +264,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # Every error becomes one line and an exit status (`utils/cli.py`); `main` reads `sys.argv` itself
+    sys.exit(run_command(lambda argv: main()))
