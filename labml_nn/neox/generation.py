@@ -119,9 +119,10 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: Optional
             raise ValueError(f"top_p={top_p} must be in (0, 1] (or None for no nucleus filter)")
 
 
-# Logits that are NaN or infinite come from weights that are (a half-written or corrupt file, an fp16 overflow
-# when a model trained in bf16 runs in fp16); greedy decoding would then emit token 0 forever and sampling would
-# crash inside `multinomial`. We stop with the likely causes instead.
+# Logits that are NaN or infinite come from broken weights (a half-written or corrupt file) or from an overflow
+# (a model trained in bf16 run in fp16). Greedy decoding would then emit token 0 forever and sampling would crash
+# inside `multinomial`, so each step checks its logits and stops with the likely causes. (The check reads one
+# flag back from the device per token, as the end-of-text check below already does.)
 class NonFiniteLogitsError(ArithmeticError):
     """The model produced NaN or infinite logits."""
 
