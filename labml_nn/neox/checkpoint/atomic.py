@@ -159,7 +159,7 @@ def atomic_folder(out: "str | Path", *, overwrite: bool = False) -> Iterator[Pat
     """
     out = Path(out).expanduser().absolute()
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise CheckpointError(f"{out} is a file, not a folder; choose another output folder.")
+        raise CheckpointError(f"{out} is a file (or a link), not a folder; choose another output folder.")
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; remove it, choose another name, or pass --overwrite.")
     before = _identity(out)
@@ -167,7 +167,7 @@ def atomic_folder(out: "str | Path", *, overwrite: bool = False) -> Iterator[Pat
     remove_stale(out)
     tmp = out.parent / f"{out.name}.tmp-{secrets.token_hex(4)}"
     os.mkdir(tmp)
-    published = False
+    keep = False  # True once `tmp` is published, or complete and kept: from then on it is never deleted
     try:
         with _CatchSignals():
             _write_marker(tmp)
@@ -176,13 +176,13 @@ def atomic_folder(out: "str | Path", *, overwrite: bool = False) -> Iterator[Pat
             _follow_umask(tmp)
             now = _identity(out)
             if now is not None and (not overwrite or now != before):
-                published = True  # complete: never delete it, say where it is
+                keep = True
                 raise _appeared(out, tmp)
             if now is None:
                 try:
                     _rename_no_replace(tmp, out)
                 except FileExistsError:
-                    published = True
+                    keep = True
                     raise _appeared(out, tmp) from None
             else:
                 # Move the old folder aside, put the new one in place, and only then delete the old one
@@ -190,7 +190,7 @@ def atomic_folder(out: "str | Path", *, overwrite: bool = False) -> Iterator[Pat
                 os.rename(out, aside)
                 _rename_no_replace(tmp, out)
                 shutil.rmtree(aside, ignore_errors=True)
-            published = True
+            keep = True
     finally:
-        if not published:
+        if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
