@@ -16,7 +16,8 @@ SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("samples/*.py"), 
 MODULES = ["labml_nn.neox.checkpoint.__main__", "labml_nn.neox.evaluation.__main__"]
 
 
-class _Caught(Exception):
+# A BaseException, so that a command's `run_command` (which turns every Exception into a message) lets it through
+class _Caught(BaseException):
     def __init__(self, parser):
         self.parser = parser
 
