@@ -488,6 +488,16 @@ def case_finetune_arguments(finetune_sample, slim_source, tmp_path, capsys, argv
     assert leftovers(tmp_path, out) == []
 
 
+def case_merge_disk_full(slim, tmp_path, capsys, monkeypatch):
+    # What `torch.save` raises when the disk fills up part-way through a file
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1536 vs 1500")
+    monkeypatch.setattr(torch, "save", full)
+    out = tmp_path / "out"
+    judge(*call(checkpoint_main, ["merge", slim, out, "--format", "neox"], capsys), 1, out, "disk is full")
+    assert not out.exists() and leftovers(tmp_path, out) == []
+
+
 # ## Row 14: one error convention
 def case_usage_error_is_one_line_exit_2(capsys):
     judge(*call(checkpoint_main, ["merge", "a", "b", "--format", "safetensors"], capsys), 2, "--format")

@@ -29,6 +29,7 @@ different models, and it is worth evaluating both (`--replicated first` vs the d
 """
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -68,7 +69,7 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
 
     # Opening checks the layout, the config and that every file is present, before anything is written.
     ckpt = open_checkpoint(src, trust_pickle=trust_pickle, replicated=replicated, revision=revision)
-    with atomic_folder(out, overwrite=overwrite) as tmp:
+    with atomic_folder(out, overwrite=overwrite) as tmp, _disk_full_named(out):
         parts = _with_progress(ckpt, progress)
         config = ckpt.config.with_updates(tensor_parallel_size=1)
         torch_dtype = DTYPES[dtype] if dtype else None
@@ -83,6 +84,21 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
     if report is not None:
         Path(report).write_text(json.dumps(result, indent=2))
     return result
+
+
+# A full disk shows up as PyTorch's `enforce fail at inline_container.cc` (from `torch.save`) or as an `OSError`
+# with `ENOSPC`; either becomes a message that says where space ran out. The partial output is removed as usual.
+@contextmanager
+def _disk_full_named(out: Path):
+    import errno
+    try:
+        yield
+    except (RuntimeError, OSError) as e:
+        full = getattr(e, "errno", None) == errno.ENOSPC or "inline_container" in str(e) or "No space" in str(e)
+        if not full:
+            raise
+        raise CheckpointError(f"writing {out}: the disk is full ({type(e).__name__}: {str(e)[:200]}); the partial "
+                              f"output was removed. Free some space on {out.parent} or choose another OUT.") from None
 
 
 # A labml progress bar over the parts; each step reads, merges and hands one part to the writer
