@@ -191,6 +191,8 @@ class KVCache:
         self.padding = padding
         # Layer index $\rightarrow$ (keys, values), each `[B, H, T_max, D]`
         self._buffers: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        # `padding` on each device that layers sit on (several GPUs with the loader's `devices=`)
+        self._padding_on: Dict[torch.device, torch.Tensor] = {}
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         r"""
@@ -212,11 +214,13 @@ class KVCache:
         v_buffer[:, :, self.offset:end] = v
         return k_buffer[:, :, :end], v_buffer[:, :, :end]
 
-    # `padding` on the device of a layer (layers may sit on several GPUs), or `None` when no row is padded
+    # `padding` on the device of a layer, or `None` when no row is padded
     def padding_on(self, device: torch.device) -> Optional[torch.Tensor]:
-        if self.padding is not None and self.padding.device != device:
-            self.padding = self.padding.to(device)
-        return self.padding
+        if self.padding is None:
+            return None
+        if device not in self._padding_on:
+            self._padding_on[device] = self.padding.to(device)
+        return self._padding_on[device]
 
     def advance(self, n_new: int):
         """Call after the whole model has seen `n_new` new tokens."""
