@@ -283,7 +283,7 @@ class Attention(nn.Module):
         return self.dense(out)
 
     @staticmethod
-    def _mask(offset: int, n_tokens: int, device: torch.device, padding: Optional[torch.Tensor]) -> dict:
+    def _mask(offset: int, n_tokens: int, device: torch.device, padding: Optional[torch.Tensor] = None) -> dict:
         r"""
         The mask $M$, as `scaled_dot_product_attention`'s arguments. The `T` queries sit in slots
         `offset .. offset + T - 1` and the keys in slots `0 .. offset + T - 1`.
