@@ -6,8 +6,8 @@ run the prompt through the model, pick a token from the distribution at the last
 
 Two things make the loop fast:
 
-* **A key-value cache** (`model.py`'s `KVCache`). The first step runs the whole prompt and stores every layer's keys
-  and values; each later step runs only the one new token, whose attention reads the stored ones.
+* **A key-value cache** (`model.py`'s `KVCache`). The first step runs the whole prompt and stores every layer's
+  keys and values; each later step runs only the one new token, whose attention reads the stored ones.
 * **Logits for the last position only.** The readout multiplies each position by a `[V, C]` matrix, which has
   two thirds of a transformer layer's weights in the 20B model and five times them in Pythia-160M; during the
   prompt step only the last position's logits are needed, so the other positions skip it.
@@ -180,7 +180,7 @@ def generate(model, prompt_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> 
 
     The prompt followed by the generated tokens, `[B, T + new]`, where `new <= max_new_tokens`.
     Keyword arguments are those of `generate_stream`: `temperature`, `top_k`, `top_p`, `seed`,
-    `eos_token_id`, `max_len`.
+    `eos_token_id`, `max_len`, `padding`.
     """
     new = list(generate_stream(model, prompt_ids, max_new_tokens, **kwargs))
     if not new:
