@@ -307,7 +307,7 @@ class Attention(nn.Module):
         key_slot = torch.arange(offset + n_tokens, device=device)[None, :]
         mask = key_slot <= query_slot
         if padding is not None:
-            # `[T, S]` & `[B, 1, S]` $\rightarrow$ `[B, T, S]`, then `[B, 1, T, S]`
+            # With `S = offset + T` keys: `[T, S]` & `[B, 1, S]` $\rightarrow$ `[B, T, S]`, then `[B, 1, T, S]`
             mask = (mask & (key_slot >= padding[:, None, None])) | (key_slot == query_slot)
             mask = mask[:, None]
         return {"attn_mask": mask}
