@@ -55,7 +55,9 @@ labml's loading progress bar.
 For `--prompt-file` (one prompt per line) it writes one JSON object per prompt,
 `{"prompt": ..., "completion": ..., "prompt_tokens": ..., "new_tokens": ..., "tokens_per_second": ...}`, to
 `--output`, or to standard output when no `--output` is given; then standard output holds nothing but the JSON
-lines (labml's progress bar, which it draws on standard output, is then left out).
+lines (labml's progress bar, which it draws on standard output, is then left out). With `--batch-size N`, N
+prompts of different lengths generate together, left-padded to one length (`generation.left_pad`); their
+`prompt_seconds` and `tokens_per_second` are then the batch's.
 """
 
 import argparse
@@ -93,6 +95,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="ask for a prompt, generate, and ask again (an empty line or Ctrl-D quits)")
     parser.add_argument("--output", type=Path, help="with --prompt-file: write the JSON lines here "
                                                     "(default: standard output)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="with --prompt-file: how many prompts generate together, left-padded to one length "
+                             "(faster per prompt; greedy completions are the same as one at a time)")
     parser.add_argument("--max-new-tokens", type=int, default=100, help="the most tokens to generate per prompt")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
     parser.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
@@ -116,6 +121,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     except ValueError as e:
         # The library names its arguments as Python does (`top_p`); the command line spells them `--top-p`
         parser.error("--" + str(e).replace("_", "-", 2))
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     if args.dtype is None:
         args.dtype = default_dtype(args.device)
     return args
@@ -198,6 +205,48 @@ def complete(model, tokenizer, prompt: str, args: argparse.Namespace, on_text=No
             "tokens_per_second": round((n_new - 1) / decode_time, 2) if n_new > 1 and decode_time > 0 else None}
 
 
+# ## Generating for a batch of prompts
+#
+# The prompts are left-padded to one length, and the padding counts go to `generate_stream`, which tells the
+# model's attention where each row starts. A row that produced end-of-text keeps emitting it until every row
+# has, so each row's tokens are read only up to its first end-of-text. The timings are the batch's: the first
+# step runs every prompt, and each later step one token of every row.
+def complete_batch(model, tokenizer, prompts: List[str], args: argparse.Namespace) -> List[dict]:
+    from labml_nn.neox.generation import generate_stream, left_pad
+    from labml_nn.neox.tokenizer import encode
+
+    config = model[0].config
+    encoded = [encode(tokenizer, prompt) or [config.eos_token_id] for prompt in prompts]
+    for prompt, ids in zip(prompts, encoded):
+        if len(ids) >= config.n_ctx:
+            raise UsageError(f"The prompt {prompt[:40]!r} has {len(ids)} tokens but the model's context is "
+                             f"{config.n_ctx}, which leaves no room to generate; shorten the prompt.")
+    prompt_ids, padding = left_pad(encoded, pad_id=config.eos_token_id)
+    new: List[List[int]] = [[] for _ in prompts]
+    ended = [False] * len(prompts)
+    start = time.perf_counter()
+    first_token_at = None
+    n_steps = 0
+    for next_ids in generate_stream(model, prompt_ids.to(args.device), args.max_new_tokens,
+                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                    seed=args.seed, eos_token_id=config.eos_token_id,
+                                    padding=padding.to(args.device)):
+        if first_token_at is None:
+            first_token_at = time.perf_counter()
+        n_steps += 1
+        for row, token in enumerate(next_ids.tolist()):
+            if not ended[row]:
+                ended[row] = token == config.eos_token_id
+                new[row].append(token)
+    end = time.perf_counter()
+    decode_time = end - (first_token_at or end)
+    speed = round((n_steps - 1) / decode_time, 2) if n_steps > 1 and decode_time > 0 else None
+    return [{"prompt": prompt, "completion": tokenizer.decode(tokens, skip_special_tokens=True),
+             "prompt_tokens": len(ids) if prompt else 0, "new_tokens": len(tokens),
+             "prompt_seconds": round((first_token_at or end) - start, 4), "tokens_per_second": speed}
+            for prompt, ids, tokens in zip(prompts, encoded, new)]
+
+
 # The speed line goes to standard error, so that redirecting standard output keeps only the text
 def report(result: dict):
     speed = result["tokens_per_second"]
@@ -246,8 +295,12 @@ def run_prompt_file(model, tokenizer, args, out: TextIO):
     prompts = [p for p in prompts if p.strip()]
     if not prompts:
         raise UsageError(f"{args.prompt_file} has no prompts (one per line).")
-    for prompt in prompts:
-        out.write(json.dumps(complete(model, tokenizer, prompt, args)) + "\n")
+    for first in range(0, len(prompts), args.batch_size):
+        batch = prompts[first:first + args.batch_size]
+        results = complete_batch(model, tokenizer, batch, args) if len(batch) > 1 else \
+            [complete(model, tokenizer, batch[0], args)]
+        for result in results:
+            out.write(json.dumps(result) + "\n")
         out.flush()
 
 

@@ -358,3 +358,16 @@ def test_command_line_evaluates_a_checkpoint_offline(models_, tokenizers_, lms, 
                                               for i, c in enumerate(contents)]))
     n_bytes = sum(len(c.encode()) for c in contents)
     assert results["text_local"]["bits_per_byte,none"] == pytest.approx(-total / n_bytes / math.log(2), rel=1e-4)
+
+
+def test_generate_until_batches_contexts_of_different_lengths_as_one_by_one(lms):
+    # Five contexts of different token counts share one left-padded batch; each text must be the one the
+    # adapter generates with a batch of one
+    ours, _ = lms
+    rng = random.Random(8)
+    requests = [Instance("generate_until", {}, (words(rng, n), {"until": [], "max_gen_toks": 12}), i)
+                for i, n in enumerate((2, 11, 5, 7, 3))]
+    one_by_one = EvalHarnessAdapter(ours.model, ours.tokenizer, batch_size=1, progress=False)
+    batched = EvalHarnessAdapter(ours.model, ours.tokenizer, batch_size=5, progress=False)
+    assert len({len(ours.tok_encode(r.args[0])) for r in requests}) == 5
+    assert batched.generate_until(requests) == one_by_one.generate_until(requests)

@@ -49,8 +49,8 @@ def sample():
 def test_help_explains_the_options(sample, capsys):
     assert sample.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--checkpoint", "--prompt-file", "--interactive", "--temperature", "--top-k", "--top-p",
-                   "--seed", "--max-new-tokens", "--device", "--dtype", "demo"):
+    for option in ("--checkpoint", "--prompt-file", "--batch-size", "--interactive", "--temperature", "--top-k",
+                   "--top-p", "--seed", "--max-new-tokens", "--device", "--dtype", "demo"):
         assert option in out
 
 
@@ -101,6 +101,21 @@ def test_prompt_file_gives_clean_json_lines(sample, checkpoint, tmp_path, capsys
                         "--max-new-tokens", "5", "--seed", "0"]) == 0
     assert [json.loads(line)["completion"] for line in out.read_text().splitlines()] == \
            [r["completion"] for r in records]
+
+
+def test_a_batch_of_uneven_prompts_completes_as_one_at_a_time(sample, checkpoint, tmp_path):
+    # Greedy: three prompts of different token counts in batches of 2 and 1 give the JSON lines of batches of 1
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ROMEO: what light\nO\nthe sun is the east and\n")
+    outputs = {}
+    for batch_size in (1, 2):
+        out = tmp_path / f"out{batch_size}.jsonl"
+        assert sample.main(["--checkpoint", str(checkpoint), "--prompt-file", str(prompts), "--output", str(out),
+                            "--max-new-tokens", "8", "--temperature", "0", "--batch-size", str(batch_size)]) == 0
+        outputs[batch_size] = [json.loads(line) for line in out.read_text().splitlines()]
+    keys = ("prompt", "completion", "prompt_tokens", "new_tokens")
+    assert [[r[k] for k in keys] for r in outputs[2]] == [[r[k] for k in keys] for r in outputs[1]]
+    assert len({r["prompt_tokens"] for r in outputs[1]}) == 3
 
 
 def test_interactive_answers_each_prompt_until_an_empty_line(sample, checkpoint, capsys, monkeypatch):

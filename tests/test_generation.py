@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from labml_nn.neox.generation import forward, generate, generate_stream, sample_next  # noqa: E402
-from labml_nn.neox.utils.cache import KVCache  # noqa: E402
+from labml_nn.neox.model import KVCache  # noqa: E402
 from test_model import our_model_from_hf, random_ids, tiny_hf_model  # noqa: E402
 
 

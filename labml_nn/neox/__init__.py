@@ -10,7 +10,7 @@ gpt-neox checkpoint, or a Pythia model in Hugging Face format, by folder or by H
 The package is built in layers, each page leaning only on the ones before it:
 
 * `config.py` holds the model's numbers; `model.py` is the model itself, and depends on nothing else of ours,
-  so it can be copied into other code; `utils/cache.py` is the key/value cache it reads while generating.
+  so it can be copied into other code, with the key/value cache (`KVCache`) it reads while generating.
 * `checkpoint/` reads and merges the checkpoint files; `loader.py` turns them into `model.py`'s modules, one
   layer at a time.
 * `tokenizer.py` and `generation.py` turn the model into a text generator; `utils/llm_int8.py` quantizes it to

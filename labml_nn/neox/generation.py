@@ -6,8 +6,8 @@ run the prompt through the model, pick a token from the distribution at the last
 
 Two things make the loop fast:
 
-* **A key-value cache** (`utils/cache.py`). The first step runs the whole prompt and stores every layer's keys
-  and values; each later step runs only the one new token, whose attention reads the stored ones.
+* **A key-value cache** (`model.py`'s `KVCache`). The first step runs the whole prompt and stores every layer's
+  keys and values; each later step runs only the one new token, whose attention reads the stored ones.
 * **Logits for the last position only.** The readout multiplies each position by a `[V, C]` matrix, which has
   two thirds of a transformer layer's weights in the 20B model and five times them in Pythia-160M; during the
   prompt step only the last position's logits are needed, so the other positions skip it.
@@ -21,15 +21,22 @@ With logits $z$ and temperature $\tau$, the next token is drawn from $p_i \propt
 `temperature=0` means greedy decoding, $\arg\max_i z_i$. Two filters cut the tail of the distribution first:
 **top-k** keeps the $k$ most likely tokens, **top-p** (nucleus sampling) keeps the smallest set of most likely
 tokens whose probabilities add up to at least $p$.
+
+## Prompts of different lengths
+
+Prompts of different lengths share a batch by **left padding**: `left_pad` puts each row's padding before its
+prompt, so that all rows end in the same slot and their next tokens go in the same slots. `padding` `[B]`, the
+number of padding tokens of each row, goes into the cache, and `model.py`'s attention reads it from there:
+each row's rotary positions start at its first real token and no query sees a padding key, so every row
+generates what it generates alone.
 """
 
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from labml_nn.neox.model import ReadoutLayer, column_major_weights
-from labml_nn.neox.utils.cache import KVCache
+from labml_nn.neox.model import KVCache, ReadoutLayer, column_major_weights
 
 
 # A model is an `nn.Sequential` of `model.py`'s modules, a list of them, or (for a quick test) a single module
@@ -44,6 +51,21 @@ def context_length(model) -> Optional[int]:
         if config is not None:
             return config.n_ctx
     return None
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    r"""
+    Token id lists of different lengths $\rightarrow$ `ids` `[B, T]`, each row padded on the left with `pad_id` to
+    the longest length `T`, and `padding` `[B]`, how many padding tokens each row starts with. (Which id pads
+    does not matter: no real token attends to it.)
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token; for unconditional generation start from the "
+                         "end-of-text token")
+    longest = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (longest - len(p)) + list(p) for p in prompts], dtype=torch.long)
+    padding = torch.tensor([longest - len(p) for p in prompts], dtype=torch.long)
+    return ids, padding
 
 
 def forward(model, ids: torch.Tensor, cache: Optional[KVCache] = None, last_only: bool = False) -> torch.Tensor:
@@ -137,12 +159,14 @@ def _check_finite(logits: torch.Tensor, step: int):
 @torch.inference_mode()
 def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-                    eos_token_id: Optional[int] = 0, max_len: Optional[int] = None) -> Iterator[torch.Tensor]:
+                    eos_token_id: Optional[int] = 0, max_len: Optional[int] = None,
+                    padding: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
     r"""
     ## The generation loop, one token at a time
 
     Yields the next tokens `[B]` as they are chosen, so a caller can print them as they come. `prompt_ids` is
-    `[B, T]`, all rows the same length. A row that produced `eos_token_id` keeps producing it; the loop stops when
+    `[B, T]`; rows of different lengths are left-padded, with `padding` `[B]` counting each row's padding tokens
+    (`left_pad` makes both). A row that produced `eos_token_id` keeps producing it; the loop stops when
     every row has (`eos_token_id=None` never stops early).
 
     `max_len` is the length of the context the model may use (by default the one it was trained on): a prompt
@@ -175,7 +199,7 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     generator = None
 
     # The caller's tokens never change the cache of another call: each generation owns its cache
-    cache = KVCache(n_prompt + max_new_tokens)
+    cache = KVCache(n_prompt + max_new_tokens, padding=padding)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=prompt_ids.device)
     # The first step runs the whole prompt
     ids = prompt_ids
@@ -203,7 +227,7 @@ def generate(model, prompt_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> 
 
     The prompt followed by the generated tokens, `[B, T + new]`, where `new <= max_new_tokens`.
     Keyword arguments are those of `generate_stream`: `temperature`, `top_k`, `top_p`, `seed`,
-    `eos_token_id`, `max_len`.
+    `eos_token_id`, `max_len`, `padding`.
     """
     new = list(generate_stream(model, prompt_ids, max_new_tokens, **kwargs))
     if not new:

@@ -17,18 +17,26 @@ The parameter names of every module are the names in the checkpoint files (`quer
 `dense_h_to_4h`, ...), so `load_state_dict` takes a checkpoint's tensors as they are.
 
 This file depends on `torch` and on the small `NeoXConfig` dataclass in `config.py`; copy both to use the
-model elsewhere. A key-value cache (`utils/cache.py`) can be passed to every `forward` for fast decoding.
+model elsewhere (`tests/test_copy_out.py` does exactly that). The key-value cache, `KVCache`, lives here too,
+beside the attention that reads it: pass one to every `forward` for fast decoding, or for a batch of prompts of
+different lengths.
 """
 
+from __future__ import annotations
+
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labml_nn.neox.config import NeoXConfig
-from labml_nn.neox.utils.cache import KVCache
+# `config.py` sits beside this file in the package; a reader who copied the two files into a folder of their own
+# imports it from there
+try:
+    from labml_nn.neox.config import NeoXConfig
+except ImportError:
+    from config import NeoXConfig
 
 
 # When the loader spreads the layers over several GPUs, the activations follow the layers: each module moves its
@@ -120,18 +128,29 @@ class RotaryEmbedding(nn.Module):
 
     # `x` is `[B, T, ..., D]`: positions on the second dimension, then any dimensions whose vectors share a
     # position (the heads, and queries and keys, which we rotate together in one pass). Its first token sits
-    # at position `offset`, the number of tokens already in the cache.
-    def forward(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+    # in slot `offset` of the sequence, after the tokens already in the cache. Without padding, slot and position
+    # are the same. With `padding` `[B]`, row $b$ starts with `padding[b]` padding tokens and its first real token
+    # is at position 0, so the token in slot $s$ is at position $m = s - $ `padding[b]` (padding slots get
+    # position 0; attention ignores them).
+    def forward(self, x: torch.Tensor, offset: int, padding: Optional[torch.Tensor] = None) -> torch.Tensor:
         d = self.d_rotary
         if d == 0:
             return x
         n_tokens = x.shape[1]
         cos, sin = self._tables(offset + n_tokens, x.device)
-        # `[T, 1, ..., 1, d]` to broadcast over the dimensions after $T$, in the dtype of `x` (as gpt-neox and
-        # transformers do)
-        shape = (n_tokens,) + (1,) * (x.dim() - 3) + (d,)
-        cos = cos[offset:offset + n_tokens].to(x.dtype).view(shape)
-        sin = sin[offset:offset + n_tokens].to(x.dtype).view(shape)
+        if padding is None:
+            # `[T, 1, ..., 1, d]` to broadcast over the dimensions after $T$, in the dtype of `x` (as gpt-neox and
+            # transformers do)
+            shape = (n_tokens,) + (1,) * (x.dim() - 3) + (d,)
+            cos = cos[offset:offset + n_tokens].to(x.dtype).view(shape)
+            sin = sin[offset:offset + n_tokens].to(x.dtype).view(shape)
+        else:
+            # Positions `[B, T]`, then the rows of the tables they pick, `[B, T, 1, ..., 1, d]`
+            slots = torch.arange(offset, offset + n_tokens, device=x.device)
+            positions = (slots[None, :] - padding[:, None]).clamp(min=0)
+            shape = (x.shape[0], n_tokens) + (1,) * (x.dim() - 3) + (d,)
+            cos = cos[positions].to(x.dtype).view(shape)
+            sin = sin[positions].to(x.dtype).view(shape)
         # Split off the features that rotate; the rest pass through
         x_rot, x_pass = x[..., :d], x[..., d:]
         # "Rotate half": $x' = [-x_{d/2:d}, x_{0:d/2}]$, so that feature $i$ meets its partner $i + d/2$
@@ -140,6 +159,72 @@ class RotaryEmbedding(nn.Module):
         # $x \odot \cos(m\theta) + x' \odot \sin(m\theta)$
         x_rot = x_rot * cos + rotated * sin
         return torch.cat((x_rot, x_pass), dim=-1)
+
+
+class KVCache:
+    r"""
+    ## The key-value cache
+
+    When a model generates text one token at a time, the keys and values of every earlier token are the same at
+    every step: attention at position $t$ only reads keys and values at positions $\le t$. So we compute them
+    once and keep them, and each decoding step feeds only the one new token through the model: generating $n$
+    tokens costs $O(n)$ token-passes instead of $O(n^2)$.
+
+    **The caller holds it.** There is no module-level state: two generations running side by side have two
+    caches. The caller creates a `KVCache`, passes it to every module's `forward`, and calls `advance(T)` once
+    the whole model has seen `T` new tokens. `offset` counts the slots already filled, the same in every layer.
+
+    **It is allocated once.** Each layer's keys and values are a buffer `[B, H, T_max, D]` (`T_max` = `max_len`),
+    made on the layer's device and in its dtype on first use; each step writes into the next free slots.
+    Growing it by concatenation would copy the whole past at every step.
+
+    **It knows where each row starts.** A batch of prompts of different lengths is *left-padded* to one length
+    `T`, so that every row's last token is in the same slot and the next tokens of all rows go in the same
+    slots. `padding` `[B]` says how many padding tokens row $b$ starts with. `Attention` reads it twice: the
+    rotary positions of row $b$ start at its first real token, and its queries never see its padding keys.
+    So each row computes exactly what it computes alone.
+    """
+
+    def __init__(self, max_len: int, padding: Optional[torch.Tensor] = None):
+        self.max_len = max_len
+        self.offset = 0
+        self.padding = padding
+        # Layer index $\rightarrow$ (keys, values), each `[B, H, T_max, D]`
+        self._buffers: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        # `padding` on each device that layers sit on (several GPUs with the loader's `devices=`)
+        self._padding_on: Dict[torch.device, torch.Tensor] = {}
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        r"""
+        Store the keys and values `[B, H, T, D]` of `T` new slots for layer `layer_idx`, and return those of all
+        slots so far, `[B, H, offset + T, D]` (views of the buffer, not copies).
+        """
+        batch_size, n_heads, n_new, d_head = k.shape
+        end = self.offset + n_new
+        if end > self.max_len:
+            raise ValueError(f"the KV cache holds {self.max_len} positions but {end} were asked for; "
+                             f"create the KVCache with a larger max_len")
+        if layer_idx not in self._buffers:
+            shape = (batch_size, n_heads, self.max_len, d_head)
+            self._buffers[layer_idx] = (k.new_empty(shape), v.new_empty(shape))
+        k_buffer, v_buffer = self._buffers[layer_idx]
+        if k_buffer.shape[0] != batch_size:
+            raise ValueError(f"the KV cache was filled with batch size {k_buffer.shape[0]}, not {batch_size}")
+        k_buffer[:, :, self.offset:end] = k
+        v_buffer[:, :, self.offset:end] = v
+        return k_buffer[:, :, :end], v_buffer[:, :, :end]
+
+    # `padding` on the device of a layer, or `None` when no row is padded
+    def padding_on(self, device: torch.device) -> Optional[torch.Tensor]:
+        if self.padding is None:
+            return None
+        if device not in self._padding_on:
+            self._padding_on[device] = self.padding.to(device)
+        return self._padding_on[device]
+
+    def advance(self, n_new: int):
+        """Call after the whole model has seen `n_new` new tokens."""
+        self.offset += n_new
 
 
 class Attention(nn.Module):
@@ -155,8 +240,9 @@ class Attention(nn.Module):
 
     $$\operatorname{Attention}(Q, K, V) = \operatorname{softmax}\Big(\frac{Q K^\top}{\sqrt{D}} + M\Big) V$$
 
-    where $Q$ and $K$ carry rotary embeddings and $M$ is the causal mask ($-\infty$ above the diagonal). The heads
-    are concatenated back to `[B, T, C]` and mixed by `dense`, a $C \times C$ linear layer.
+    where $Q$ and $K$ carry rotary embeddings and $M$ is the mask: $-\infty$ where a query may not see a key
+    (above the diagonal, and on a row's left padding), 0 elsewhere. The heads are concatenated back to
+    `[B, T, C]` and mixed by `dense`, a $C \times C$ linear layer.
     """
 
     def __init__(self, config: NeoXConfig, layer_idx: int):
@@ -174,9 +260,10 @@ class Attention(nn.Module):
         qkv = self.query_key_value(x).view(batch_size, n_tokens, self.n_heads, 3, self.d_head)
 
         # Rotary embeddings for queries and keys, `[B, T, H, 2, D]`, in one pass (values are not rotated).
-        # Positions continue after the tokens already in the cache.
+        # Positions continue after the tokens already in the cache, and start at each row's first real token.
         offset = cache.offset if cache is not None else 0
-        qk = self.rotary_emb(qkv[:, :, :, :2], offset)
+        padding = cache.padding_on(x.device) if cache is not None else None
+        qk = self.rotary_emb(qkv[:, :, :, :2], offset, padding)
 
         # `[B, H, T, D]` each, the layout attention kernels take
         q, k = qk[:, :, :, 0].transpose(1, 2), qk[:, :, :, 1].transpose(1, 2)
@@ -189,27 +276,41 @@ class Attention(nn.Module):
         # PyTorch's `scaled_dot_product_attention` computes the formula above in one fused kernel; the fused
         # kernels accumulate $QK^\top$ and the softmax in fp32 even for fp16 inputs, which keeps the 20B model's
         # attention accurate in half precision. The scale is $1/\sqrt{D}$, its default.
-        out = F.scaled_dot_product_attention(q, k, v, **self._mask(offset, n_tokens, x.device))
+        out = F.scaled_dot_product_attention(q, k, v, **self._mask(offset, n_tokens, x.device, padding))
 
         # `[B, H, T, D]` $\rightarrow$ `[B, T, H, D]` $\rightarrow$ `[B, T, C]`
         out = out.transpose(1, 2).reshape(batch_size, n_tokens, -1)
         return self.dense(out)
 
     @staticmethod
-    def _mask(offset: int, n_tokens: int, device: torch.device) -> dict:
+    def _mask(offset: int, n_tokens: int, device: torch.device, padding: Optional[torch.Tensor] = None) -> dict:
         r"""
-        The causal mask $M$. With no cached tokens it is the usual lower triangle (`is_causal`). A single new
-        token attends to everything before it, so it needs no mask. With `offset` cached tokens and several new
-        ones, query $i$ (at position `offset + i`) may see keys $j \le$ `offset + i`: a lower triangle shifted
-        right by `offset`, which `is_causal` (aligned to the top left) does not give.
+        The mask $M$, as `scaled_dot_product_attention`'s arguments. The `T` queries sit in slots
+        `offset .. offset + T - 1` and the keys in slots `0 .. offset + T - 1`.
+
+        Without padding: with no cached tokens it is the usual lower triangle (`is_causal`); a single new token
+        attends to everything before it and needs no mask; with `offset` cached tokens and several new ones,
+        query $i$ may see keys $j \le$ `offset + i`, a lower triangle shifted right by `offset`, which
+        `is_causal` (aligned to the top left) does not give.
+
+        With `padding` `[B]`, the mask is per row, `[B, 1, T, offset + T]` (`True` = may attend, the 1 broadcasts
+        over heads): the shifted triangle, and no key in the row's first `padding[b]` slots. A query on padding
+        would then see no key at all, and a softmax over nothing is `NaN`, which would spread through the
+        values of later layers (a zero weight times `NaN` is `NaN`). So every query also sees its own slot: the
+        padding rows compute finite garbage that no real token reads.
         """
-        if offset == 0:
+        if padding is None and offset == 0:
             return {"is_causal": n_tokens > 1}
-        if n_tokens == 1:
+        if padding is None and n_tokens == 1:
             return {}
-        query_pos = torch.arange(offset, offset + n_tokens, device=device)[:, None]
-        key_pos = torch.arange(offset + n_tokens, device=device)[None, :]
-        return {"attn_mask": key_pos <= query_pos}
+        query_slot = torch.arange(offset, offset + n_tokens, device=device)[:, None]
+        key_slot = torch.arange(offset + n_tokens, device=device)[None, :]
+        mask = key_slot <= query_slot
+        if padding is not None:
+            # With `S = offset + T` keys: `[T, S]` & `[B, 1, S]` $\rightarrow$ `[B, T, S]`, then `[B, 1, T, S]`
+            mask = (mask & (key_slot >= padding[:, None, None])) | (key_slot == query_slot)
+            mask = mask[:, None]
+        return {"attn_mask": mask}
 
 
 class FFN(nn.Module):

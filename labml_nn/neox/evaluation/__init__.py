@@ -36,7 +36,7 @@ replaced by the end-of-text token. We receive token ids and only have to score t
 so that our results equal its results on the same weights; `tests/test_evaluation.py` checks this.
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import Collator
 from tokenizers import Tokenizer
 
-from labml_nn.neox.generation import context_length, forward, generate_stream
+from labml_nn.neox.generation import context_length, forward, generate_stream, left_pad
 
 # One scoring request as `TemplateLM` hands it to us: the original strings (or `None` for the windows of a
 # rolling log-likelihood), the context's token ids and the continuation's token ids
@@ -244,9 +244,9 @@ class EvalHarnessAdapter(TemplateLM):
         produced end-of-text or one of the stop sequences appears in its text, and the batch stops when every
         row has.
 
-        Generation cannot use right padding (the next token of a short row would be predicted after padding),
-        and our model has no attention mask for left padding, so only contexts with the same number of tokens
-        share a batch.
+        Generation cannot use right padding (the next token of a short row would be predicted after padding), so
+        contexts of different lengths share a batch by left padding (`generation.left_pad`): the cache tells the
+        attention where each row starts, and each row generates what it generates alone.
         """
         encoded = [(self.tok_encode(context), context, options) for context, options in
                    (request.args for request in requests)]
@@ -273,22 +273,17 @@ class EvalHarnessAdapter(TemplateLM):
         # Left truncation; an empty context becomes the end-of-text token
         prompts = [(ids[-room:] or [self.eot_token_id]) for ids, _, _ in batch]
 
-        texts: Dict[int, str] = {}
-        by_length: Dict[int, List[int]] = {}
-        for row, prompt in enumerate(prompts):
-            by_length.setdefault(len(prompt), []).append(row)
-        for rows in by_length.values():
-            prompt_ids = torch.tensor([prompts[r] for r in rows], dtype=torch.long, device=self.device)
-            for row, text in zip(rows, self._generate(prompt_ids, max_new, until, options)):
-                texts[row] = text
-        return [texts[row] for row in range(len(batch))]
+        prompt_ids, padding = left_pad(prompts, pad_id=self.eot_token_id)
+        return self._generate(prompt_ids.to(self.device), padding.to(self.device), max_new, until, options)
 
-    def _generate(self, prompt_ids: torch.Tensor, max_new: int, until: List[str], options: dict) -> List[str]:
+    def _generate(self, prompt_ids: torch.Tensor, padding: torch.Tensor, max_new: int, until: List[str],
+                  options: dict) -> List[str]:
         new_tokens: List[List[int]] = [[] for _ in range(prompt_ids.shape[0])]
         done = [False] * prompt_ids.shape[0]
         stream = generate_stream(self.model, prompt_ids, max_new, temperature=options["temperature"],
                                  top_k=options.get("top_k"), top_p=options.get("top_p"),
-                                 eos_token_id=self.eot_token_id, max_len=prompt_ids.shape[1] + max_new)
+                                 eos_token_id=self.eot_token_id, max_len=prompt_ids.shape[1] + max_new,
+                                 padding=padding)
         for next_ids in stream:
             for row, token in enumerate(next_ids.tolist()):
                 if done[row]:

@@ -3,9 +3,6 @@ r"""
 
 The pieces that sit around the model, each a module of its own so that it can be read (and copied) alone:
 
-* **Decoding fast.** `cache.py` holds the key-value cache: the keys and values of the tokens already seen, so
-  that generating one more token runs only that token through the layers. The caller owns the cache and passes
-  it to every `forward`; nothing is kept between generations behind the caller's back.
 * **Using less memory.** `llm_int8.py` stores the weights of the linear layers in 8 bits and multiplies most of
   each product in int8, keeping the few outlier features of large models in floating point; it halves the
   memory of a layer and leaves its results almost unchanged.
