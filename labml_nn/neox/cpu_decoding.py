@@ -100,21 +100,31 @@ class HalvesLinear(nn.Linear):
     as one `torch.baddbmm` over the two halves, so that two cores each read one half of the weight.
     """
 
+    # The two halves of `W.t()`'s columns, `[2, in, out/2]`, and of the bias, `[2, 1, out/2]`: views of the
+    # parameters' storage. Without gradients (generation) they are made once and kept, for as long as the weight
+    # keeps its storage; with gradients they are made at each call, so that they stay in the autograd graph.
+    def _halves(self):
+        if torch.is_grad_enabled():
+            return self._make_halves()
+        if getattr(self, "_halves_of", None) != self.weight.data_ptr():
+            self._kept_halves, self._halves_of = self._make_halves(), self.weight.data_ptr()
+        return self._kept_halves
+
+    def _make_halves(self):
+        n_out, n_in = self.weight.shape
+        w = self.weight.t().view(n_in, 2, n_out // 2).transpose(0, 1)
+        return w, None if self.bias is None else self.bias.view(2, 1, n_out // 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_out, n_in = self.weight.shape
         rows = x.numel() // n_in
         if rows > MAX_BMM_TOKENS or x.dtype != self.weight.dtype:
             return F.linear(x, self.weight, self.bias)
-        half = n_out // 2
-        # `[2, in, out/2]`: the two halves of `W.t()`'s columns, views of the column-major storage
-        w_halves = self.weight.t().view(n_in, 2, half).transpose(0, 1)
+        w_halves, b_halves = self._halves()
         # `[..., in]` $\rightarrow$ `[2, N, in]`, the same rows for both halves (a view)
         x_rows = x.reshape(1, rows, n_in).expand(2, rows, n_in)
-        if self.bias is None:
-            y = torch.bmm(x_rows, w_halves)
-        else:
-            y = torch.baddbmm(self.bias.view(2, 1, half), x_rows, w_halves)
-        # `[2, N, out/2]` $\rightarrow$ `[N, 2, out/2]` $\rightarrow$ `[..., out]`
+        y = torch.bmm(x_rows, w_halves) if b_halves is None else torch.baddbmm(b_halves, x_rows, w_halves)
+        # `[2, N, out/2]` $\rightarrow$ `[N, 2, out/2]` $\rightarrow$ `[..., out]` (no copy for one row)
         return y.transpose(0, 1).reshape(*x.shape[:-1], n_out)
 
 
