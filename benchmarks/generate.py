@@ -242,6 +242,33 @@ def loading_memory(config: NeoXConfig, dtype_names=("float16", "float32")) -> li
     return rows
 
 
+# ## The figure's data
+def write_json(path: Path, config: NeoXConfig, settings, best, bandwidth, args):
+    import transformers
+
+    runs = []
+    for row, threads, batch in settings:
+        step = bytes_per_step(config, batch, args.prompt_tokens + args.new_tokens // 2)
+        run = {"label": f"CPU, {row}", "device": "cpu", "threads": threads, "dtype": "float32",
+               "ours_tokens_per_s": round(best(row, "ours"), 1),
+               "transformers_tokens_per_s": round(best(row, "transformers"), 1),
+               "floor_tokens_per_s": round(bandwidth[threads] / step * batch, 1),
+               "read_gb_per_s": round(bandwidth[threads] / 1e9, 1), "bytes_per_step": step}
+        if best(row, "ctranslate2") is not None:
+            run["ctranslate2_tokens_per_s"] = round(best(row, "ctranslate2"), 1)
+        runs.append(run)
+    path.write_text(json.dumps({
+        "about": "Decoding speed against the memory-bandwidth floor, drawn on the website (generation.py). One "
+                 "entry of `runs` per row of a benchmark table; add rows (a GPU, another machine, a faster model) "
+                 "and the figure follows. tokens/s count the tokens after the first of each row, summed over the "
+                 "batch; floor = read bandwidth / bytes read per decoding step, times the batch.",
+        "source": "benchmarks/RESULTS.md, section Generation (python benchmarks/generate.py --json ...)",
+        "model": f"Random weights of Pythia-160M's shape, fp32, {args.prompt_tokens}-token prompt, "
+                 f"{args.new_tokens} greedy new tokens; ours prepared with prepare_for_cpu_decoding; "
+                 f"{os.cpu_count()} CPU cores, torch {torch.__version__}, transformers {transformers.__version__}",
+        "runs": runs}, indent=1) + "\n")
+
+
 # ## Rounds of alternating contenders, and the table
 SETTINGS = [  # (row of the table, threads, batch)
     ("batch 1, 1 thread", 1, 1), ("batch 1, 2 threads", 2, 1), ("batch 8, 2 threads", 2, 8)]
@@ -257,6 +284,8 @@ def main():
     parser.add_argument("--skip-memory", action="store_true", help="skip the loading-memory measurement")
     parser.add_argument("--unprepared", action="store_true",
                         help="measure our plain modules, without prepare_for_cpu_decoding")
+    parser.add_argument("--json", type=Path, help="also write the decoding rows to this file in the schema of "
+                        "benchmarks/results/decode.json (which the website draws)")
     parser.add_argument("--worker", choices=CONTENDERS, help="internal: run one contender in this process and print its figures as JSON")
     parser.add_argument("--folder", help="internal: the folder with the saved weights (for --worker)")
     parser.add_argument("--threads", type=int, default=1, help="internal: CPU threads (for --worker)")
@@ -313,6 +342,8 @@ def main():
         print(f"| {row} | " + " | ".join(cells) + f" | {ratio:.2f} | {floor:.1f} |")
         same = all(results[(row, n)][0]["tokens"] == results[(row, "ours")][0]["tokens"] for n in names)
         print(f"|   (same greedy tokens as ours: {same}) |" + " |" * (len(names) + 2))
+    if args.json:
+        write_json(args.json, config, SETTINGS, best, bandwidth, args)
     prefill = {n: min(results[("prefill_ms, 2 threads", n)]) for n in names
                if ("prefill_ms, 2 threads", n) in results}
     if prefill:
