@@ -64,7 +64,8 @@ def test_preparing_keeps_names_values_and_parameter_objects():
     model = our_model_from_hf(tiny_hf_model(seed=23))
     params = dict(model.named_parameters())
     values = {k: v.clone() for k, v in model.state_dict().items()}
-    assert prepare_for_cpu_decoding(model, halves=True) is model
+    with torch.inference_mode():
+        assert prepare_for_cpu_decoding(model, halves=True) is model
     assert dict(model.named_parameters()).keys() == params.keys()
     assert all(p is params[name] for name, p in model.named_parameters())
     state = model.state_dict()

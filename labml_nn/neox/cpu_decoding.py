@@ -145,6 +145,8 @@ def _halves_linear(linear: nn.Linear) -> HalvesLinear:
     return halves
 
 
+# Outside inference mode even when called inside it, so that the re-laid weights stay usable for training
+@torch.inference_mode(False)
 @torch.no_grad()
 def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None) -> nn.Module:
     r"""
