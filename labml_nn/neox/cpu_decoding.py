@@ -13,7 +13,7 @@ It changes **how** the fp32 weights are stored and multiplied, never **what** is
 names, the same shapes `[out, in]`, the same values (the state dict holds the same numbers, so a prepared model
 can still be saved, fine-tuned or evaluated), and greedy tokens identical to the unprepared model's. `generate`
 never does this by itself: a function that silently re-lays its caller's tensors is a side effect the caller
-cannot see. `samples/generate.py` and the evaluation CLI call it when they run on a CPU.
+cannot see. `samples/generate.py` calls it when it runs on a CPU.
 
 ## Where a decoding step's time goes
 
@@ -24,7 +24,7 @@ multiply-adds, so a step can be no faster than reading all the weights, `weight 
 Pythia-160M-shaped weights, 49 products of 504 MB per step, `benchmarks/RESULTS.md`) the products are ~86% of a
 step, and what limits them is not the arithmetic but how MKL, PyTorch's CPU BLAS, walks the memory:
 
-| the 49 products of one step, 2 threads | batch 1 | batch 8 |
+| the 49 products of one step, 2 threads, read speed (a quiet moment) | batch 1 | batch 8 |
 |---|---|---|
 | `nn.Linear`, weights `[out, in]` row by row (as loaded) | 13.0 GB/s | 8.9 GB/s |
 | the same weights stored column by column | 19.1 GB/s | 6.8 GB/s |
@@ -60,6 +60,10 @@ core, so above `MAX_BMM_TOKENS` rows we call `F.linear` on the column-major weig
   slower at batch 8.
 * **fp16 and bf16 weights** are left alone: MKL's half-precision matrix-vector product is about 10 times slower on
   the transposed layout. On a GPU, cuBLAS reads both layouts at full speed, so GPU weights are left alone too.
+* **A busy machine.** A product split over two cores waits for the slower of them. In whole generations with other
+  jobs holding the cores (load average 5-8 on two cores), the halves lost to one-core column-major products with two
+  threads (2.5 against 4.1 tokens/s) and tied with one thread (16.2 against 17.3). On a shared machine,
+  `prepare_for_cpu_decoding(model, halves=False)` keeps only the layout.
 * **torch's dynamic int8 quantization** decodes 2.6 times faster, but it changes the values; it is a different
   step (LLM.int8 has its own page), not a faster way to compute the same thing.
 
