@@ -2,15 +2,15 @@ r"""
 # Links between pages, made from the code's own symbols
 
 Prose mentions our modules, classes and functions as code: `KVCache`, `LayerGenerator`, `config.py`,
-`utils/cache.py`, `Checkpoint.parts()`. Nobody keeps a list of what these should link to: the index below is
+`cpu_decoding.py`, `Checkpoint.parts()`. Nobody keeps a list of what these should link to: the index below is
 built at every build from the sources themselves (`ast`), so a class that moves to another file is linked to its
 new home, and a renamed one stops being linked.
 
 * **Symbols.** Every public top-level class and function, and every public method as `Class.method`, points to
   the section of the annotated page whose code holds its `class`/`def` line. A name defined in two modules is
   ambiguous and is not linked.
-* **Files.** A module is found by its path, by any tail of it that names one file only (`cache.py`,
-  `utils/cache.py`, `checkpoint/`), or by its dotted name (`labml_nn.neox.utils.cache`).
+* **Files.** A module is found by its path, by any tail of it that names one file only (`model.py`,
+  `cpu_decoding.py`, `checkpoint/`), or by its dotted name (`labml_nn.neox.cpu_decoding`).
 * **Imports.** What a module imports from the package is what it builds on; the page says so at its top.
 
 Only inline code in prose is linked (not code blocks, not headings, not text already inside a link), and a

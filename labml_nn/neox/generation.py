@@ -36,7 +36,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from labml_nn.neox.model import KVCache, ReadoutLayer, column_major_weights
+from labml_nn.neox.model import KVCache, ReadoutLayer
 
 
 # A model is an `nn.Sequential` of `model.py`'s modules, a list of them, or (for a quick test) a single module
@@ -172,8 +172,8 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     `max_len` is the length of the context the model may use (by default the one it was trained on): a prompt
     longer than that is an error, and generation stops when it is reached.
 
-    On a CPU the first call re-stores the model's fp32 linear weights column by column (see below); their values,
-    shapes and names do not change.
+    The model is used as it is: nothing here changes its weights or their layout. On a CPU, call
+    `prepare_for_cpu_decoding` (`cpu_decoding.py`) once beforehand to decode faster.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     if prompt_ids.dim() != 2:
@@ -186,13 +186,6 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
         raise ValueError(f"the prompt has {n_prompt} tokens but the model's context is {max_len}; "
                          f"shorten the prompt (keep its last {max_len} tokens) or pass a larger max_len")
     max_new_tokens = min(max_new_tokens, max_len - n_prompt)
-
-    # On a CPU, store the fp32 weights in the layout that matrix-vector products read fastest (`model.py`,
-    # `column_major_weights`); same values, same shapes. It happens once per model: the layout stays. We step out
-    # of inference mode for it, so that the parameters stay usable for training afterwards.
-    with torch.inference_mode(False), torch.no_grad():
-        for module in _modules(model):
-            column_major_weights(module)
 
     # The seeded generator is made on the device of the logits (the readout's), which need not be the prompt's:
     # the embedding moves the ids to its own device, and with `devices=` the readout sits on the last GPU

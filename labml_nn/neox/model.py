@@ -40,10 +40,11 @@ except ImportError:
 
 
 # When the loader spreads the layers over several GPUs, the activations follow the layers: each module moves its
-# input to the device of its own parameters. On one device this does nothing.
+# input to the device of its own parameters. On one device this does nothing, and a module without parameters
+# (say, a readout replaced by a quantized one) leaves its input where it is.
 def _on_device_of(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    device = next(module.parameters()).device
-    return x if x.device == device else x.to(device)
+    p = next(module.parameters(), None)
+    return x if p is None or x.device == p.device else x.to(p.device)
 
 
 class Embedding(nn.Module):
@@ -454,28 +455,3 @@ def build_layers(config: NeoXConfig) -> list:
                 nn.init.normal_(p, std=std)
     return layers
 
-
-def column_major_weights(module: nn.Module) -> nn.Module:
-    r"""
-    ## Storing weights for fast decoding on a CPU
-
-    While generating, each step multiplies one token's vector by every weight matrix of the model: matrix-vector
-    products, whose speed is how fast the weights stream from memory. `nn.Linear` keeps its weight $W$ as
-    `[out, in]`, row by row, and computes $x W^\top$. With fp32 weights in that layout, MKL's matrix-vector
-    product reads about 13.7 GB/s on our 2-core test machine (AMD EPYC, AVX-512; Pythia-160M-shaped weights,
-    `benchmarks/RESULTS.md`), against 19 GB/s for the same matrices stored column by column, which is as fast as
-    MKL's and oneDNN's pre-packed weight formats; a decoding step went from 79 ms to 62 ms. So on a
-    CPU we store each fp32 weight column by column: the same values, the same shape `[out, in]` and the same
-    parameter names, only the strides differ (`W.t()` is contiguous), and `nn.Linear` computes exactly the same
-    thing. The state dict is unchanged except that its weights are not contiguous (safetensors wants
-    `.contiguous()` tensors).
-
-    Half-precision weights keep the usual layout: MKL's fp16 matrix-vector product is about 10x slower column by
-    column. On a GPU, cuBLAS reads both layouts at full speed, so GPU weights are left alone.
-    """
-    for layer in module.modules():
-        weight = layer.weight if type(layer) is nn.Linear else None
-        if (weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
-                and weight.dim() == 2 and weight.is_contiguous() and min(weight.shape) > 1):
-            weight.data = weight.data.t().contiguous().t()
-    return module

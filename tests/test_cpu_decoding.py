@@ -1,0 +1,117 @@
+r"""
+Preparing a model for CPU decoding (`cpu_decoding.py`) changes how weights are stored and multiplied, never what is
+computed: the prepared model's logits equal the unprepared model's (within 1e-5 in fp32) and transformers' on the
+same weights, greedy tokens are identical, the parameters keep their names, values and identity. And `generate`
+itself leaves the caller's tensors exactly as they were.
+"""
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest.importorskip("transformers")
+
+from labml_nn.neox.cpu_decoding import MAX_BMM_TOKENS, HalvesLinear, prepare_for_cpu_decoding  # noqa: E402
+from labml_nn.neox.generation import forward, generate  # noqa: E402
+from labml_nn.neox.model import KVCache  # noqa: E402
+from test_model import TOLERANCE, our_model_from_hf, random_ids, tiny_hf_model  # noqa: E402
+
+
+def _layout(model):
+    return {name: (p.shape, p.stride(), p.data_ptr()) for name, p in model.named_parameters()}
+
+
+def test_generate_leaves_the_callers_tensors_as_they_were():
+    model = our_model_from_hf(tiny_hf_model(seed=21))
+    ids = random_ids(96, batch=2, length=8)
+    layout = _layout(model)
+    values = {k: v.clone() for k, v in model.state_dict().items()}
+    types = [type(m) for m in model.modules()]
+    generate(model, ids, 6, eos_token_id=None)
+    assert _layout(model) == layout
+    assert all(torch.equal(v, values[k]) for k, v in model.state_dict().items())
+    assert [type(m) for m in model.modules()] == types
+
+
+@pytest.mark.parametrize("halves", [True, False])
+@pytest.mark.parametrize("parallel_residual", [True, False])
+def test_prepared_model_computes_the_same_logits_and_greedy_tokens(halves, parallel_residual):
+    hf = tiny_hf_model(seed=22, use_parallel_residual=parallel_residual)
+    plain = our_model_from_hf(hf)
+    prepared = prepare_for_cpu_decoding(copy.deepcopy(plain), halves=halves)
+    assert any(isinstance(m, HalvesLinear) for m in prepared.modules()) == halves
+    ids = random_ids(96, batch=3, length=10)
+    with torch.no_grad():
+        # A full pass (the prompt path) and a cached one token at a time (the decoding path)
+        assert (prepared(ids) - plain(ids)).abs().max().item() < 1e-5
+        cache = KVCache(10)
+        steps = torch.cat([forward(prepared, ids[:, t:t + 1], cache) for t in range(10)], dim=1)
+        assert (steps - plain(ids)).abs().max().item() < 1e-5
+        # And against the independent reference
+        assert (steps - hf(ids).logits).abs().max().item() <= TOLERANCE
+    for batch in (1, 3):
+        prompt = random_ids(96, batch=batch, length=7, seed=5)
+        assert torch.equal(generate(prepared, prompt, 20, eos_token_id=None),
+                           generate(plain, prompt, 20, eos_token_id=None))
+
+
+def test_preparing_keeps_names_values_and_parameter_objects():
+    model = our_model_from_hf(tiny_hf_model(seed=23))
+    params = dict(model.named_parameters())
+    values = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.inference_mode():
+        assert prepare_for_cpu_decoding(model, halves=True) is model
+    assert dict(model.named_parameters()).keys() == params.keys()
+    assert all(p is params[name] for name, p in model.named_parameters())
+    state = model.state_dict()
+    assert list(state) == list(values) and all(torch.equal(state[k], values[k]) for k in values)
+    # Every fp32 linear weight is stored column by column, and preparing twice changes nothing more
+    weight = model[1].attention.query_key_value.weight
+    assert weight.t().is_contiguous() and isinstance(model[1].attention.query_key_value, HalvesLinear)
+    layout = _layout(model)
+    prepare_for_cpu_decoding(model, halves=True)
+    assert _layout(model) == layout
+    # Still trainable: gradients reach the same parameters
+    model(random_ids(96)).logsumexp(-1).mean().backward()
+    assert params["1.mlp.dense_h_to_4h.weight"].grad is not None
+
+
+def test_half_precision_weights_are_left_alone():
+    model = our_model_from_hf(tiny_hf_model(seed=24)).half()
+    layout = _layout(model)
+    prepare_for_cpu_decoding(model, halves=True)
+    assert _layout(model) == layout
+    assert not any(isinstance(m, HalvesLinear) for m in model.modules())
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, MAX_BMM_TOKENS + 1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_halves_linear_equals_the_float64_product(rows, bias):
+    torch.manual_seed(rows)
+    linear = nn.Linear(48, 34, bias=bias)
+    prepared = prepare_for_cpu_decoding(nn.Sequential(linear), halves=True)[0]
+    assert isinstance(prepared, HalvesLinear)
+    x = torch.randn(rows, 1, 48)
+    with torch.no_grad():
+        expected = F.linear(x.double(), linear.weight.double(), None if linear.bias is None else linear.bias.double())
+        assert (prepared(x).double() - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_a_readout_without_parameters_still_runs():
+    # After torch's dynamic quantization the readout module holds no `nn.Parameter`; the model moves no input
+    # for it (it used to raise StopIteration)
+    quantization = pytest.importorskip("torch.ao.quantization")
+    if "fbgemm" not in torch.backends.quantized.supported_engines and \
+            "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this PyTorch build has no CPU quantization engine")
+    model = our_model_from_hf(tiny_hf_model(seed=25))
+    model[-1] = quantization.quantize_dynamic(model[-1], {nn.Linear}, dtype=torch.qint8)
+    assert next(model[-1].parameters(), None) is None
+    out = generate(model, random_ids(96, batch=1, length=5), 3, eos_token_id=None)
+    assert out.shape == (1, 8)
