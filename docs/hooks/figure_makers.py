@@ -340,7 +340,8 @@ FIGURES = [
     dict(name="decode-speed", module="labml_nn/neox/generation.py", symbol="generate_stream", make=decode,
          depends=("benchmarks/results/decode.json",),
          alt="Bars of decoding speed in tokens per second for our implementation and transformers, with a red "
-             "line at the memory-bandwidth floor of each run; ours reaches about half of the floor.",
+             "line at the memory-bandwidth floor of each run; ours reaches 55-62% of the floor at batch 1 and 30% at "
+             "batch 8 (CTranslate2, in decode.json too, is not drawn).",
          caption="Decoding speed from <code>benchmarks/results/decode.json</code> (written from "
                  "<code>python benchmarks/generate.py</code>'s runs): ours, transformers, and the floor set by "
                  "reading every weight once per token at the machine's measured bandwidth."),
