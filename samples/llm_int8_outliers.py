@@ -61,8 +61,8 @@ from torch import nn
 
 from labml_nn.neox.utils.cli import (DTYPES, ArgumentParser, HelpFormatter, check_model_args, dtype_name, output_home,
                                      quiet_bitsandbytes_import, run_command)
-
-LINEAR_LAYERS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
+# The four linear layers of a transformer layer, by their checkpoint names (those LLM.int8 converts)
+from labml_nn.neox.utils.llm_int8 import LINEAR_LAYERS  # noqa: E402
 
 # The opening of Hamlet's soliloquy (public domain): English prose for any model, and verse for the demo model
 TEXT = """To be, or not to be, that is the question:
