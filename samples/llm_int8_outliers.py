@@ -62,7 +62,7 @@ from torch import nn
 from labml_nn.neox.utils.cli import (DTYPES, ArgumentParser, HelpFormatter, check_model_args, dtype_name, output_home,
                                      quiet_bitsandbytes_import, run_command)
 # The four linear layers of a transformer layer, by their checkpoint names (those LLM.int8 converts)
-from labml_nn.neox.utils.llm_int8 import LINEAR_LAYERS  # noqa: E402
+from labml_nn.neox.utils.llm_int8 import LINEAR_LAYERS
 
 # The opening of Hamlet's soliloquy (public domain): English prose for any model, and verse for the demo model
 TEXT = """To be, or not to be, that is the question:
