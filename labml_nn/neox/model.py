@@ -383,12 +383,13 @@ class TransformerLayer(nn.Module):
     # position alone and needs none.
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         x = _on_device_of(x, self)
-        attn = self.attention(self.input_layernorm(x), cache)
+        ln1 = self.input_layernorm(x)
+        attn = self.attention(ln1, cache)
         if self.parallel_residual:
             # $x + \operatorname{Attn}(\operatorname{LN}_1(x)) + \operatorname{FFN}(\operatorname{LN}_2(x))$, or
-            # $\operatorname{LN}_1$ in both places when the norms are tied
-            ffn_norm = self.input_layernorm if self.tied_layernorms else self.post_attention_layernorm
-            return x + attn + self.mlp(ffn_norm(x))
+            # $\operatorname{LN}_1(x)$ in both places when the norms are tied (computed once)
+            ffn_in = ln1 if self.tied_layernorms else self.post_attention_layernorm(x)
+            return x + attn + self.mlp(ffn_in)
         # $h = x + \operatorname{Attn}(\operatorname{LN}_1(x))$, then $h + \operatorname{FFN}(\operatorname{LN}_2(h))$
         h = x + attn
         return h + self.mlp(self.post_attention_layernorm(h))
