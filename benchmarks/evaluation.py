@@ -4,7 +4,7 @@ r"""
 The published GPT-NeoX-20B figures need the 39 GB weights and a GPU. What runs anywhere is the demo model
 (`labml_nn/neox/demo/`, a 5.3M-parameter GPT-NeoX trained on Shakespeare by `samples/train_demo.py`). This
 script evaluates it the way the 20B model is evaluated, through `python -m labml_nn.neox.evaluation`'s code
-path (`LayerGenerator` + `EvalHarnessAdapter` + `lm_eval.simple_evaluate`), in fp32 and with LLM.int8 layers:
+path (`LayerLoader` + `EvalHarnessAdapter` + `lm_eval.simple_evaluate`), in fp32 and with LLM.int8 layers:
 
 * **LAMBADA (OpenAI)** from a local `lambada_test.jsonl` (lm-eval's `lambada_openai` definitions: accuracy of
   the greedy last word, perplexity of the last word). The demo model has never seen modern English, so it

@@ -22,7 +22,7 @@ a 512-token prompt take? And how much memory do loading and one generation take,
   per row of the batch) plus the KV cache. Reading memory cannot go faster than a plain `sum()` over a large
   tensor with the same number of threads, so `bytes per step / read bandwidth` is the shortest a step can take.
 * **Memory**: a subprocess loads a two-rank fp16 checkpoint of the same shape (written with the checkpoint
-  package's writer) with `LayerGenerator`, prepares it and generates once; we report its peak resident memory
+  package's writer) with `LayerLoader`, prepares it and generates once; we report its peak resident memory
   (`VmHWM`) above what it held before loading, against the size of the loaded model.
 
 Run `python benchmarks/generate.py` (about 10 minutes on two CPU cores). The figures are recorded in
@@ -202,15 +202,15 @@ import json, sys, torch
 def status():
     return {line.split()[0][:-1]: int(line.split()[1]) * 1024 for line in open("/proc/self/status")
             if line.startswith(("VmHWM", "VmRSS", "RssFile"))}
-from labml_nn.neox.loader import LayerGenerator
-generator = LayerGenerator(sys.argv[1], dtype=getattr(torch, sys.argv[2]), progress=False)
+from labml_nn.neox.loader import LayerLoader
+loader = LayerLoader(sys.argv[1], dtype=getattr(torch, sys.argv[2]), progress=False)
 start = status()
 # Building the first module on the `meta` device imports more of PyTorch (about 75 MB, once per process);
 # we count it apart from the memory that grows with the model
 with torch.device("meta"):
     torch.nn.Embedding(2, 2)
 before = status()
-model = torch.nn.Sequential(*generator.load())
+model = torch.nn.Sequential(*loader.load())
 loaded = status()
 from labml_nn.neox.cpu_decoding import prepare_for_cpu_decoding
 from labml_nn.neox.generation import generate

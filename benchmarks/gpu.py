@@ -8,7 +8,7 @@ Everything a CUDA machine should tell us, in one unattended run of a few minutes
   `generate` on the same weights, at batch 1 and 8 (a 64-token prompt, 128 greedy tokens, best of `--rounds`),
   with the **HBM floor**: a decoding step reads every weight once plus the KV cache, so it cannot take less
   than `bytes / read bandwidth` (the bandwidth of a plain `sum()` over 1 GiB). Both must give the same tokens.
-* **LLM.int8** through bitsandbytes (`utils/llm_int8.py`): the logits' error against fp16 on a `[8, 64]` batch,
+* **LLM.int8** through bitsandbytes (`llm_int8.py`): the logits' error against fp16 on a `[8, 64]` batch,
   the weights' memory and the peak memory of that forward pass.
 * **Fine-tuning** a few steps under autocast (bf16 where the GPU has it, else fp16 with a gradient scaler) with
   fp32 master weights and AdamW: seconds per step, tokens/s, peak memory, the loss before and after.
@@ -228,7 +228,7 @@ def decode_section(args, config, rows):
 
 # ## LLM.int8 against fp16
 def int8_section(args, config, model, rows):
-    from labml_nn.neox.utils.llm_int8 import bitsandbytes_problem, make_llm_int8_layer, weight_bytes
+    from labml_nn.neox.llm_int8 import bitsandbytes_problem, make_llm_int8_layer, weight_bytes
 
     # Without bitsandbytes, the plain PyTorch `Int8Linear` gives the numbers (they are the same algorithm), and on
     # CUDA the section is then reported as failed, since bitsandbytes is what it is for
@@ -257,7 +257,7 @@ def int8_section(args, config, model, rows):
 
 # ## Fine-tuning under autocast
 def finetune_section(args, config, model, rows):
-    from labml_nn.neox.utils.trainer import autocast_context, lm_loss
+    from labml_nn.neox.training.trainer import autocast_context, lm_loss
 
     device = torch.device(args.device)
     precision = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
@@ -305,11 +305,11 @@ def evaluation_section(args, rows):
     from lm_eval.api.instance import Instance
 
     from labml_nn.neox.evaluation import EvalHarnessAdapter
-    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.loader import LayerLoader
     from labml_nn.neox.tokenizer import load_tokenizer
-    from labml_nn.neox.utils.cli import DEMO_CHECKPOINT
+    from labml_nn.neox.cli import DEMO_CHECKPOINT
 
-    model = torch.nn.Sequential(*LayerGenerator(DEMO_CHECKPOINT, dtype=getattr(torch, args.dtype),
+    model = torch.nn.Sequential(*LayerLoader(DEMO_CHECKPOINT, dtype=getattr(torch, args.dtype),
                                                 device=args.device, progress=False).load())
     adapter = EvalHarnessAdapter(model, load_tokenizer(DEMO_CHECKPOINT / "20B_tokenizer.json"), batch_size=8,
                                  progress=False)

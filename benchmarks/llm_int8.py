@@ -1,7 +1,7 @@
 r"""
 # Benchmark: LLM.int8, ours against bitsandbytes
 
-Loads one set of GPT-NeoX weights four ways with `LayerGenerator(..., is_llm_int8=True)`: our plain-PyTorch
+Loads one set of GPT-NeoX weights four ways with `LayerLoader(..., is_llm_int8=True)`: our plain-PyTorch
 `Int8Linear` and bitsandbytes' `Linear8bitLt`, each with the outlier decomposition (threshold 6) and without
 it (threshold 0, plain vector-wise int8), and compares each with the same weights in fp32:
 
@@ -108,7 +108,7 @@ def layer_bytes(model: nn.Sequential):
     the fp32 steps as fp32), and the same layers' parameters in fp16.
     """
     from labml_nn.neox.model import TransformerLayer
-    from labml_nn.neox.utils.llm_int8 import weight_bytes
+    from labml_nn.neox.llm_int8 import weight_bytes
 
     held = fp16 = 0
     for module in model:
@@ -138,12 +138,12 @@ def timed(fn, device: torch.device, repeat: int = 2) -> float:
 def measure(path: Path, ids: torch.Tensor, device: torch.device, dtype: torch.dtype, reference: Optional[torch.Tensor],
             decode_tokens: int, **int8) -> dict:
     from labml_nn.neox.generation import forward, generate
-    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.loader import LayerLoader
 
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    model = nn.Sequential(*LayerGenerator(path, dtype=dtype, device=device, progress=False, **int8).load())
+    model = nn.Sequential(*LayerLoader(path, dtype=dtype, device=device, progress=False, **int8).load())
     with torch.no_grad():
         logits = forward(model, ids).float().cpu()
         seconds = timed(lambda: forward(model, ids), device)
@@ -241,7 +241,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device(args.device)
     torch.manual_seed(0)
 
-    from labml_nn.neox.utils.llm_int8 import bitsandbytes_problem
+    from labml_nn.neox.llm_int8 import bitsandbytes_problem
     problem = bitsandbytes_problem(device.type)
     if problem is not None:
         print(f"bitsandbytes cannot run here: {problem}", file=sys.stderr)
@@ -274,8 +274,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     hf_logits = hf_model(ids).logits
                 del hf_model
                 from labml_nn.neox.generation import forward
-                from labml_nn.neox.loader import LayerGenerator
-                ours_fp32 = forward(nn.Sequential(*LayerGenerator(folder, progress=False).load()), ids).detach()
+                from labml_nn.neox.loader import LayerLoader
+                ours_fp32 = forward(nn.Sequential(*LayerLoader(folder, progress=False).load()), ids).detach()
                 check = relative_error(ours_fp32, hf_logits)
                 text, verdict = run(Path(folder), ids.to(device), device, args.decode_tokens)
             what = (f"with outlier features planted in dims {dims} (x{GAIN:g})" if planted

@@ -27,7 +27,7 @@ python samples/finetune.py --help
 
 The output folder holds the fine-tuned model in the 20B slim-weights layout, with the source's tensor-parallel
 degree (1 for a Hugging Face source), its tokenizer and its config, and `finetuned.safetensors`: only the trained
-tensors, which `labml_nn.neox.utils.finetune.merge_into_checkpoint` puts back into the source checkpoint. The
+tensors, which `labml_nn.neox.training.finetune.merge_into_checkpoint` puts back into the source checkpoint. The
 folder is written beside its final place and renamed when complete, so an interrupted run leaves nothing
 half-written.
 
@@ -58,7 +58,7 @@ from typing import List, Optional
 
 import torch
 
-from labml_nn.neox.utils.cli import (DTYPES, ArgumentParser, DataError, UsageError, default_dtype, dtype_name,
+from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, default_dtype, dtype_name,
                                      output_home, run_command)
 
 # The learning rate that suits each choice: biases tolerate (and need) larger steps than whole matrices
@@ -159,11 +159,11 @@ def init_distributed(device: torch.device) -> int:
 
 def _finetune(argv: Optional[List[str]] = None):
     args = parse_args(argv)
-    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.loader import LayerLoader
     from labml_nn.neox.tokenizer import check_vocabulary, load_tokenizer
-    from labml_nn.neox.utils.finetune import count_parameters, save_trained, select_trainable, write_checkpoint
-    from labml_nn.neox.utils.text_dataset import TokenWindows, split_train_valid, tokenize_file
-    from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, labml_experiment
+    from labml_nn.neox.training.finetune import count_parameters, save_trained, select_trainable, write_checkpoint
+    from labml_nn.neox.training.text_dataset import TokenWindows, split_train_valid, tokenize_file
+    from labml_nn.neox.training.trainer import Trainer, TrainingConfig, labml_experiment
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -175,14 +175,14 @@ def _finetune(argv: Optional[List[str]] = None):
 
     # ### The model, with the chosen tensors trainable
     devices = args.devices.split(",") if args.devices else None
-    generator = LayerGenerator(args.checkpoint, dtype=DTYPES[dtype_name], device=device, devices=devices,
+    loader = LayerLoader(args.checkpoint, dtype=DTYPES[dtype_name], device=device, devices=devices,
                                trust_pickle=args.trust_pickle, progress=None if rank == 0 else False, revision=args.revision)
-    config, checkpoint = generator.config, generator.checkpoint
+    config, checkpoint = loader.config, loader.checkpoint
     if checkpoint.tokenizer_path is None:
         raise DataError(f"{args.checkpoint} has no tokenizer file; copy the model's tokenizer.json there")
     # The dtype the source stores its weights in, which the output keeps
     stored_dtype = next(iter(checkpoint.read("norm").values())).dtype
-    modules = list(generator.load())
+    modules = list(loader.load())
     select_trainable(modules, args.train)
     trained, total = count_parameters(modules)
     if rank == 0:
@@ -230,7 +230,7 @@ def _finetune(argv: Optional[List[str]] = None):
     # beside it.
     if distributed and args.distributed == "fsdp":
         # FSDP leaves each rank a shard of every parameter; gather whole tensors (every rank takes part)
-        from labml_nn.neox.utils.trainer import gather_full_modules
+        from labml_nn.neox.training.trainer import gather_full_modules
         modules = gather_full_modules(modules)
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
@@ -247,7 +247,7 @@ def _finetune(argv: Optional[List[str]] = None):
 
 
 # Every error becomes one line and an exit status (2 for a wrong argument, 1 for a bad file or value), see
-# `utils/cli.py`
+# `cli.py`
 def main(argv: Optional[List[str]] = None) -> int:
     return run_command(_finetune, argv)
 

@@ -1,7 +1,7 @@
 r"""
 # Generating text from the command line
 
-This sample puts the pieces together: `LayerGenerator` (loader.py) reads a checkpoint one layer at a time,
+This sample puts the pieces together: `LayerLoader` (loader.py) reads a checkpoint one layer at a time,
 on a CPU `prepare_for_cpu_decoding` (cpu_decoding.py) re-lays its fp32 weights for fast decoding,
 `generate_stream` (generation.py) runs the model with a key-value cache and picks one token per step, and the
 tokenizer's `StreamDecoder` turns each token into text as soon as it is chosen, so the text appears as it is
@@ -70,7 +70,7 @@ from typing import List, Optional, TextIO
 
 import torch
 
-from labml_nn.neox.utils.cli import (DEMO_CHECKPOINT, DTYPES, ArgumentParser, DataError, UsageError, default_dtype,
+from labml_nn.neox.cli import (DEMO_CHECKPOINT, DTYPES, ArgumentParser, DataError, UsageError, default_dtype,
                                      dtype_name, run_command)
 
 
@@ -133,7 +133,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def load(args: argparse.Namespace, progress: bool):
     from labml_nn.neox.checkpoint import CheckpointError
     from labml_nn.neox.cpu_decoding import prepare_for_cpu_decoding
-    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.loader import LayerLoader
     from labml_nn.neox.tokenizer import check_vocabulary, load_tokenizer
 
     from labml_nn.neox.checkpoint.hub import is_hub_name
@@ -148,9 +148,9 @@ def load(args: argparse.Namespace, progress: bool):
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but PyTorch sees no GPU; use --device cpu")
     try:
-        generator = LayerGenerator(checkpoint, dtype=DTYPES[args.dtype], device=args.device,
+        loader = LayerLoader(checkpoint, dtype=DTYPES[args.dtype], device=args.device,
                                    trust_pickle=args.trust_pickle, progress=progress, revision=args.revision)
-        tokenizer_path = args.tokenizer or generator.checkpoint.tokenizer_path
+        tokenizer_path = args.tokenizer or loader.checkpoint.tokenizer_path
         if tokenizer_path is None:
             raise UsageError(f"No tokenizer found beside {checkpoint} (20B_tokenizer.json or tokenizer.json); "
                              f"pass --tokenizer PATH.")
@@ -158,10 +158,10 @@ def load(args: argparse.Namespace, progress: bool):
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     try:
-        check_vocabulary(tokenizer, generator.config.n_vocab, tokenizer_path)
+        check_vocabulary(tokenizer, loader.config.n_vocab, tokenizer_path)
     except ValueError as e:
         raise DataError(str(e)) from None
-    model = torch.nn.Sequential(*generator.load())
+    model = torch.nn.Sequential(*loader.load())
     # On a CPU, one explicit step stores the fp32 weights the way matrix-vector products read them fastest
     # and spreads each product over two cores (`cpu_decoding.py`): same names, same values, same tokens
     if str(args.device) == "cpu":
@@ -342,7 +342,7 @@ def _generate(argv: Optional[List[str]] = None) -> int:
 
 
 # Every error becomes one line and an exit status (2 for a wrong argument, 1 for a bad file or value), see
-# `utils/cli.py`
+# `cli.py`
 def main(argv: Optional[List[str]] = None) -> int:
     return run_command(_generate, argv)
 

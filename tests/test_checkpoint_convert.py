@@ -66,7 +66,7 @@ def test_neox_export_runs_in_our_model_with_transformers_logits(tiny, tmp_path):
     loader = pytest.importorskip("labml_nn.neox.loader")
     write_slim_from_hf(tiny, tmp_path / "src", tp=2)
     assert main(["merge", str(tmp_path / "src"), str(tmp_path / "out"), "--format", "neox"]) == 0
-    layers = list(loader.LayerGenerator(tmp_path / "out", dtype=torch.float32, progress=False).load())
+    layers = list(loader.LayerLoader(tmp_path / "out", dtype=torch.float32, progress=False).load())
     ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = torch.nn.Sequential(*layers)(ids)
@@ -120,8 +120,8 @@ def test_demo_export_has_the_tanh_gelu_and_end_of_text_that_gpt_neox_converter_g
     """
     from tokenizers import Tokenizer
 
-    from labml_nn.neox.loader import LayerGenerator
-    from labml_nn.neox.utils.cli import DEMO_CHECKPOINT
+    from labml_nn.neox.loader import LayerLoader
+    from labml_nn.neox.cli import DEMO_CHECKPOINT
 
     out = tmp_path / "hf"
     assert main(["merge", str(DEMO_CHECKPOINT), str(out), "--format", "hf", "--dtype", "float32"]) == 0
@@ -131,7 +131,7 @@ def test_demo_export_has_the_tanh_gelu_and_end_of_text_that_gpt_neox_converter_g
 
     ids = torch.randint(0, 4096, (2, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ours = torch.nn.Sequential(*LayerGenerator(DEMO_CHECKPOINT, progress=False).load())(ids)
+        ours = torch.nn.Sequential(*LayerLoader(DEMO_CHECKPOINT, progress=False).load())(ids)
         errors = {}
         for act in ("gelu_fast", "gelu"):
             (out / "config.json").write_text(json.dumps({**config, "hidden_act": act}))

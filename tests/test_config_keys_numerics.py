@@ -23,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 from helpers import make_tiny_hf_model, write_slim_from_hf  # noqa: E402
 
 from labml_nn.neox.checkpoint.__main__ import main as checkpoint_cli  # noqa: E402
-from labml_nn.neox.loader import LayerGenerator  # noqa: E402
+from labml_nn.neox.loader import LayerLoader  # noqa: E402
 
 TOLERANCE = 2e-4
 IDS = torch.randint(0, 96, (2, 60), generator=torch.Generator().manual_seed(0))
@@ -31,7 +31,7 @@ IDS = torch.randint(0, 96, (2, 60), generator=torch.Generator().manual_seed(0))
 
 def ours(path) -> torch.Tensor:
     with torch.no_grad():
-        return torch.nn.Sequential(*LayerGenerator(path, progress=False).load())(IDS)
+        return torch.nn.Sequential(*LayerLoader(path, progress=False).load())(IDS)
 
 
 def theirs(model) -> torch.Tensor:

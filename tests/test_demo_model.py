@@ -14,9 +14,9 @@ import torch
 
 from labml_nn.neox.checkpoint import merge_part, open_checkpoint, split_part
 from labml_nn.neox.generation import generate
-from labml_nn.neox.loader import LayerGenerator
+from labml_nn.neox.loader import LayerLoader
 from labml_nn.neox.tokenizer import encode, load_tokenizer
-from labml_nn.neox.utils.trainer import lm_loss
+from labml_nn.neox.training.trainer import lm_loss
 
 DEMO = Path(__file__).resolve().parent.parent / "labml_nn" / "neox" / "demo"
 
@@ -37,7 +37,7 @@ Signifying nothing.
 
 @pytest.fixture(scope="module")
 def demo():
-    generator = LayerGenerator(DEMO, dtype=torch.float32, progress=False)
+    generator = LayerLoader(DEMO, dtype=torch.float32, progress=False)
     return generator, torch.nn.Sequential(*generator.load())
 
 

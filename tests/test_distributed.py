@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 
 from labml_nn.neox.config import NeoXConfig
 from labml_nn.neox.model import build_layers
-from labml_nn.neox.utils.text_dataset import TokenWindows
-from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, gather_full_modules
+from labml_nn.neox.training.text_dataset import TokenWindows
+from labml_nn.neox.training.trainer import Trainer, TrainingConfig, gather_full_modules
 
 CONFIG = NeoXConfig(n_layers=2, d_model=32, n_heads=4, n_vocab=64, n_ctx=32, rotary_pct=0.5,
                     parallel_residual=True, activation="gelu_tanh")

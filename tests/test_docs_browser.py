@@ -368,7 +368,7 @@ def test_screenshots_and_a_phone_shows_everything(browser, real_url):
     for width in (1280, 1440, 390):
         browser.set_width(width)
         for page, name in (("index.html", "home"), ("labml_nn/neox/model.html", "model"),
-                           ("labml_nn/neox/utils/llm_int8.html", "llm_int8")):
+                           ("labml_nn/neox/llm_int8.html", "llm_int8")):
             browser.goto(f"{real_url}/{page}")
             browser.screenshot(ARTIFACTS / f"{name}-{width}.png")
             if name == "model":

@@ -293,7 +293,7 @@ def reduced_precision(model: torch.nn.Sequential, variant: str) -> torch.nn.Sequ
     if variant in ("bfloat16", "float16"):
         return model.to(getattr(torch, variant))
     from labml_nn.neox.model import TransformerLayer
-    from labml_nn.neox.utils.llm_int8 import make_llm_int8_layer
+    from labml_nn.neox.llm_int8 import make_llm_int8_layer
     implementation = variant.split("-", 1)[1]
     if implementation == "bitsandbytes":
         pytest.importorskip("bitsandbytes")

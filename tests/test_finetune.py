@@ -1,5 +1,5 @@
 r"""
-Fine-tuning (`utils/finetune.py`): exactly the chosen tensors change (biases, FFN, all), the trained tensors
+Fine-tuning (`training/finetune.py`): exactly the chosen tensors change (biases, FFN, all), the trained tensors
 round-trip through their safetensors file, a fine-tuned model written as a checkpoint reloads with identical
 logits (also after merging the trained tensors into the base checkpoint), and `samples/finetune.py` run end to
 end on a tiny checkpoint writes a folder that loads.
@@ -17,12 +17,12 @@ import torch
 from helpers import write_tiny_tokenizer
 from labml_nn.neox.checkpoint import CheckpointError
 from labml_nn.neox.config import NeoXConfig
-from labml_nn.neox.loader import LayerGenerator
+from labml_nn.neox.loader import LayerLoader
 from labml_nn.neox.model import build_layers
-from labml_nn.neox.utils.finetune import (apply_trained, load_trained, merge_into_checkpoint, save_trained,
+from labml_nn.neox.training.finetune import (apply_trained, load_trained, merge_into_checkpoint, save_trained,
                                           select_trainable, write_checkpoint)
-from labml_nn.neox.utils.text_dataset import TokenWindows
-from labml_nn.neox.utils.trainer import Trainer, TrainingConfig, forward_layers
+from labml_nn.neox.training.text_dataset import TokenWindows
+from labml_nn.neox.training.trainer import Trainer, TrainingConfig, forward_layers
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = NeoXConfig(n_layers=2, d_model=32, n_heads=4, n_vocab=384, n_ctx=64, rotary_pct=0.25,
@@ -137,7 +137,7 @@ def test_trained_tensors_of_another_model_are_refused(tmp_path):
 
 # ## Complete checkpoints
 def load(path) -> list:
-    return list(LayerGenerator(path, progress=False).load())
+    return list(LayerLoader(path, progress=False).load())
 
 
 @pytest.mark.parametrize("tp", [1, 2])
@@ -156,7 +156,7 @@ def test_merging_trained_tensors_into_the_base_checkpoint(tiny_checkpoint, tmp_p
     tuned = fine_tune(load(tiny_checkpoint), "biases")
     trained = save_trained(tmp_path / "ft.safetensors", tuned, "biases", CONFIG)
     merge_into_checkpoint(tiny_checkpoint, trained, tmp_path / "merged")
-    merged = LayerGenerator(tmp_path / "merged", progress=False)
+    merged = LayerLoader(tmp_path / "merged", progress=False)
     assert merged.config.tensor_parallel_size == 2 and merged.checkpoint.tokenizer_path is not None
     ids = random_ids()
     with torch.no_grad():
@@ -185,7 +185,7 @@ def test_finetune_sample_writes_a_checkpoint_that_loads(tiny_checkpoint, tmp_pat
                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Training biases" in result.stdout and "Wrote" in result.stdout
-    base, tuned = load(tiny_checkpoint), LayerGenerator(out, progress=False)
+    base, tuned = load(tiny_checkpoint), LayerLoader(out, progress=False)
     assert tuned.config.tensor_parallel_size == 2
     assert (out / "finetuned.safetensors").is_file() and (out / "20B_tokenizer.json").is_file()
     tuned = list(tuned.load())

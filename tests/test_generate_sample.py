@@ -57,11 +57,11 @@ def test_help_explains_the_options(sample, capsys):
 def test_greedy_output_is_what_generate_gives_and_the_speed_is_reported(checkpoint):
     # The sample's text must be the decoding of `generate`'s tokens on the same checkpoint
     from labml_nn.neox.generation import generate
-    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.loader import LayerLoader
     from labml_nn.neox.tokenizer import encode, load_tokenizer
 
     tokenizer = load_tokenizer(checkpoint)
-    model = torch.nn.Sequential(*LayerGenerator(checkpoint, progress=False).load())
+    model = torch.nn.Sequential(*LayerLoader(checkpoint, progress=False).load())
     ids = torch.tensor([encode(tokenizer, "JULIET: O")])
     out = generate(model, ids, 10, temperature=0.0)[0, ids.shape[1]:].tolist()
     if 0 in out:

@@ -21,7 +21,7 @@ from helpers import make_tiny_hf_model, write_tiny_tokenizer  # noqa: E402
 
 from labml_nn.neox.checkpoint import CheckpointError, open_checkpoint  # noqa: E402
 from labml_nn.neox.checkpoint import hub  # noqa: E402
-from labml_nn.neox.loader import LayerGenerator  # noqa: E402
+from labml_nn.neox.loader import LayerLoader  # noqa: E402
 from labml_nn.neox.tokenizer import encode, load_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,14 +98,14 @@ def test_the_revision_asked_for_is_the_one_loaded(hub_cache, offline):
     _, models = hub_cache
     loaded = {}
     for revision in REVISIONS:
-        ours = torch.nn.Sequential(*LayerGenerator(NAME, revision=revision, progress=False).load())
+        ours = torch.nn.Sequential(*LayerLoader(NAME, revision=revision, progress=False).load())
         loaded[revision] = logits(ours, IDS)
         # The logits of transformers' model of that revision, and only of that one
         for other, (model, _) in models.items():
             close = torch.allclose(loaded[revision], logits(model, IDS), atol=2e-4)
             assert close == (other == revision), (revision, other)
     # `main` is the latest step, and no revision is the default
-    main = torch.nn.Sequential(*LayerGenerator(NAME, progress=False).load())
+    main = torch.nn.Sequential(*LayerLoader(NAME, progress=False).load())
     assert torch.equal(logits(main, IDS), loaded["step2"])
 
 
@@ -127,7 +127,7 @@ def test_the_tokenizer_of_a_revision_loads_by_name(hub_cache, offline):
 ])
 def test_an_unknown_name_or_revision_fails_naming_it(offline, name, revision, message):
     with pytest.raises(CheckpointError, match=message):
-        LayerGenerator(name, revision=revision, progress=False)
+        LayerLoader(name, revision=revision, progress=False)
 
 
 def test_a_local_folder_wins_over_a_hub_name(hub_cache, offline, tmp_path, monkeypatch):
@@ -137,11 +137,11 @@ def test_a_local_folder_wins_over_a_hub_name(hub_cache, offline, tmp_path, monke
     local.parent.mkdir()
     os.symlink(models["step1"][1], local)
     monkeypatch.chdir(tmp_path)
-    ours = torch.nn.Sequential(*LayerGenerator(NAME, progress=False).load())
+    ours = torch.nn.Sequential(*LayerLoader(NAME, progress=False).load())
     assert torch.allclose(logits(ours, IDS), logits(models["step1"][0], IDS), atol=2e-4)
     # A revision is for Hub names; with a local folder it is refused rather than ignored
     with pytest.raises(CheckpointError, match="is a local folder; a revision \\(step2\\)"):
-        LayerGenerator(NAME, revision="step2", progress=False)
+        LayerLoader(NAME, revision="step2", progress=False)
 
 
 def test_only_the_files_we_read_are_fetched(hub_cache, monkeypatch):
@@ -203,10 +203,10 @@ def test_finetune_and_merge_by_name_and_revision(hub_cache, tmp_path):
     run(hub_cache, REPO / "samples" / "finetune.py", "--checkpoint", NAME, "--revision", "step0", "--text", text,
         "--steps", "2", "--out", tuned, "--batch-size", "2", "--seq-len", "16", "--device", "cpu",
         "--log-dir", tmp_path / "logs")
-    assert LayerGenerator(tuned, progress=False).config.n_vocab == 320
+    assert LayerLoader(tuned, progress=False).config.n_vocab == 320
 
     merged = tmp_path / "merged"
     run(hub_cache, "-m", "labml_nn.neox.checkpoint", "merge", NAME, merged, "--revision", "step2", "--format",
         "neox", "--dtype", "float32")
-    ours = torch.nn.Sequential(*LayerGenerator(merged, progress=False).load())
+    ours = torch.nn.Sequential(*LayerLoader(merged, progress=False).load())
     assert torch.allclose(logits(ours, IDS), logits(hub_cache[1]["step2"][0], IDS), atol=2e-4)

@@ -1,7 +1,7 @@
 r"""
-LLM.int8 (`utils/llm_int8.py`): the quantization maths against float64, our plain-PyTorch layer against
+LLM.int8 (`llm_int8.py`): the quantization maths against float64, our plain-PyTorch layer against
 bitsandbytes on the same weights, the decomposition against plain int8 when inputs carry outlier features, and a
-whole int8 model, loaded through `LayerGenerator`, against the same model in fp32.
+whole int8 model, loaded through `LayerLoader`, against the same model in fp32.
 
 Outlier features are planted the way they look in large models: a few hidden dimensions of the layer norms'
 outputs (the inputs of `query_key_value` and `dense_h_to_4h`) are made 20 times larger in every token. We scale
@@ -20,8 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from labml_nn.neox.config import NeoXConfig  # noqa: E402
 from labml_nn.neox.model import TransformerLayer, build_layers  # noqa: E402
-from labml_nn.neox.utils import llm_int8  # noqa: E402
-from labml_nn.neox.utils.llm_int8 import (Int8Linear, absmax_quantize, int8_matmul, int8_matmul_exact_fp32,  # noqa: E402
+from labml_nn.neox import llm_int8  # noqa: E402
+from labml_nn.neox.llm_int8 import (Int8Linear, absmax_quantize, int8_matmul, int8_matmul_exact_fp32,  # noqa: E402
                                           make_llm_int8_layer, make_llm_int8_linear, weight_bytes)
 
 # Importing bitsandbytes 0.50 triggers torch's deprecation warning for `torch.jit.script_method`
@@ -264,7 +264,7 @@ def plant_outlier_features(layers, dims, gain: float):
 def planted_checkpoint(tmp_path_factory):
     r"""
     A random 3-layer model with outlier features, written as a gpt-neox checkpoint with 2 tensor-parallel ranks
-    (the layout of the 20B slim weights), for `LayerGenerator` to load.
+    (the layout of the 20B slim weights), for `LayerLoader` to load.
     """
     from labml_nn.neox.checkpoint import write_neox_checkpoint
     config = tiny_config(n_layers=3)
@@ -285,8 +285,8 @@ def planted_checkpoint(tmp_path_factory):
 
 
 def _logits(path, ids, **kwargs) -> torch.Tensor:
-    from labml_nn.neox.loader import LayerGenerator
-    model = nn.Sequential(*LayerGenerator(path, progress=False, **kwargs).load())
+    from labml_nn.neox.loader import LayerLoader
+    model = nn.Sequential(*LayerLoader(path, progress=False, **kwargs).load())
     if kwargs.get("is_llm_int8"):
         assert model[1].mlp.dense_4h_to_h.weight.dtype == torch.int8
     with torch.no_grad():

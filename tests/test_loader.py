@@ -1,5 +1,5 @@
 r"""
-`LayerGenerator` turns checkpoint files into our modules, and `nn.Sequential` of them gives transformers'
+`LayerLoader` turns checkpoint files into our modules, and `nn.Sequential` of them gives transformers'
 logits on the same weights: for the gpt-neox layouts with 1, 2 and 4 tensor-parallel ranks, for Hugging Face
 folders, and for checkpoints whose replicated tensors disagree across ranks.
 
@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 
 from helpers import load_hf_state_dict, make_tiny_hf_model, write_slim_from_hf  # noqa: E402
 from labml_nn.neox.checkpoint import CheckpointError  # noqa: E402
-from labml_nn.neox.loader import LayerGenerator  # noqa: E402
+from labml_nn.neox.loader import LayerLoader  # noqa: E402
 from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerLayer  # noqa: E402
 
 TOLERANCE = 2e-4
@@ -31,7 +31,7 @@ def ids_for(hf_model, batch: int = 2, length: int = 12) -> torch.Tensor:
 
 
 def load_model(path, **kwargs) -> torch.nn.Sequential:
-    return torch.nn.Sequential(*LayerGenerator(path, progress=False, **kwargs).load())
+    return torch.nn.Sequential(*LayerLoader(path, progress=False, **kwargs).load())
 
 
 def max_logit_error(model, hf_model) -> float:
@@ -63,7 +63,7 @@ def test_identical_replicated_tensors_raise_no_divergence_warning(tmp_path):
     write_slim_from_hf(hf, tmp_path / "ckpt", tp=2, tokenizer=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        list(LayerGenerator(tmp_path / "ckpt", progress=False).load())
+        list(LayerLoader(tmp_path / "ckpt", progress=False).load())
 
 
 def test_sequential_mp_rank_layout_gives_transformers_logits(tmp_path):
@@ -78,17 +78,17 @@ def test_noisy_replicated_tensors_give_the_logits_of_the_merged_norms(tmp_path, 
     # transformers' logits on the merged norms: averaged, or rank 0's with replicated="first".
     hf = make_tiny_hf_model()
     slim = write_slim_from_hf(hf, tmp_path / "ckpt", tp=2, replicated_noise=0.05, tokenizer=False)
-    generator = LayerGenerator(tmp_path / "ckpt", progress=False, replicated=replicated)
+    loader = LayerLoader(tmp_path / "ckpt", progress=False, replicated=replicated)
     # The loader warns, naming the worst tensor, instead of refusing the checkpoint
     with pytest.warns(UserWarning, match=r"replicated tensors differ across tensor-parallel ranks.*max abs"):
-        model = torch.nn.Sequential(*generator.load())
+        model = torch.nn.Sequential(*loader.load())
     reference = load_hf_state_dict(slim.merged_hf_state_dict(replicated), like_model=hf)
     assert max_logit_error(model, reference) <= TOLERANCE
     other = load_hf_state_dict(slim.merged_hf_state_dict("first" if replicated == "average" else "average"),
                                like_model=hf)
     assert max_logit_error(model, other) > 10 * TOLERANCE
     # The loader reports how far the copies diverged
-    assert max(d.max_abs for d in generator.checkpoint.divergence) > 0.01
+    assert max(d.max_abs for d in loader.checkpoint.divergence) > 0.01
 
 
 # ## Hugging Face folders
@@ -117,17 +117,17 @@ def test_fp16_checkpoint_loads_in_the_dtype_asked_for(tmp_path):
 def test_filter_layers_reads_and_builds_only_the_chosen_parts(tmp_path):
     hf = make_tiny_hf_model(num_hidden_layers=3)
     write_slim_from_hf(hf, tmp_path / "ckpt", tp=2, tokenizer=False)
-    generator = LayerGenerator(tmp_path / "ckpt", progress=False, filter_layers={0, 2, 5})
+    loader = LayerLoader(tmp_path / "ckpt", progress=False, filter_layers={0, 2, 5})
     read = []
-    original = generator.checkpoint.read
-    generator.checkpoint.read = lambda part, layer=None: read.append((part, layer)) or original(part, layer)
-    modules = list(generator.load())
+    original = loader.checkpoint.read
+    loader.checkpoint.read = lambda part, layer=None: read.append((part, layer)) or original(part, layer)
+    modules = list(loader.load())
     # 0 is the embedding, 1 ... 3 the transformer layers (so 2 is layer 1), 4 the final norm, 5 the readout
     assert read == [("embedding", None), ("layer", 1), ("readout", None)]
     assert [type(m) for m in modules] == [Embedding, TransformerLayer, ReadoutLayer]
     assert modules[1].layer_idx == 1
     with pytest.raises(ValueError, match="outside 0 ... 5"):
-        LayerGenerator(tmp_path / "ckpt", progress=False, filter_layers={6})
+        LayerLoader(tmp_path / "ckpt", progress=False, filter_layers={6})
 
 
 def test_two_devices_split_the_parameter_bytes_evenly(tmp_path):
@@ -136,12 +136,12 @@ def test_two_devices_split_the_parameter_bytes_evenly(tmp_path):
     # Two CPUs: the model runs and is exact
     assert max_logit_error(load_model(tmp_path / "ckpt", devices=["cpu", "cpu"]), hf) <= TOLERANCE
     # The placement, with two distinguishable devices: contiguous runs, each device about half the bytes
-    generator = LayerGenerator(tmp_path / "ckpt", progress=False, devices=["cpu", "cpu"])
-    generator.devices = ["first", "second"]
-    parts = generator._parts()
-    placement = generator._placement(parts)
+    loader = LayerLoader(tmp_path / "ckpt", progress=False, devices=["cpu", "cpu"])
+    loader.devices = ["first", "second"]
+    parts = loader._parts()
+    placement = loader._placement(parts)
     assert placement == sorted(placement) and set(placement) == {"first", "second"}
-    modules = [generator._new_module(part, layer) for _, part, layer in parts]
+    modules = [loader._new_module(part, layer) for _, part, layer in parts]
     nbytes = [sum(p.numel() for p in m.parameters()) for m in modules]
     first = sum(n for n, d in zip(nbytes, placement) if d == "first")
     assert abs(first / sum(nbytes) - 0.5) <= max(nbytes) / sum(nbytes) / 2 + 1e-9
@@ -150,10 +150,10 @@ def test_two_devices_split_the_parameter_bytes_evenly(tmp_path):
 def test_modules_are_in_eval_mode_and_carry_the_config(tmp_path):
     hf = make_tiny_hf_model()
     write_slim_from_hf(hf, tmp_path / "ckpt", tp=2, tokenizer=False)
-    generator = LayerGenerator(tmp_path / "ckpt", progress=False)
-    for module in generator.load():
+    loader = LayerLoader(tmp_path / "ckpt", progress=False)
+    for module in loader.load():
         assert not module.training
-        assert module.config == generator.config
+        assert module.config == loader.config
 
 
 # ## Bad checkpoints: the error names the file or tensor, and what to do
@@ -173,7 +173,7 @@ def checkpoint(good_checkpoint, tmp_path):
 
 def fails_to_load(path, *fragments):
     with pytest.raises((CheckpointError, ValueError)) as e:
-        list(LayerGenerator(path, progress=False).load())
+        list(LayerLoader(path, progress=False).load())
     for fragment in fragments:
         assert fragment in str(e.value), str(e.value)
 

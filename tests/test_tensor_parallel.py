@@ -23,7 +23,7 @@ import math
 import pytest
 import torch
 
-from labml_nn.neox.loader import LayerGenerator
+from labml_nn.neox.loader import LayerLoader
 
 V, C, H, L, T = 64, 32, 4, 2, 10
 D = C // H
@@ -153,7 +153,7 @@ def test_merged_model_computes_what_the_ranks_compute_together(tmp_path, tp, par
     ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(1))
     expected = tensor_parallel_logits(ranks, ids, parallel_residual)
 
-    model = torch.nn.Sequential(*LayerGenerator(tmp_path / "ckpt", dtype=torch.float64, progress=False).load())
+    model = torch.nn.Sequential(*LayerLoader(tmp_path / "ckpt", dtype=torch.float64, progress=False).load())
     with torch.no_grad():
         got = model(ids[None])[0]
     assert got.shape == expected.shape

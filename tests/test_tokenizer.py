@@ -6,7 +6,7 @@ downloaded).
 
 import pytest
 
-from labml_nn.neox.utils.cli import DEMO_CHECKPOINT
+from labml_nn.neox.cli import DEMO_CHECKPOINT
 from labml_nn.neox.tokenizer import StreamDecoder, encode, find_tokenizer, load_tokenizer
 
 from helpers import needs_shared_file, shared_file

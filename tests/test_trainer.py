@@ -1,5 +1,5 @@
 r"""
-The training loop (`utils/trainer.py`) and its data (`utils/text_dataset.py`) on tiny random models: windows
+The training loop (`training/trainer.py`) and its data (`training/text_dataset.py`) on tiny random models: windows
 are inputs and next-token targets, the loss is the cross-entropy computed independently in float64, the loss falls
 within a few steps, the schedule warms up and decays, activation checkpointing and bf16 autocast change nothing
 (or little), and layers placed on two GPUs train like layers on one (skipped without two GPUs).
@@ -12,8 +12,8 @@ import torch
 
 from labml_nn.neox.config import NeoXConfig
 from labml_nn.neox.model import build_layers
-from labml_nn.neox.utils.text_dataset import TokenWindows, split_train_valid
-from labml_nn.neox.utils.trainer import (Trainer, TrainingConfig, evaluate, forward_layers, learning_rate,
+from labml_nn.neox.training.text_dataset import TokenWindows, split_train_valid
+from labml_nn.neox.training.trainer import (Trainer, TrainingConfig, evaluate, forward_layers, learning_rate,
                                          lm_loss)
 
 CONFIG = NeoXConfig(n_layers=2, d_model=32, n_heads=4, n_vocab=64, n_ctx=32, rotary_pct=0.5,

@@ -1,7 +1,7 @@
 r"""
 # Links between pages, made from the code's own symbols
 
-Prose mentions our modules, classes and functions as code: `KVCache`, `LayerGenerator`, `config.py`,
+Prose mentions our modules, classes and functions as code: `KVCache`, `LayerLoader`, `config.py`,
 `cpu_decoding.py`, `Checkpoint.parts()`. Nobody keeps a list of what these should link to: the index below is
 built at every build from the sources themselves (`ast`), so a class that moves to another file is linked to its
 new home, and a renamed one stops being linked.

@@ -160,13 +160,13 @@ def mask(root: Path):
 # `rotary_emb` and mask give $\operatorname{softmax}(QK^\top/\sqrt{D} + M)$ for each head.
 def attention(root: Path):
     import torch
-    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.loader import LayerLoader
     from labml_nn.neox.model import Attention
     from labml_nn.neox.tokenizer import encode, load_tokenizer
 
     tokenizer = load_tokenizer(root / DEMO)
     ids = torch.tensor([encode(tokenizer, SHAKESPEARE)])
-    layers = list(LayerGenerator(root / DEMO, dtype=torch.float32, device="cpu").load())
+    layers = list(LayerLoader(root / DEMO, dtype=torch.float32, device="cpu").load())
     attentions = [m.attention for m in layers if hasattr(m, "attention")]
     inputs = {}
     handles = [a.register_forward_pre_hook(lambda mod, args, i=i: inputs.__setitem__(i, args[0]))
@@ -316,7 +316,7 @@ FIGURES = [
          caption="Attention weights of the demo model (<code>labml_nn/neox/demo</code>) on a line of "
                  "<em>Macbeth</em>, a play it did not train on: “" + SHAKESPEARE + "”. Each row is a query "
                  "token, each column a key; first layer left, last layer right."),
-    dict(name="llm-int8-outliers", module="labml_nn/neox/utils/llm_int8.py", symbol="Int8Linear.forward",
+    dict(name="llm-int8-outliers", module="labml_nn/neox/llm_int8.py", symbol="Int8Linear.forward",
          make=outliers, wide=True,
          depends=("labml_nn/neox/model.py", "labml_nn/neox/config.py", "samples/llm_int8_outliers.py",
                   "benchmarks/llm_int8.py", f"{DEMO}/20B_tokenizer.json"),

@@ -13,8 +13,8 @@ The package is built in layers, each page leaning only on the ones before it:
   so it can be copied into other code, with the key/value cache (`KVCache`) it reads while generating.
 * `checkpoint/` reads and merges the checkpoint files; `loader.py` turns them into `model.py`'s modules, one
   layer at a time.
-* `tokenizer.py` and `generation.py` turn the model into a text generator; `utils/llm_int8.py` quantizes it to
-  half the memory; `utils/finetune.py`, `utils/text_dataset.py` and `utils/trainer.py` fine-tune it;
+* `tokenizer.py` and `generation.py` turn the model into a text generator; `llm_int8.py` quantizes it to
+  half the memory; `training/finetune.py`, `training/text_dataset.py` and `training/trainer.py` fine-tune it;
   `evaluation/` scores it on LAMBADA with lm-eval.
 
 Notation used on every page: `B` batch, `T` sequence length, `H` heads, `D` head dimension, `C = H * D` the
@@ -26,11 +26,11 @@ same way):
 ```python
 import torch
 from importlib.resources import files
-from labml_nn.neox import LayerGenerator, generate, load_tokenizer
+from labml_nn.neox import LayerLoader, generate, load_tokenizer
 from labml_nn.neox.tokenizer import encode
 
 path = files("labml_nn.neox") / "demo"
-layers = list(LayerGenerator(path, dtype=torch.float32, device="cpu").load())
+layers = list(LayerLoader(path, dtype=torch.float32, device="cpu").load())
 model = torch.nn.Sequential(*layers)       # ids [B, T] -> logits [B, T, V]
 
 tokenizer = load_tokenizer(path)
@@ -43,7 +43,7 @@ print(tokenizer.decode(generate(model, ids, 20)[0].tolist()))
 # `import labml_nn.neox.config` does not pay for importing torch, the loader and the tokenizer.
 _EXPORTS = {
     "NeoXConfig": "labml_nn.neox.config",
-    "LayerGenerator": "labml_nn.neox.loader",
+    "LayerLoader": "labml_nn.neox.loader",
     "generate": "labml_nn.neox.generation",
     "generate_stream": "labml_nn.neox.generation",
     "load_tokenizer": "labml_nn.neox.tokenizer",

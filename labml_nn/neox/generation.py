@@ -12,7 +12,7 @@ Two things make the loop fast:
   two thirds of a transformer layer's weights in the 20B model and five times them in Pythia-160M; during the
   prompt step only the last position's logits are needed, so the other positions skip it.
 
-`model` is the `nn.Sequential` that `LayerGenerator` gives (or any sequence of `model.py` modules): we walk its
+`model` is the `nn.Sequential` that `LayerLoader` gives (or any sequence of `model.py` modules): we walk its
 modules ourselves so that the cache can be passed to each.
 
 ## Choosing the next token

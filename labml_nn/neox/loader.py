@@ -1,10 +1,10 @@
 r"""
 # Loading a checkpoint, one layer at a time
 
-`LayerGenerator` turns a checkpoint folder into the modules of `model.py`, with the checkpoint's weights:
+`LayerLoader` turns a checkpoint folder into the modules of `model.py`, with the checkpoint's weights:
 
 ```python
-layers = list(LayerGenerator("path/to/checkpoint", dtype=torch.float16, device="cuda").load())
+layers = list(LayerLoader("path/to/checkpoint", dtype=torch.float16, device="cuda").load())
 model = torch.nn.Sequential(*layers)
 logits = model(ids)                        # ids [B, T] int64 -> logits [B, T, V]
 ```
@@ -42,9 +42,9 @@ from labml_nn.neox.config import NeoXConfig
 from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerLayer
 
 
-class LayerGenerator:
+class LayerLoader:
     r"""
-    ## The layer generator
+    ## The layer loader
 
     * `path`: a checkpoint folder (see above), or a Hugging Face Hub name such as `EleutherAI/pythia-160m`,
       with `revision` one of its training steps (`"step3000"`); see `checkpoint/hub.py`.
@@ -56,7 +56,7 @@ class LayerGenerator:
       follow the order of the model: `0` is the embedding, `1 ... L` the transformer layers, `L + 1` the final
       norm and `L + 2` the readout.
     * `is_llm_int8`: convert each transformer layer's linear layers to LLM.int8 right after loading it
-      (see `utils/llm_int8.py`), with `llm_int8_threshold` for outlier features and `llm_int8_implementation`
+      (see `llm_int8.py`), with `llm_int8_threshold` for outlier features and `llm_int8_implementation`
       `"bitsandbytes"` or `"reference"` (plain PyTorch).
     * `replicated`: how to merge tensors that every tensor-parallel rank holds a copy of (layer norms):
       `"average"` or `"first"`. Their disagreement is recorded in `self.checkpoint.divergence`.
@@ -172,7 +172,7 @@ class LayerGenerator:
         del state
         module = module.to(device=device, dtype=self.dtype).eval()
         if self.is_llm_int8 and isinstance(module, TransformerLayer):
-            from labml_nn.neox.utils.llm_int8 import make_llm_int8_layer
+            from labml_nn.neox.llm_int8 import make_llm_int8_layer
             module = make_llm_int8_layer(module, threshold=self.llm_int8_threshold,
                                          implementation=self.llm_int8_implementation)
         return module

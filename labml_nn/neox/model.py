@@ -435,7 +435,7 @@ def build_layers(config: NeoXConfig) -> list:
 
     All the modules in order, with freshly initialised weights: `[Embedding, TransformerLayer × L, FinalNorm,
     ReadoutLayer]`. `torch.nn.Sequential(*build_layers(config))` maps ids `[B, T]` to logits `[B, T, V]`.
-    To use a checkpoint's weights, use `LayerGenerator` in `loader.py`, which builds each module and loads its
+    To use a checkpoint's weights, use `LayerLoader` in `loader.py`, which builds each module and loads its
     tensors one at a time.
 
     The initialisation is the one gpt-neox calls `small_init`, used here for every weight: normal with mean 0

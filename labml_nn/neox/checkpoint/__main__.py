@@ -13,7 +13,7 @@ python -m labml_nn.neox.checkpoint merge SRC OUT --format hf|neox [--revision RE
 `download` fetches the 20B slim weights (`download.py`); `merge` writes a single-rank copy of any checkpoint,
 in gpt-neox's layout or Hugging Face's (`convert.py`). `--help` on either explains every option.
 
-Errors follow the convention of every command here (`utils/cli.py`): a wrong argument exits with status 2, a
+Errors follow the convention of every command here (`cli.py`): a wrong argument exits with status 2, a
 file or value that is not what it should be (a `CheckpointError`) with status 1, each as one line `error: ...`
 that says what to do; `--debug` prints the traceback too.
 """
@@ -27,7 +27,7 @@ from typing import List, Optional
 from .convert import DTYPES, WARN_ABOVE, format_report, merge_checkpoint
 from .download import BASE_URL, default_dir, download_20b, verify_20b
 from .files import CheckpointError
-from ..utils.cli import ArgumentParser, run_command
+from ..cli import ArgumentParser, run_command
 
 # What `merge --help` prints before the options: what SRC may be, how each kind of tensor is merged, and the
 # promise that a failed merge leaves nothing behind.

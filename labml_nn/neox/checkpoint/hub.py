@@ -7,7 +7,7 @@ with 154 *revisions*, one per saved training step (`step0`, `step1`, `step2`, `s
 revision into a local folder that the rest of the package reads like any other Hugging Face folder:
 
 ```python
-LayerGenerator("EleutherAI/pythia-160m", revision="step3000")
+LayerLoader("EleutherAI/pythia-160m", revision="step3000")
 load_tokenizer("EleutherAI/pythia-160m", revision="step3000")
 ```
 

@@ -14,7 +14,7 @@ GPT-NeoX-20B's published numbers were measured, and how most papers report their
 * `generate_until(context, until)`: the text the model generates, up to a stop sequence.
 
 This module answers them for our model: `EvalHarnessAdapter` is an `lm_eval.api.model.LM` over the modules
-of `model.py` (the `nn.Sequential` that `LayerGenerator` gives) and a `tokenizers.Tokenizer`. It works with
+of `model.py` (the `nn.Sequential` that `LayerLoader` gives) and a `tokenizers.Tokenizer`. It works with
 lm-eval 0.4; the adapter of the annotated reference implementation only works with lm-eval 0.2.
 
 ```python
@@ -82,7 +82,7 @@ class EvalHarnessAdapter(TemplateLM):
             tokenizer = load_tokenizer(tokenizer)
         modules = list(model)
         if not modules:
-            raise ValueError("the model has no modules; pass the list (or nn.Sequential) from LayerGenerator")
+            raise ValueError("the model has no modules; pass the list (or nn.Sequential) from LayerLoader")
         # `nn.Sequential` so that `generation.forward` walks it and a cache can be passed to each module
         self.model = model if isinstance(model, nn.Sequential) else nn.Sequential(*modules)
         self.model.eval()

@@ -66,7 +66,7 @@ from typing import List, Optional
 import torch
 
 from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, LOCAL_TASKS, TEXT_TASK, go_offline, write_local_tasks
-from labml_nn.neox.utils.cli import (DEMO_CHECKPOINT, DTYPES, ArgumentParser, DataError, UsageError, default_dtype,
+from labml_nn.neox.cli import (DEMO_CHECKPOINT, DTYPES, ArgumentParser, DataError, UsageError, default_dtype,
                                      dtype_name, quiet_bitsandbytes_import, run_command)
 
 # The four tasks of the published GPT-NeoX-20B table
@@ -88,7 +88,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--int8", action="store_true", help="convert the transformer layers to LLM.int8")
     parser.add_argument("--int8-threshold", type=float, default=6.0, help="LLM.int8 outlier threshold")
     parser.add_argument("--int8-implementation", choices=("bitsandbytes", "reference"), default="bitsandbytes",
-                        help="bitsandbytes' Linear8bitLt, or the plain PyTorch Int8Linear of utils/llm_int8.py")
+                        help="bitsandbytes' Linear8bitLt, or the plain PyTorch Int8Linear of llm_int8.py")
     parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES),
                         help="fp16 on a GPU, fp32 on a CPU by default (float16, float32, bfloat16 are accepted too)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -156,25 +156,25 @@ def resolve_tasks(args: argparse.Namespace) -> List[str]:
 
 def load_model(args: argparse.Namespace):
     r"""
-    The model, layer by layer (`LayerGenerator`), and its tokenizer. LLM.int8 layers are made right after each
+    The model, layer by layer (`LayerLoader`), and its tokenizer. LLM.int8 layers are made right after each
     layer is loaded, so the fp16 model never has to fit on the GPU whole.
     """
-    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.loader import LayerLoader
     from labml_nn.neox.tokenizer import check_vocabulary, find_tokenizer, load_tokenizer
 
     dtype = DTYPES[args.dtype or default_dtype(args.device)]
-    generator = LayerGenerator(args.checkpoint, dtype=dtype, device=args.device, is_llm_int8=args.int8,
+    loader = LayerLoader(args.checkpoint, dtype=dtype, device=args.device, is_llm_int8=args.int8,
                                llm_int8_threshold=args.int8_threshold,
                                llm_int8_implementation=args.int8_implementation, trust_pickle=args.trust_pickle,
                                revision=getattr(args, "revision", None))
-    model = torch.nn.Sequential(*generator.load())
-    tokenizer_path = args.tokenizer or getattr(generator.checkpoint, "tokenizer_path", None) \
+    model = torch.nn.Sequential(*loader.load())
+    tokenizer_path = args.tokenizer or getattr(loader.checkpoint, "tokenizer_path", None) \
         or find_tokenizer(args.checkpoint)
     if tokenizer_path is None:
         raise DataError(f"No tokenizer found in {args.checkpoint}: pass --tokenizer path/to/20B_tokenizer.json")
     tokenizer = load_tokenizer(tokenizer_path)
     try:
-        check_vocabulary(tokenizer, generator.config.n_vocab, tokenizer_path)
+        check_vocabulary(tokenizer, loader.config.n_vocab, tokenizer_path)
     except ValueError as e:
         raise DataError(str(e)) from None
     return model, tokenizer, dtype
@@ -251,7 +251,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     return results
 
 
-# The command: every error becomes one line and an exit status (`utils/cli.py`)
+# The command: every error becomes one line and an exit status (`cli.py`)
 def command(argv: Optional[List[str]] = None) -> int:
     def run(arguments) -> int:
         main(arguments)

@@ -37,7 +37,7 @@ $$\eta_s = \begin{cases} \eta \, \frac{s + 1}{W} & s < W \\
 
 ## Several GPUs
 
-* **One machine, a model too large for one GPU:** `LayerGenerator(devices=[...])` places a contiguous run of
+* **One machine, a model too large for one GPU:** `LayerLoader(devices=[...])` places a contiguous run of
   layers on each GPU and each layer moves its input to its own device. Autograd records those copies, so
   backward sends gradients back across the devices by itself; gradient clipping and AdamW group the
   parameters by device. Only one GPU works at a time (this is pipeline placement without micro-batches), which
@@ -63,7 +63,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from labml_nn.neox.model import TransformerLayer
-from labml_nn.neox.utils.text_dataset import TokenWindows
+from labml_nn.neox.training.text_dataset import TokenWindows
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -202,7 +202,7 @@ class _LayerStack(nn.Module):
 # ## The trainer
 class Trainer:
     r"""
-    Trains `modules` (the model's modules in order, e.g. `list(LayerGenerator(...).load())` or
+    Trains `modules` (the model's modules in order, e.g. `list(LayerLoader(...).load())` or
     `build_layers(config)`) on the windows of `train_data`, validating on `valid_data`.
 
     `distributed` is `None` for one process, or `"ddp"` / `"fsdp"` inside a `torch.distributed` process group

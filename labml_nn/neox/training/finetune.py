@@ -30,7 +30,7 @@ reproduces the fine-tuned model. We write them with [safetensors](https://github
 which stores raw tensors and a JSON header and runs no code when loaded, keyed by the module's index in the model
 and the parameter's name, `"{index}.{name}"`: `"5.mlp.dense_4h_to_h.bias"` is a bias of transformer layer 4
 (index 0 is the embedding, $1 \dots L$ the transformer layers, $L + 1$ the final norm, $L + 2$ the readout, the
-same indices as `LayerGenerator(filter_layers=...)`). The header's metadata records what was trained and the
+same indices as `LayerLoader(filter_layers=...)`). The header's metadata records what was trained and the
 model's config, so that a file is never applied to a model of another shape.
 
 `merge_into_checkpoint` puts the tensors back into the base checkpoint's weights and writes a complete
@@ -217,11 +217,11 @@ def merge_into_checkpoint(base: Union[str, Path], trained_path: Union[str, Path]
     Load the base checkpoint, put the fine-tuned tensors into it and write the result as a complete checkpoint
     with the base's tensor-parallel degree and tokenizer. (This holds the whole model in memory.)
     """
-    from labml_nn.neox.loader import LayerGenerator
+    from labml_nn.neox.loader import LayerLoader
     tensors, metadata = load_trained(trained_path)
-    generator = LayerGenerator(base, dtype=torch.float32, device="cpu", progress=False)
-    modules = list(generator.load())
+    loader = LayerLoader(base, dtype=torch.float32, device="cpu", progress=False)
+    modules = list(loader.load())
     apply_trained(modules, tensors, metadata)
-    checkpoint = generator.checkpoint
-    return write_checkpoint(out_dir, modules, tensor_parallel_size=generator.config.tensor_parallel_size,
+    checkpoint = loader.checkpoint
+    return write_checkpoint(out_dir, modules, tensor_parallel_size=loader.config.tensor_parallel_size,
                             tokenizer_path=checkpoint.tokenizer_path, dtype=dtype, overwrite=overwrite)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "demo"
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "demo"
 
 
 def output_home(*parts: str) -> Path:

@@ -1,0 +1,14 @@
+r"""
+# Training
+
+Three modules train `model.py`'s modules, each readable (and copyable) alone:
+
+* `text_dataset.py` turns a text file into windows of token ids, the samples of next-token prediction;
+* `finetune.py` chooses which parameters train (all, the biases only, a few layers) and saves only those,
+  as a small checkpoint that loads on top of the original;
+* `trainer.py` is the loop: optimizer, learning-rate schedule, mixed precision, gradient accumulation and
+  activation checkpointing, on one process or several.
+
+`samples/train_demo.py` trains the small demo model from scratch with them, and `samples/finetune.py`
+fine-tunes any checkpoint on your own text.
+"""
