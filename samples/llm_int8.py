@@ -174,7 +174,6 @@ def continue_prompt(model, tokenizer, prompt_ids: torch.Tensor, args, echo: bool
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from labml_nn.neox.generation import forward
     from labml_nn.neox.tokenizer import encode, load_tokenizer
     from labml_nn.neox.llm_int8 import bitsandbytes_problem
 
@@ -207,7 +206,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     # The comparison: logits of the prompt from both models, then the floating-point model's continuation
     with torch.no_grad():
-        int8_logits = forward(model, prompt_ids).float()
+        int8_logits = model(prompt_ids).float()
     del model
     gc.collect()
     if device.type == "cuda":
@@ -218,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if device.type == "cuda":
         print(cuda_memory_line(device))
     with torch.no_grad():
-        logits = forward(model, prompt_ids).float()
+        logits = model(prompt_ids).float()
     error = ((int8_logits - logits).norm() / logits.norm()).item()
     print(args.prompt, end="")
     fp_tokens = continue_prompt(model, tokenizer, prompt_ids, args, echo=True)

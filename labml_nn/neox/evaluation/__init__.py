@@ -14,7 +14,7 @@ GPT-NeoX-20B's published numbers were measured, and how most papers report their
 * `generate_until(context, until)`: the text the model generates, up to a stop sequence.
 
 This module answers them for our model: `EvalHarnessAdapter` is an `lm_eval.api.model.LM` over the modules
-of `model.py` (the `nn.Sequential` that `LayerLoader` gives) and a `tokenizers.Tokenizer`. It works with
+of `model.py` (a `NeoXModel`, or the modules `LayerLoader` gives) and a `tokenizers.Tokenizer`. It works with
 lm-eval 0.4; the adapter of the annotated reference implementation only works with lm-eval 0.2.
 
 ```python
@@ -48,7 +48,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import Collator
 from tokenizers import Tokenizer
 
-from labml_nn.neox.generation import context_length, forward, generate_stream, left_pad
+from labml_nn.neox.generation import as_model, context_length, generate_stream, left_pad
 
 # One scoring request as `TemplateLM` hands it to us: the original strings (or `None` for the windows of a
 # rolling log-likelihood), the context's token ids and the continuation's token ids
@@ -59,7 +59,7 @@ class EvalHarnessAdapter(TemplateLM):
     r"""
     ## The adapter
 
-    * `model`: the modules of `model.py` in order (an `nn.Sequential` or a list), in any dtype (fp32, fp16,
+    * `model`: a `NeoXModel`, or the modules of `model.py` in order (an `nn.Sequential` or a list), in any dtype (fp32, fp16,
       bf16) or with LLM.int8 layers, on one device or spread over several.
     * `tokenizer`: a `tokenizers.Tokenizer` (`tokenizer.load_tokenizer`), or the path of one.
     * `batch_size`: how many requests run through the model together.
@@ -82,9 +82,9 @@ class EvalHarnessAdapter(TemplateLM):
             tokenizer = load_tokenizer(tokenizer)
         modules = list(model)
         if not modules:
-            raise ValueError("the model has no modules; pass the list (or nn.Sequential) from LayerLoader")
-        # `nn.Sequential` so that `generation.forward` walks it and a cache can be passed to each module
-        self.model = model if isinstance(model, nn.Sequential) else nn.Sequential(*modules)
+            raise ValueError("the model has no modules; pass NeoXModel(*LayerLoader(...).load())")
+        # One `NeoXModel` (`model.py`), whose `forward` passes a cache to each module
+        self.model = as_model(modules if not isinstance(model, nn.Sequential) else model)
         self.model.eval()
         self.tokenizer = tokenizer
         self._batch_size = int(batch_size)
@@ -181,7 +181,7 @@ class EvalHarnessAdapter(TemplateLM):
             ids[row, :len(x)] = torch.tensor(x, dtype=torch.long)
 
         # `[B, T, V]`, in the model's dtype, on the device of the readout
-        logits = forward(self.model, ids.to(self.device))
+        logits = self.model(ids.to(self.device))
 
         results = []
         for row, ((strings, _, continuation), x) in enumerate(zip(batch, inputs)):

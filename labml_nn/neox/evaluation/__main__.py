@@ -160,6 +160,7 @@ def load_model(args: argparse.Namespace):
     layer is loaded, so the fp16 model never has to fit on the GPU whole.
     """
     from labml_nn.neox.loader import LayerLoader
+    from labml_nn.neox.model import NeoXModel
     from labml_nn.neox.tokenizer import check_vocabulary, find_tokenizer, load_tokenizer
 
     dtype = DTYPES[args.dtype or default_dtype(args.device)]
@@ -167,7 +168,7 @@ def load_model(args: argparse.Namespace):
                                llm_int8_threshold=args.int8_threshold,
                                llm_int8_implementation=args.int8_implementation, trust_pickle=args.trust_pickle,
                                revision=getattr(args, "revision", None))
-    model = torch.nn.Sequential(*loader.load())
+    model = NeoXModel(*loader.load())
     tokenizer_path = args.tokenizer or getattr(loader.checkpoint, "tokenizer_path", None) \
         or find_tokenizer(args.checkpoint)
     if tokenizer_path is None:
