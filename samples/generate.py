@@ -166,7 +166,7 @@ def complete(model, tokenizer, prompt: str, args: argparse.Namespace, on_text=No
                          f"leaves no room to generate; shorten the prompt.")
     prompt_ids = torch.tensor([ids], device=args.device)
     decoder = StreamDecoder(tokenizer, skip_special_tokens=True)
-    pieces = []
+    pieces, new_ids = [], []
     start = time.perf_counter()
     first_token_at = None
     n_new = 0
@@ -179,11 +179,21 @@ def complete(model, tokenizer, prompt: str, args: argparse.Namespace, on_text=No
         n_new += 1
         if token == config.eos_token_id:
             break
+        new_ids.append(token)
         text = decoder.step(token)
         pieces.append(text)
         if on_text is not None and text:
             on_text(text)
     end = time.perf_counter()
+    # The stream holds back the bytes of a character that is not complete yet; if the generation stops in the
+    # middle of one, those bytes are printed as decoding all the tokens at once prints them (as U+FFFD), so that
+    # the completion is the same streamed or batched
+    whole = tokenizer.decode(new_ids, skip_special_tokens=True)
+    streamed = "".join(pieces)
+    if len(whole) > len(streamed) and whole.startswith(streamed):
+        pieces.append(whole[len(streamed):])
+        if on_text is not None:
+            on_text(pieces[-1])
     # The first token costs a pass over the whole prompt; the rest are one decoding step each
     decode_time = end - (first_token_at or end)
     return {"prompt": prompt, "completion": "".join(pieces), "prompt_tokens": len(ids) if prompt else 0,
