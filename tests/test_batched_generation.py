@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 from labml_nn.neox.generation import as_model, generate, left_pad  # noqa: E402
 from labml_nn.neox.model import KVCache  # noqa: E402
-from test_model import our_model_from_hf, random_ids, tiny_hf_model  # noqa: E402
+from helpers import make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
 
 # Three prompts of 3, 11 and 7 tokens: the padding is 8, 0 and 4
 LENGTHS = (3, 11, 7)
@@ -37,7 +37,7 @@ def test_left_pad_puts_padding_before_each_prompt():
 def test_each_padded_row_has_its_unbatched_logits(parallel_residual):
     # The prompt in two chunks (the second needs the shifted triangle with padding), then 6 single tokens;
     # each row's logits at its real positions must equal a pass over that row alone, without a cache
-    hf = tiny_hf_model(seed=22, use_parallel_residual=parallel_residual)
+    hf = make_tiny_hf_model(seed=22, use_parallel_residual=parallel_residual)
     model = our_model_from_hf(hf)
     prompts = uneven_prompts(hf.config.vocab_size)
     follow = random_ids(hf.config.vocab_size, batch=len(LENGTHS), length=6, seed=23)
@@ -56,7 +56,7 @@ def test_each_padded_row_has_its_unbatched_logits(parallel_residual):
 
 
 def test_the_padding_id_does_not_matter():
-    hf = tiny_hf_model(seed=24)
+    hf = make_tiny_hf_model(seed=24)
     model = our_model_from_hf(hf)
     prompts = uneven_prompts(hf.config.vocab_size, seed=25)
     ids_a, padding = left_pad(prompts, pad_id=0)
@@ -69,7 +69,7 @@ def test_the_padding_id_does_not_matter():
 
 
 def test_greedy_tokens_equal_transformers_batched_generate_with_left_padding():
-    hf = tiny_hf_model(seed=26)
+    hf = make_tiny_hf_model(seed=26)
     model = our_model_from_hf(hf)
     prompts = uneven_prompts(hf.config.vocab_size, seed=27)
     ids, padding = left_pad(prompts, pad_id=0)

@@ -13,12 +13,12 @@ pytest.importorskip("transformers")
 
 from labml_nn.neox.generation import as_model, generate, generate_stream, sample_next  # noqa: E402
 from labml_nn.neox.model import KVCache  # noqa: E402
-from test_model import our_model_from_hf, random_ids, tiny_hf_model  # noqa: E402
+from helpers import make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def hf_and_ours():
-    hf = tiny_hf_model(seed=3)
+    hf = make_tiny_hf_model(seed=3)
     return hf, our_model_from_hf(hf)
 
 
@@ -28,7 +28,7 @@ def hf_and_ours():
 def test_cached_logits_equal_one_full_forward(parallel_residual):
     # Feed 20 tokens as a prompt in two chunks (7 + 5, the second chunk needs the shifted causal mask), then
     # one token at a time; every position's logits must equal a single pass over all 20 without a cache.
-    hf = tiny_hf_model(seed=4, use_parallel_residual=parallel_residual)
+    hf = make_tiny_hf_model(seed=4, use_parallel_residual=parallel_residual)
     model = our_model_from_hf(hf)
     ids = random_ids(hf.config.vocab_size, batch=3, length=20)
     with torch.no_grad():
