@@ -133,16 +133,16 @@ def hf_to_parts(hf_model) -> list:
     return parts
 
 
-def our_model_from_hf(hf_model, **config_changes) -> torch.nn.Sequential:
-    """`nn.Sequential(*build_layers(config))` holding the transformers model's weights."""
+def our_model_from_hf(hf_model, **config_changes):
+    """`NeoXModel(*build_layers(config))` holding the transformers model's weights."""
     from labml_nn.neox.config import NeoXConfig
-    from labml_nn.neox.model import build_layers
+    from labml_nn.neox.model import NeoXModel, build_layers
 
     config = NeoXConfig.from_hf_config(hf_model.config.to_dict()).with_updates(**config_changes)
     layers = build_layers(config)
     for layer, (_, _, state) in zip(layers, hf_to_parts(hf_model)):
         layer.load_state_dict(state, strict=True)
-    return torch.nn.Sequential(*layers).eval()
+    return NeoXModel(*layers).eval()
 
 
 def random_ids(vocab: int, batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:

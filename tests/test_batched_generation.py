@@ -12,7 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
-from labml_nn.neox.generation import as_model, generate, left_pad  # noqa: E402
+from labml_nn.neox.generation import generate, left_pad  # noqa: E402
 from labml_nn.neox.model import KVCache  # noqa: E402
 from helpers import make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
 
@@ -44,12 +44,12 @@ def test_each_padded_row_has_its_unbatched_logits(parallel_residual):
     ids, padding = left_pad(prompts, pad_id=5)
     with torch.no_grad():
         cache = KVCache(max_len=ids.shape[1] + 6, padding=padding)
-        pieces = [as_model(model)(ids[:, :6], cache), as_model(model)(ids[:, 6:], cache)]
-        pieces += [as_model(model)(follow[:, t:t + 1], cache) for t in range(6)]
+        pieces = [model(ids[:, :6], cache), model(ids[:, 6:], cache)]
+        pieces += [model(follow[:, t:t + 1], cache) for t in range(6)]
         batched = torch.cat(pieces, dim=1)
         assert torch.isfinite(batched).all()
         for row, prompt in enumerate(prompts):
-            alone = as_model(model)(torch.tensor([prompt + follow[row].tolist()]))[0]
+            alone = model(torch.tensor([prompt + follow[row].tolist()]))[0]
             got = batched[row, int(padding[row]):]
             assert got.shape == alone.shape
             assert (got - alone).abs().max().item() < 1e-5
@@ -62,8 +62,8 @@ def test_the_padding_id_does_not_matter():
     ids_a, padding = left_pad(prompts, pad_id=0)
     ids_b, _ = left_pad(prompts, pad_id=77)
     with torch.no_grad():
-        a = as_model(model)(ids_a, KVCache(ids_a.shape[1], padding=padding))
-        b = as_model(model)(ids_b, KVCache(ids_b.shape[1], padding=padding))
+        a = model(ids_a, KVCache(ids_a.shape[1], padding=padding))
+        b = model(ids_b, KVCache(ids_b.shape[1], padding=padding))
     real = torch.arange(ids_a.shape[1])[None, :] >= padding[:, None]
     assert torch.equal(a[real], b[real])
 

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from labml_nn.neox.cpu_decoding import MAX_BMM_TOKENS, HalvesLinear, prepare_for_cpu_decoding  # noqa: E402
-from labml_nn.neox.generation import as_model, generate  # noqa: E402
+from labml_nn.neox.generation import generate  # noqa: E402
 from labml_nn.neox.model import KVCache  # noqa: E402
 from helpers import TOLERANCE, make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
 
@@ -50,7 +50,7 @@ def test_prepared_model_computes_the_same_logits_and_greedy_tokens(halves, paral
         # A full pass (the prompt path) and a cached one token at a time (the decoding path)
         assert (prepared(ids) - plain(ids)).abs().max().item() < 1e-5
         cache = KVCache(10)
-        steps = torch.cat([as_model(prepared)(ids[:, t:t + 1], cache) for t in range(10)], dim=1)
+        steps = torch.cat([prepared(ids[:, t:t + 1], cache) for t in range(10)], dim=1)
         assert (steps - plain(ids)).abs().max().item() < 1e-5
         # And against the independent reference
         assert (steps - hf(ids).logits).abs().max().item() <= TOLERANCE

@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
-from labml_nn.neox.generation import as_model, generate, generate_stream, sample_next  # noqa: E402
+from labml_nn.neox.generation import generate, generate_stream, sample_next  # noqa: E402
 from labml_nn.neox.model import KVCache  # noqa: E402
 from helpers import make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
 
@@ -32,10 +32,10 @@ def test_cached_logits_equal_one_full_forward(parallel_residual):
     model = our_model_from_hf(hf)
     ids = random_ids(hf.config.vocab_size, batch=3, length=20)
     with torch.no_grad():
-        full = as_model(model)(ids)
+        full = model(ids)
         cache = KVCache(max_len=20)
-        pieces = [as_model(model)(ids[:, :7], cache), as_model(model)(ids[:, 7:12], cache)]
-        pieces += [as_model(model)(ids[:, t:t + 1], cache) for t in range(12, 20)]
+        pieces = [model(ids[:, :7], cache), model(ids[:, 7:12], cache)]
+        pieces += [model(ids[:, t:t + 1], cache) for t in range(12, 20)]
     assert cache.offset == 20
     assert (torch.cat(pieces, dim=1) - full).abs().max().item() < 1e-5
 
@@ -44,14 +44,14 @@ def test_last_only_gives_the_last_positions_logits(hf_and_ours):
     _, model = hf_and_ours
     ids = random_ids(96, batch=2, length=9)
     with torch.no_grad():
-        assert torch.allclose(as_model(model)(ids, last_only=True), as_model(model)(ids)[:, -1:], atol=1e-6)
+        assert torch.allclose(model(ids, last_only=True), model(ids)[:, -1:], atol=1e-6)
 
 
 def test_cache_refuses_more_positions_than_it_holds(hf_and_ours):
     _, model = hf_and_ours
     cache = KVCache(max_len=4)
     with pytest.raises(ValueError, match="larger max_len"):
-        as_model(model)(random_ids(96, length=5), cache)
+        model(random_ids(96, length=5), cache)
 
 
 def test_two_generations_share_no_state(hf_and_ours):
