@@ -1,14 +1,22 @@
 r"""
 The parts of the model and their names: every part of a model has its own pipeline index, file, Hugging Face
-prefix and place in `model.py`'s sequence, and each name leads back to the part it came from.
+prefix and place in `model.py`'s sequence, and each name leads back to the part it came from. The layouts are
+found first and opened whole for a config, and then say how their config spells its keys.
 """
 
-import pytest
+import os
 
-from labml_nn.neox.checkpoint.files import CheckpointError
-from labml_nn.neox.checkpoint.parts import Part, all_parts
+import pytest
+import torch
+
+from labml_nn.neox.checkpoint import CheckpointError, Part, all_parts
+from labml_nn.neox.checkpoint.layouts import HFLayout, PipelineLayout, SequentialLayout, find_layout
 from labml_nn.neox.checkpoint.merge import PART_TENSORS
 from labml_nn.neox.checkpoint.parts import from_hf_name, is_hf_buffer, pipeline_stages
+from labml_nn.neox.config import NeoXConfig
+from labml_nn.neox.loader import build_module, part_of
+
+CONFIG = NeoXConfig(n_layers=3, d_model=64, n_heads=4, n_vocab=96, n_ctx=64, rotary_pct=0.25)
 
 
 def test_the_parts_come_in_the_model_order():
@@ -58,3 +66,64 @@ def test_a_part_that_does_not_exist_is_refused_in_words():
             Part(kind, layer)
     with pytest.raises(CheckpointError, match="transformer layer 5 does not exist: the model has 3 layers"):
         Part("layer", 5).pipeline_index(3)
+
+
+def test_the_loader_builds_each_part_and_knows_each_module():
+    for part in all_parts(CONFIG.n_layers):
+        with torch.device("meta"):
+            module = build_module(part, CONFIG)
+        assert part_of(module) == part
+        # The parameter count used for placing parts on devices: every matrix (a layer's biases and norms aside)
+        params = [p for p in module.parameters() if part.kind != "layer" or p.dim() == 2]
+        assert part.n_parameters(CONFIG) == sum(p.numel() for p in params)
+    with pytest.raises(TypeError, match="not a module of model.py"):
+        part_of(torch.nn.Linear(2, 2))
+
+
+def test_loading_a_transformers_state_dict_gives_transformers_logits():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    pytest.importorskip("transformers")
+    from helpers import hf_logits, make_tiny_hf_model
+    from labml_nn.neox.loader import load_hf_state_dict
+    from labml_nn.neox.model import build_layers
+
+    hf = make_tiny_hf_model(num_hidden_layers=3)
+    layers = build_layers(NeoXConfig.from_hf_config(hf.config.to_dict()))
+    load_hf_state_dict(layers, hf.state_dict())
+    ids = torch.randint(0, hf.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = torch.nn.Sequential(*layers).eval()(ids)
+    assert (ours - hf_logits(hf)).abs().max() < 1e-4
+
+
+# ## Layouts: found, then opened whole
+@pytest.mark.parametrize("layout, cls", [("pipeline", PipelineLayout), ("sequential", SequentialLayout)])
+def test_a_gpt_neox_layout_is_found_then_opened_for_its_config(tmp_path, layout, cls):
+    pytest.importorskip("transformers")
+    from helpers import make_tiny_hf_model, write_slim_from_hf
+
+    write_slim_from_hf(make_tiny_hf_model(num_hidden_layers=3), tmp_path / "ckpt", tp=2, layout=layout,
+                       tokenizer=False)
+    location = find_layout(tmp_path / "ckpt")
+    assert location.layout is cls and location.search_folders[0] == tmp_path / "ckpt" / "configs"
+    opened = location.open(CONFIG, trust_pickle=True)
+    assert (opened.n_layers, opened.n_ranks) == (3, 2)
+    assert opened.config_keys["n_vocab"] == "padded_vocab_size"
+    assert [len(t) for _, t in opened.load(Part("norm"))] == [2, 2]
+    # A config with fewer layers than the files is refused while opening, with the key to fix
+    with pytest.raises(CheckpointError, match="num_layers: 3"):
+        location.open(CONFIG.with_updates(n_layers=2), trust_pickle=True)
+
+
+def test_a_hugging_face_layout_is_one_rank_and_spells_its_keys_its_way(tmp_path):
+    pytest.importorskip("transformers")
+    from helpers import make_tiny_hf_model
+
+    make_tiny_hf_model(num_hidden_layers=3).save_pretrained(tmp_path / "hf")
+    location = find_layout(tmp_path / "hf")
+    assert location.layout is HFLayout
+    opened = location.open(CONFIG)
+    assert opened.n_ranks == 1 and opened.config_keys["n_vocab"] == "vocab_size"
+    assert set(opened.load(Part("layer", 2))[0][1]) == set(PART_TENSORS["layer"])
+    with pytest.raises(CheckpointError, match="num_hidden_layers"):
+        location.open(CONFIG.with_updates(n_layers=2))
