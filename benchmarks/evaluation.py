@@ -124,7 +124,7 @@ def main():
             n_cloze = sum(1 for _ in cloze_file.open())
         for name, flags in variants:
             argv = ["--checkpoint", args.checkpoint, "--tasks", "lambada_openai", "--device", "cpu",
-                    "--dtype", "float32", "--batch-size", str(args.batch_size), "--lambada-file", args.lambada_file,
+                    "--dtype", "fp32", "--batch-size", str(args.batch_size), "--lambada-file", args.lambada_file,
                     "--text-file", *map(str, texts), *flags]
             if args.limit:
                 argv += ["--limit", str(args.limit)]
@@ -134,7 +134,7 @@ def main():
             cloze = {}
             if args.cloze_docs:
                 cloze = evaluate(parse_args(["--checkpoint", args.checkpoint, "--tasks", "lambada_openai",
-                                             "--device", "cpu", "--dtype", "float32", "--batch-size",
+                                             "--device", "cpu", "--dtype", "fp32", "--batch-size",
                                              str(args.batch_size), "--lambada-file", str(cloze_file), *flags]))
                 cloze = cloze["results"]["lambada_openai_local"]
             rows.append((name, lambada["acc,none"], lambada["perplexity,none"], cloze.get("acc,none"),

@@ -196,8 +196,9 @@ import json, sys, torch
 def status():
     return {line.split()[0][:-1]: int(line.split()[1]) * 1024 for line in open("/proc/self/status")
             if line.startswith(("VmHWM", "VmRSS", "RssFile"))}
+from labml_nn.neox.cli import DTYPES
 from labml_nn.neox.loader import LayerLoader
-loader = LayerLoader(sys.argv[1], dtype=getattr(torch, sys.argv[2]), progress=False)
+loader = LayerLoader(sys.argv[1], dtype=DTYPES[sys.argv[2]], progress=False)
 start = status()
 # Building the first module on the `meta` device imports more of PyTorch (about 75 MB, once per process);
 # we count it apart from the memory that grows with the model
@@ -218,7 +219,7 @@ print(json.dumps({"imports": before["VmRSS"] - start["VmRSS"], "before_rss": bef
 """
 
 
-def loading_memory(config: NeoXConfig, dtype_names=("float16", "float32")) -> list:
+def loading_memory(config: NeoXConfig, dtype_names=("fp16", "fp32")) -> list:
     from labml_nn.neox.checkpoint import write_neox_checkpoint
     from labml_nn.neox.training.finetune import model_parts
 

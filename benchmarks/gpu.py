@@ -40,6 +40,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from labml_nn.neox.cli import DTYPES, default_dtype, dtype_name  # noqa: E402
 from labml_nn.neox.config import NeoXConfig  # noqa: E402
 from labml_nn.neox.generation import generate_stream, left_pad  # noqa: E402
 from labml_nn.neox.loader import load_hf_state_dict  # noqa: E402
@@ -57,8 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="where to run (cuda, cuda:1, or cpu with --tiny)")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny shapes and few tokens: the same code paths in seconds (for tests and CPUs)")
-    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
-                        help="the decoding dtype (default: float16 on CUDA, float32 on a CPU)")
+    parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
+                        help="the decoding dtype (default: fp16 on CUDA, fp32 on a CPU)")
     parser.add_argument("--prompt-tokens", type=int, default=None, help="prompt length (default: 64; tiny: 8)")
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens to decode (default: 128; tiny: 8)")
     parser.add_argument("--rounds", type=int, default=None,
@@ -78,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, tiny if args.tiny else full)
     if args.dtype is None:
-        args.dtype = "float16" if args.device.startswith("cuda") else "float32"
+        args.dtype = default_dtype(args.device)
     if args.output is None:
         args.output = Path(__file__).parent / "results" / ("gpu-tiny.md" if args.tiny else "gpu.md")
     return args
@@ -185,7 +186,7 @@ def bytes_per_step(model, config: NeoXConfig, batch: int, context: int) -> int:
 
 
 def decode_section(args, config, rows):
-    dtype = getattr(torch, args.dtype)
+    dtype = DTYPES[args.dtype]
     ours, hf = make_models(config, args.device, dtype)
     bandwidth = read_bandwidth(args.device, n_bytes=(1 << 30) if not args.tiny else (1 << 24))
     rows.append(["decode", "read bandwidth (GB/s)", f"{bandwidth / 1e9:.0f}", "", "the HBM floor's basis"])
@@ -302,7 +303,7 @@ def evaluation_section(args, rows):
     from labml_nn.neox.tokenizer import load_tokenizer
     from labml_nn.neox.cli import DEMO_CHECKPOINT
 
-    model = torch.nn.Sequential(*LayerLoader(DEMO_CHECKPOINT, dtype=getattr(torch, args.dtype),
+    model = torch.nn.Sequential(*LayerLoader(DEMO_CHECKPOINT, dtype=DTYPES[args.dtype],
                                                 device=args.device, progress=False).load())
     adapter = EvalHarnessAdapter(model, load_tokenizer(DEMO_CHECKPOINT / "20B_tokenizer.json"), batch_size=8,
                                  progress=False)
@@ -362,7 +363,7 @@ def main(argv=None) -> int:
 
     model = run("decode", decode_section, args, config, rows)
     if model is None:
-        model = torch.nn.Sequential(*build_layers(config)).to(args.device, getattr(torch, args.dtype)).eval()
+        model = torch.nn.Sequential(*build_layers(config)).to(args.device, DTYPES[args.dtype]).eval()
     run("LLM.int8", int8_section, args, config, model, rows)
     run("fine-tuning", finetune_section, args, config, model, rows)
     del model

@@ -137,7 +137,7 @@ def timed(fn, device: torch.device, repeat: int = 2) -> float:
 
 def measure(path: Path, ids: torch.Tensor, device: torch.device, dtype: torch.dtype, reference: Optional[torch.Tensor],
             decode_tokens: int, **int8) -> dict:
-    from labml_nn.neox.generation import forward, generate
+    from labml_nn.neox.generation import generate
     from labml_nn.neox.loader import LayerLoader
 
     if device.type == "cuda":
@@ -145,8 +145,8 @@ def measure(path: Path, ids: torch.Tensor, device: torch.device, dtype: torch.dt
         torch.cuda.reset_peak_memory_stats(device)
     model = nn.Sequential(*LayerLoader(path, dtype=dtype, device=device, progress=False, **int8).load())
     with torch.no_grad():
-        logits = forward(model, ids).float().cpu()
-        seconds = timed(lambda: forward(model, ids), device)
+        logits = model(ids).float().cpu()
+        seconds = timed(lambda: model(ids), device)
     held, fp16 = layer_bytes(model)
     result = {"logits": logits, "error": None if reference is None else relative_error(logits, reference),
               "bytes": held, "fp16_bytes": fp16, "forward_s": seconds}
@@ -273,9 +273,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 with torch.no_grad():
                     hf_logits = hf_model(ids).logits
                 del hf_model
-                from labml_nn.neox.generation import forward
                 from labml_nn.neox.loader import LayerLoader
-                ours_fp32 = forward(nn.Sequential(*LayerLoader(folder, progress=False).load()), ids).detach()
+                ours_fp32 = nn.Sequential(*LayerLoader(folder, progress=False).load())(ids).detach()
                 check = relative_error(ours_fp32, hf_logits)
                 text, verdict = run(Path(folder), ids.to(device), device, args.decode_tokens)
             what = (f"with outlier features planted in dims {dims} (x{GAIN:g})" if planted

@@ -58,8 +58,8 @@ from typing import List, Optional
 
 import torch
 
-from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, default_dtype, dtype_name,
-                                     output_home, run_command)
+from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, add_model_args,
+                               check_model_args, output_home, run_command)
 
 # The learning rate that suits each choice: biases tolerate (and need) larger steps than whole matrices
 DEFAULT_LR = {"biases": 1e-3, "ffn": 1e-4, "all": 1e-4}
@@ -69,11 +69,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = ArgumentParser(
         description="Fine-tune a GPT-NeoX checkpoint on a text file and write a complete checkpoint that "
                     "samples/generate.py loads. By default only the biases train (BitFit).")
-    parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="the checkpoint to start from: 20B slim weights, any gpt-neox checkpoint, a "
-                             "Hugging Face GPT-NeoX folder, or a Hub name such as EleutherAI/pythia-160m")
-    parser.add_argument("--revision", default=None,
-                        help="with a Hugging Face Hub name as --checkpoint: its revision, e.g. Pythia's step3000")
+    # The model to start from, as every command here chooses it (`cli.add_model_args`); it must be named
+    add_model_args(parser, required=True, dtype_help="dtype of the frozen weights and of autocast (trained tensors "
+                                                     "are always kept in fp32)")
     parser.add_argument("--text", type=Path, required=True, help="a UTF-8 text file to train on")
     parser.add_argument("--out", type=Path, required=True, help="the folder to write the fine-tuned checkpoint to")
     parser.add_argument("--steps", type=int, default=100, help="optimiser steps")
@@ -86,20 +84,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="tokens per window; None means the model's context length, at most 512")
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="the end of the text held out")
     parser.add_argument("--valid-every", type=int, default=0, help="validate every N steps (0: only at the end)")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu; None means cuda when available")
     parser.add_argument("--devices", default=None,
                         help="comma-separated devices to spread the layers over, for models larger than one GPU")
-    parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
-                        help="dtype of the frozen weights and of autocast; None means fp16 on CUDA, fp32 on CPU; "
-                             "trained tensors are always kept in fp32")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute each layer's activations during backward to save memory")
     parser.add_argument("--distributed", choices=["ddp", "fsdp"], default="ddp",
                         help="under torchrun: replicate the model (ddp) or shard it (fsdp)")
     parser.add_argument("--log-dir", type=Path, default=output_home("logs"), help="where labml writes its logs")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow DeepSpeed files that pickle Python objects (only for files you trust)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batches' order and sampling")
     args = parser.parse_args(argv)
     check_args(parser, args)
@@ -109,8 +101,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 # ## Checks before any work
 #
 # Everything the run needs is checked before the model is loaded, so that a wrong number or path costs a second,
-# not a training run: the counts are positive, the text is a file, `--out` is a folder we may write.
+# not a training run: the checkpoint exists (`cli.check_model_args`, which also fills in the dtype), the counts
+# are positive, the text is a file, `--out` is a folder we may write.
 def check_args(parser: ArgumentParser, args: argparse.Namespace):
+    check_model_args(parser, args)
     for name in ("steps", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
@@ -166,12 +160,12 @@ def _finetune(argv: Optional[List[str]] = None):
     from labml_nn.neox.training.text_dataset import TokenWindows, split_train_valid, tokenize_file
     from labml_nn.neox.training.trainer import Trainer, TrainingConfig, labml_experiment
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = init_distributed(device)
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    dtype_name = args.dtype or default_dtype(device)
+    dtype_name = args.dtype
     torch.manual_seed(args.seed)
 
     # ### The model, with the chosen tensors trainable

@@ -70,23 +70,23 @@ from typing import List, Optional, TextIO
 
 import torch
 
-from labml_nn.neox.cli import (DEMO_CHECKPOINT, DTYPES, ArgumentParser, DataError, UsageError, default_dtype,
-                                     dtype_name, run_command)
+from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, add_model_args, check_model_args,
+                               run_command)
 
 
 # ## Command-line arguments
 #
-# Sampling defaults to temperature 0.8 with nucleus sampling at $p = 0.95$; the dtype follows the device.
+# The options that choose the model (`--checkpoint`, `--revision`, `--device`, `--dtype`, `--trust-pickle`) are
+# those of every command here (`cli.add_model_args`), and so are their checks (`cli.check_model_args`). Sampling
+# defaults to temperature 0.8 with nucleus sampling at $p = 0.95$; the dtype follows the device.
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = ArgumentParser(
         description="Generate text with a GPT-NeoX model (the 20B slim weights, any gpt-neox checkpoint, or a "
                     "Hugging Face GPT-NeoX folder such as Pythia). With no arguments, the bundled Shakespeare "
                     "demo model generates unconditionally.")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint folder, or a Hugging Face Hub name such as EleutherAI/pythia-160m "
-                             "(default: the demo model inside the installed package)")
-    parser.add_argument("--revision", default=None,
-                        help="with a Hub name: the revision, e.g. one of Pythia's training steps, step3000")
+    add_model_args(parser)
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="tokenizer JSON file (default: the one in the checkpoint folder)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", help="text to continue; without any prompt, generate unconditionally from "
                                          "the end-of-text token")
@@ -105,15 +105,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=0.95,
                         help="sample only among the most likely tokens whose probabilities add up to p")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where to run the model")
-    parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
-                        help="parameter dtype (default: fp16 on CUDA, fp32 on a CPU)")
-    parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="tokenizer JSON file (default: the one in the checkpoint folder)")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow DeepSpeed checkpoint files that pickle arbitrary objects (only files you trust)")
-    args = parser.parse_args(argv)
+    args = check_model_args(parser, parser.parse_args(argv))
     if args.output is not None and args.prompt_file is None:
         parser.error("--output is for --prompt-file")
     from labml_nn.neox.generation import check_sampling_args
@@ -124,8 +116,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error("--" + str(e).replace("_", "-", 2))
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    if args.dtype is None:
-        args.dtype = default_dtype(args.device)
     return args
 
 
@@ -136,17 +126,7 @@ def load(args: argparse.Namespace, progress: bool):
     from labml_nn.neox.loader import LayerLoader
     from labml_nn.neox.tokenizer import check_vocabulary, load_tokenizer
 
-    from labml_nn.neox.checkpoint.hub import is_hub_name
-
-    checkpoint = args.checkpoint or DEMO_CHECKPOINT
-    if not checkpoint.exists() and not is_hub_name(checkpoint):
-        if args.checkpoint is None:
-            raise UsageError(f"The demo model is not installed at {checkpoint}. Reinstall the package "
-                             f"(pip install -e .) or pass --checkpoint PATH.")
-        raise UsageError(f"Checkpoint folder {checkpoint} does not exist. Pass --checkpoint with the folder "
-                         f"holding the 20B slim weights, a gpt-neox checkpoint, or a Hugging Face GPT-NeoX model.")
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but PyTorch sees no GPU; use --device cpu")
+    checkpoint = args.checkpoint
     try:
         loader = LayerLoader(checkpoint, dtype=DTYPES[args.dtype], device=args.device,
                                    trust_pickle=args.trust_pickle, progress=progress, revision=args.revision)
@@ -186,7 +166,7 @@ def complete(model, tokenizer, prompt: str, args: argparse.Namespace, on_text=No
                          f"leaves no room to generate; shorten the prompt.")
     prompt_ids = torch.tensor([ids], device=args.device)
     decoder = StreamDecoder(tokenizer, skip_special_tokens=True)
-    pieces = []
+    pieces, new_ids = [], []
     start = time.perf_counter()
     first_token_at = None
     n_new = 0
@@ -199,11 +179,21 @@ def complete(model, tokenizer, prompt: str, args: argparse.Namespace, on_text=No
         n_new += 1
         if token == config.eos_token_id:
             break
+        new_ids.append(token)
         text = decoder.step(token)
         pieces.append(text)
         if on_text is not None and text:
             on_text(text)
     end = time.perf_counter()
+    # The stream holds back the bytes of a character that is not complete yet; if the generation stops in the
+    # middle of one, those bytes are printed as decoding all the tokens at once prints them (as U+FFFD), so that
+    # the completion is the same streamed or batched
+    whole = tokenizer.decode(new_ids, skip_special_tokens=True)
+    streamed = "".join(pieces)
+    if len(whole) > len(streamed) and whole.startswith(streamed):
+        pieces.append(whole[len(streamed):])
+        if on_text is not None:
+            on_text(pieces[-1])
     # The first token costs a pass over the whole prompt; the rest are one decoding step each
     decode_time = end - (first_token_at or end)
     return {"prompt": prompt, "completion": "".join(pieces), "prompt_tokens": len(ids) if prompt else 0,

@@ -66,39 +66,30 @@ import argparse
 import gc
 import sys
 import time
-from pathlib import Path
 from typing import List, Optional
 
 import torch
 from torch import nn
 
-from labml_nn.neox.cli import (DTYPES, ArgumentParser, HelpFormatter, check_model_args, dtype_name,
-                                     quiet_bitsandbytes_import, run_command)
+from labml_nn.neox.cli import (DTYPES, ArgumentParser, HelpFormatter, add_model_args, check_model_args,
+                               quiet_bitsandbytes_import, run_command)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = ArgumentParser(
         description="Generate text with a GPT-NeoX model quantized to LLM.int8, and report the memory its weights "
                     "take against fp16.", formatter_class=HelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint folder: the 20B slim weights, a gpt-neox checkpoint or a Hugging Face "
-                             "GPT-NeoX folder (default: the demo model labml_nn/neox/demo/)")
+    add_model_args(parser, dtype_help="dtype of what stays in floating point")
     parser.add_argument("--prompt", default="ROMEO:", help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=60, help="tokens to generate with the int8 model")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the model runs: cpu, cuda or cuda:N (default: cuda when PyTorch sees a GPU)")
-    parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
-                        help="dtype of what stays in floating point (default: fp16 on CUDA, fp32 on a CPU)")
     parser.add_argument("--implementation", choices=["bitsandbytes", "reference"], default="bitsandbytes",
                         help="bitsandbytes' Linear8bitLt, or our plain PyTorch Int8Linear")
     parser.add_argument("--threshold", type=float, default=6.0,
                         help="outlier threshold alpha; 0 turns the decomposition off")
     parser.add_argument("--compare", action="store_true",
                         help="also load the unquantized model and compare logits and continuations")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow DeepSpeed checkpoint files that pickle arbitrary objects (only files you trust)")
     args = check_model_args(parser, parser.parse_args(argv))
     if not args.prompt:
         parser.error("--prompt is empty; give some text to continue")
@@ -110,7 +101,8 @@ def load(args, is_llm_int8: bool) -> nn.Sequential:
 
     loader = LayerLoader(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
                                is_llm_int8=is_llm_int8, llm_int8_threshold=args.threshold,
-                               llm_int8_implementation=args.implementation, trust_pickle=args.trust_pickle)
+                               llm_int8_implementation=args.implementation, trust_pickle=args.trust_pickle,
+                               revision=args.revision)
     return nn.Sequential(*loader.load())
 
 
@@ -174,7 +166,6 @@ def continue_prompt(model, tokenizer, prompt_ids: torch.Tensor, args, echo: bool
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from labml_nn.neox.generation import forward
     from labml_nn.neox.tokenizer import encode, load_tokenizer
     from labml_nn.neox.llm_int8 import bitsandbytes_problem
 
@@ -193,7 +184,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(cuda_memory_line(device))
 
     from labml_nn.neox.checkpoint import open_checkpoint
-    tokenizer_path = open_checkpoint(args.checkpoint, trust_pickle=args.trust_pickle).tokenizer_path
+    tokenizer_path = open_checkpoint(args.checkpoint, trust_pickle=args.trust_pickle,
+                                     revision=args.revision).tokenizer_path
     if tokenizer_path is None:
         print(f"error: no tokenizer beside {args.checkpoint}", file=sys.stderr)
         return 2
@@ -207,7 +199,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     # The comparison: logits of the prompt from both models, then the floating-point model's continuation
     with torch.no_grad():
-        int8_logits = forward(model, prompt_ids).float()
+        int8_logits = model(prompt_ids).float()
     del model
     gc.collect()
     if device.type == "cuda":
@@ -218,7 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if device.type == "cuda":
         print(cuda_memory_line(device))
     with torch.no_grad():
-        logits = forward(model, prompt_ids).float()
+        logits = model(prompt_ids).float()
     error = ((int8_logits - logits).norm() / logits.norm()).item()
     print(args.prompt, end="")
     fp_tokens = continue_prompt(model, tokenizer, prompt_ids, args, echo=True)

@@ -59,8 +59,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from labml_nn.neox.cli import (DTYPES, ArgumentParser, HelpFormatter, check_model_args, dtype_name, output_home,
-                                     quiet_bitsandbytes_import, run_command)
+from labml_nn.neox.cli import (DTYPES, ArgumentParser, HelpFormatter, add_model_args, check_model_args, output_home,
+                               quiet_bitsandbytes_import, run_command)
 # The four linear layers of a transformer layer, by their checkpoint names (those LLM.int8 converts)
 from labml_nn.neox.llm_int8 import LINEAR_LAYERS
 
@@ -105,21 +105,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         description="Find the outlier features (input dimensions with |x| >= threshold) of each linear layer of a "
                     "GPT-NeoX model on a text; print a table and save a figure.",
         formatter_class=HelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint folder (default: the demo model labml_nn/neox/demo/)")
+    add_model_args(parser)
     parser.add_argument("--text-file", type=Path, default=None,
                         help="text to run through the model (default: the opening of Hamlet's soliloquy)")
     parser.add_argument("--max-tokens", type=int, default=1024, help="use at most this many tokens of the text")
     parser.add_argument("--threshold", type=float, default=6.0, help="the outlier threshold alpha")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the model runs: cpu, cuda or cuda:N (default: cuda when PyTorch sees a GPU)")
-    parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
-                        help="default: fp16 on CUDA, fp32 on a CPU")
     parser.add_argument("--out", "--output", dest="output", type=Path,
                         default=output_home("figures", "llm_int8_outliers.png"),
                         help="where to write the figure (PNG)")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow DeepSpeed checkpoint files that pickle arbitrary objects (only files you trust)")
     return check_model_args(parser, parser.parse_args(argv))
 
 
@@ -270,7 +263,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     quiet_bitsandbytes_import()
     loader = LayerLoader(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
-                               trust_pickle=args.trust_pickle)
+                         trust_pickle=args.trust_pickle, revision=args.revision)
     config = loader.config
     if loader.checkpoint.tokenizer_path is None:
         print(f"error: no tokenizer beside {args.checkpoint}", file=sys.stderr)

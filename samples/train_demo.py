@@ -69,7 +69,8 @@ from labml_nn.neox.model import build_layers
 from labml_nn.neox.training.finetune import write_checkpoint
 from labml_nn.neox.training.text_dataset import TokenWindows, tokenize_documents
 from labml_nn.neox.training.trainer import Trainer, TrainingConfig, labml_experiment, evaluate
-from labml_nn.neox.cli import DEMO_CHECKPOINT, ArgumentParser, HelpFormatter, output_home, run_command
+from labml_nn.neox.cli import (DEMO_CHECKPOINT, DTYPES, ArgumentParser, HelpFormatter, dtype_name, output_home,
+                               run_command)
 
 VALIDATION_WORKS = ("macbeth_gut.txt", "twelfth_night_gut.txt", "julius_caesar_gut.txt")
 
@@ -182,8 +183,9 @@ def main():
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (warm-up, then cosine to 1/10)")
     parser.add_argument("--vocab-size", type=int, default=4096, help="entries of the BPE tokenizer trained here")
     parser.add_argument("--valid-every", type=int, default=100, help="validate every N steps")
-    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
-                        help="the dtype of the written tensors (fp16 halves the folder's size)")
+    parser.add_argument("--dtype", type=dtype_name, choices=["fp16", "fp32"], default="fp16",
+                        help="the dtype of the written tensors (fp16 halves the folder's size; float16 and float32 "
+                             "are accepted too)")
     parser.add_argument("--log-dir", type=Path, default=output_home("logs"), help="where labml writes its logs")
     parser.add_argument("--state", type=Path, help="also save the trained weights to this .pt file")
     parser.add_argument("--from-state", type=Path, help="skip training: write the checkpoint from this .pt file")
@@ -252,7 +254,7 @@ def main():
         # The 20B slim layout with two tensor-parallel ranks, written into a temporary folder beside `--out`
         # and renamed when complete, so that an interrupted run never leaves a half-written checkpoint.
         write_checkpoint(args.out, layers, tensor_parallel_size=2, tokenizer_path=tokenizer_path,
-                         dtype=getattr(torch, args.dtype), overwrite=overwrite)
+                         dtype=DTYPES[args.dtype], overwrite=overwrite)
         print(f"Checkpoint written to {args.out}")
 
     # ### The figures, from the checkpoint as written (with fp16-rounded weights)

@@ -1,7 +1,7 @@
 """
 Tiny GPT-NeoX checkpoints for tests, in every layout the checkpoint package reads.
 
-    model = make_tiny_hf_model(num_hidden_layers=3)
+    model = make_tiny_hf_model(num_hidden_layers=3)                 # also what every test of the model uses
     slim = write_slim_from_hf(model, tmp_path / "ckpt", tp=2, layout="pipeline", replicated_noise=1e-3)
     reference = load_hf_state_dict(slim.merged_hf_state_dict("average"))   # what a correct merge must equal
 
@@ -80,24 +80,77 @@ COLUMN = ("word_embeddings.weight", "final_linear.weight", "attention.query_key_
 ROW = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
 
 
-def make_tiny_hf_model(seed: int = 0, **overrides):
-    """A random `GPTNeoXForCausalLM`, float32, eager attention; vocabulary and heads divisible by 4 ranks."""
+# ## The tiny model
+#
+# Every test that needs a small GPT-NeoX starts from this one builder: a random transformers
+# `GPTNeoXForCausalLM` (float32, eager attention, vocabulary and heads divisible by 4 ranks), small enough to run in
+# milliseconds. Every parameter, layer norms and biases included, is drawn at random (norm weights near 1, the
+# rest of scale `scale`, 0.1 by default), so that a swapped, missing or wrongly merged tensor changes the logits,
+# and activations are large enough that the two GELUs give visibly different outputs. A test that needs attention
+# to depend strongly on positions, or wider logits, raises `scale`. `our_model_from_hf` copies its weights into
+# `build_layers(config)` by hand, through the name mapping of `hf_to_parts`.
+def make_tiny_hf_model(seed: int = 0, *, scale: float = 0.1, rotary_pct: float = 0.25, rope_theta: float = 10000.0,
+                       **overrides):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     values = dict(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=256, hidden_act="gelu_fast", max_position_embeddings=64,
-                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+                  rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
+                                   "partial_rotary_factor": rotary_pct},
                   use_parallel_residual=True, tie_word_embeddings=False, layer_norm_eps=1e-5,
-                  attn_implementation="eager")
+                  eos_token_id=0, bos_token_id=0, attn_implementation="eager")
     values.update(overrides)
     torch.manual_seed(seed)
     model = GPTNeoXForCausalLM(GPTNeoXConfig(**values)).eval()
-    # Random init gives layer norms weight 1 and bias 0; perturb them so that mistakes in merging them show
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "layernorm" in name or "layer_norm" in name or name.endswith(".bias"):
-                p.add_(torch.randn_like(p) * 0.1)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(scale * torch.randn_like(p))
     return model
+
+
+def hf_to_parts(hf_model) -> list:
+    r"""
+    The transformers state dict split into our parts, `[(part, layer, state_dict)]`: the transformer layers'
+    names are the checkpoint's names after `gpt_neox.layers.N.`; the embedding, final norm and readout are
+    renamed.
+    """
+    state = hf_model.state_dict()
+    n_layers = hf_model.config.num_hidden_layers
+    parts = [("embedding", None, {"word_embeddings.weight": state["gpt_neox.embed_in.weight"]})]
+    for i in range(n_layers):
+        prefix = f"gpt_neox.layers.{i}."
+        parts.append(("layer", i, {k[len(prefix):]: v for k, v in state.items()
+                                   if k.startswith(prefix) and "rotary_emb" not in k
+                                   and not k.endswith(("attention.bias", "masked_bias"))}))
+    parts.append(("norm", None, {"norm.weight": state["gpt_neox.final_layer_norm.weight"],
+                                 "norm.bias": state["gpt_neox.final_layer_norm.bias"]}))
+    # transformers 5.x calls the readout `lm_head`, older versions `embed_out` (the name in Pythia's files)
+    readout = state["lm_head.weight"] if "lm_head.weight" in state else state["embed_out.weight"]
+    parts.append(("readout", None, {"final_linear.weight": readout}))
+    return parts
+
+
+def our_model_from_hf(hf_model, **config_changes) -> torch.nn.Sequential:
+    """`nn.Sequential(*build_layers(config))` holding the transformers model's weights."""
+    from labml_nn.neox.config import NeoXConfig
+    from labml_nn.neox.model import build_layers
+
+    config = NeoXConfig.from_hf_config(hf_model.config.to_dict()).with_updates(**config_changes)
+    layers = build_layers(config)
+    for layer, (_, _, state) in zip(layers, hf_to_parts(hf_model)):
+        layer.load_state_dict(state, strict=True)
+    return torch.nn.Sequential(*layers).eval()
+
+
+def random_ids(vocab: int, batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# fp32 logits of our model and transformers' agree to this on the tiny model; the two GELUs differ by far more
+TOLERANCE = 2e-4
 
 
 def hf_to_neox(hf_state: Dict[str, torch.Tensor], n_layers: int) -> Dict[Tuple[str, Optional[int]], Dict]:

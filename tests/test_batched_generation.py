@@ -12,9 +12,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
-from labml_nn.neox.generation import forward, generate, left_pad  # noqa: E402
+from labml_nn.neox.generation import as_model, generate, left_pad  # noqa: E402
 from labml_nn.neox.model import KVCache  # noqa: E402
-from test_model import our_model_from_hf, random_ids, tiny_hf_model  # noqa: E402
+from helpers import make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
 
 # Three prompts of 3, 11 and 7 tokens: the padding is 8, 0 and 4
 LENGTHS = (3, 11, 7)
@@ -37,39 +37,39 @@ def test_left_pad_puts_padding_before_each_prompt():
 def test_each_padded_row_has_its_unbatched_logits(parallel_residual):
     # The prompt in two chunks (the second needs the shifted triangle with padding), then 6 single tokens;
     # each row's logits at its real positions must equal a pass over that row alone, without a cache
-    hf = tiny_hf_model(seed=22, use_parallel_residual=parallel_residual)
+    hf = make_tiny_hf_model(seed=22, use_parallel_residual=parallel_residual)
     model = our_model_from_hf(hf)
     prompts = uneven_prompts(hf.config.vocab_size)
     follow = random_ids(hf.config.vocab_size, batch=len(LENGTHS), length=6, seed=23)
     ids, padding = left_pad(prompts, pad_id=5)
     with torch.no_grad():
         cache = KVCache(max_len=ids.shape[1] + 6, padding=padding)
-        pieces = [forward(model, ids[:, :6], cache), forward(model, ids[:, 6:], cache)]
-        pieces += [forward(model, follow[:, t:t + 1], cache) for t in range(6)]
+        pieces = [as_model(model)(ids[:, :6], cache), as_model(model)(ids[:, 6:], cache)]
+        pieces += [as_model(model)(follow[:, t:t + 1], cache) for t in range(6)]
         batched = torch.cat(pieces, dim=1)
         assert torch.isfinite(batched).all()
         for row, prompt in enumerate(prompts):
-            alone = forward(model, torch.tensor([prompt + follow[row].tolist()]))[0]
+            alone = as_model(model)(torch.tensor([prompt + follow[row].tolist()]))[0]
             got = batched[row, int(padding[row]):]
             assert got.shape == alone.shape
             assert (got - alone).abs().max().item() < 1e-5
 
 
 def test_the_padding_id_does_not_matter():
-    hf = tiny_hf_model(seed=24)
+    hf = make_tiny_hf_model(seed=24)
     model = our_model_from_hf(hf)
     prompts = uneven_prompts(hf.config.vocab_size, seed=25)
     ids_a, padding = left_pad(prompts, pad_id=0)
     ids_b, _ = left_pad(prompts, pad_id=77)
     with torch.no_grad():
-        a = forward(model, ids_a, KVCache(ids_a.shape[1], padding=padding))
-        b = forward(model, ids_b, KVCache(ids_b.shape[1], padding=padding))
+        a = as_model(model)(ids_a, KVCache(ids_a.shape[1], padding=padding))
+        b = as_model(model)(ids_b, KVCache(ids_b.shape[1], padding=padding))
     real = torch.arange(ids_a.shape[1])[None, :] >= padding[:, None]
     assert torch.equal(a[real], b[real])
 
 
 def test_greedy_tokens_equal_transformers_batched_generate_with_left_padding():
-    hf = tiny_hf_model(seed=26)
+    hf = make_tiny_hf_model(seed=26)
     model = our_model_from_hf(hf)
     prompts = uneven_prompts(hf.config.vocab_size, seed=27)
     ids, padding = left_pad(prompts, pad_id=0)

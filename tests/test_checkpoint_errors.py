@@ -1,6 +1,7 @@
 r"""
-Bad checkpoints fail with a `CheckpointError` that names the file or tensor at fault and says what to do;
-and the merge command leaves no output behind when they do.
+Bad checkpoints fail with a `CheckpointError` that names the file or tensor at fault and says what to do, whether
+they are opened by the reader (`open_checkpoint`), loaded as a model (`LayerLoader`) or merged; and the merge
+command leaves no output behind when they do.
 """
 
 import os
@@ -15,6 +16,7 @@ pytest.importorskip("transformers")
 from helpers import make_tiny_hf_model, write_slim_from_hf  # noqa: E402
 from labml_nn.neox.checkpoint import CheckpointError, open_checkpoint  # noqa: E402
 from labml_nn.neox.checkpoint.convert import merge_checkpoint  # noqa: E402
+from labml_nn.neox.loader import LayerLoader  # noqa: E402
 
 
 class NotAllowlisted:
@@ -35,8 +37,9 @@ def ckpt(source, tmp_path):
     return tmp_path / "ckpt"
 
 
-def _fails(path, *fragments, out=None, **kwargs):
-    # Opening and reading every part, or merging to `out`, must fail with all `fragments` in the message
+def _fails(path, *fragments, out=None, loader=False, **kwargs):
+    # Opening and reading every part, or merging to `out`, must fail with all `fragments` in the message; with
+    # `loader`, so must loading the model layer by layer
     with pytest.raises(CheckpointError) as e:
         if out is None:
             list(open_checkpoint(path, **kwargs).parts())
@@ -47,13 +50,23 @@ def _fails(path, *fragments, out=None, **kwargs):
     if out is not None:
         assert not out.exists()
         assert not list(out.parent.glob(out.name + ".tmp-*"))
+    if loader:
+        with pytest.raises(CheckpointError) as by_loader:
+            list(LayerLoader(path, progress=False, **kwargs).load())
+        for f in fragments:
+            assert f in str(by_loader.value), str(by_loader.value)
     return str(e.value)
+
+
+def test_missing_checkpoint_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="nowhere"):
+        list(LayerLoader(tmp_path / "nowhere", progress=False).load())
 
 
 def test_missing_rank_file_names_the_file_the_rank_and_the_layer(ckpt, tmp_path):
     (ckpt / "global_step10/layer_03-model_01-model_states.pt").unlink()
     message = _fails(ckpt, "Missing global_step10/layer_03-model_01-model_states.pt", "2 tensor-parallel rank",
-                     "rank 1 of transformer layer 1", "Re-download", out=tmp_path / "out")
+                     "rank 1 of transformer layer 1", "Re-download", out=tmp_path / "out", loader=True)
     assert "download" in message
 
 
@@ -73,7 +86,7 @@ def test_truncated_file_is_named(ckpt, tmp_path):
     path = ckpt / "global_step10/layer_02-model_00-model_states.pt"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     _fails(ckpt, "layer_02-model_00-model_states.pt", "truncated or corrupt", "re-download",
-           out=tmp_path / "out")
+           out=tmp_path / "out", loader=True)
 
 
 def test_missing_tensor_is_named_with_its_file(ckpt, tmp_path):
@@ -81,13 +94,14 @@ def test_missing_tensor_is_named_with_its_file(ckpt, tmp_path):
     tensors = torch.load(path)
     del tensors["mlp.dense_4h_to_h.weight"]
     torch.save(tensors, path)
-    _fails(ckpt, "`mlp.dense_4h_to_h.weight`", "layer_03-model_01-model_states.pt", out=tmp_path / "out")
+    _fails(ckpt, "`mlp.dense_4h_to_h.weight`", "layer_03-model_01-model_states.pt", out=tmp_path / "out",
+           loader=True)
 
 
 def test_shape_mismatch_names_the_tensor_the_shapes_and_the_config_key(ckpt):
     config = ckpt / "configs/tiny.yml"
     config.write_text(config.read_text().replace('"hidden-size": 64', '"hidden-size": 32'))
-    _fails(ckpt, "word_embeddings.weight", "[96, 64]", "[96, 32]", "hidden_size")
+    _fails(ckpt, "word_embeddings.weight", "[96, 64]", "[96, 32]", "hidden_size", loader=True)
 
 
 def test_layer_count_that_disagrees_with_the_files_names_the_key(ckpt):

@@ -1,7 +1,8 @@
 r"""
 Every option of every command says what it does in `--help`: the samples, the two package CLIs and the
 benchmarks. Each script's parser is caught as its `parse_args` is called (nothing runs), and each of its options,
-those of subcommands included, must have a help text.
+those of subcommands included, must have a help text. Every `--dtype` speaks one vocabulary, `cli.DTYPES`, and
+takes PyTorch's spellings too.
 """
 
 import argparse
@@ -48,8 +49,7 @@ def _load_script(relative: str):
     return module
 
 
-@pytest.mark.parametrize("target", SCRIPTS + MODULES)
-def test_every_option_has_help(target, monkeypatch):
+def _command_parser(target, monkeypatch) -> argparse.ArgumentParser:
     if target.endswith(".py"):
         module = _load_script(target)
     else:
@@ -58,7 +58,22 @@ def test_every_option_has_help(target, monkeypatch):
     run = getattr(module, "parse_args", None)
     if run is None or run.__module__ != module.__name__:
         run = module.main
-    parser = _catch_parser(monkeypatch, lambda: run([]) if run.__code__.co_argcount else run())
+    return _catch_parser(monkeypatch, lambda: run([]) if run.__code__.co_argcount else run())
+
+
+@pytest.mark.parametrize("target", SCRIPTS + MODULES)
+def test_every_option_has_help(target, monkeypatch):
+    parser = _command_parser(target, monkeypatch)
     missing = [f"{p.prog}: {'/'.join(a.option_strings)}" for p in _parsers(parser) for a in p._actions
                if a.option_strings and a.help in (None, "") and not isinstance(a, argparse._HelpAction)]
     assert not missing, f"options without help text: {missing}"
+
+
+@pytest.mark.parametrize("target", SCRIPTS + MODULES)
+def test_every_dtype_option_speaks_one_vocabulary(target, monkeypatch):
+    from labml_nn.neox.cli import DTYPES, dtype_name
+    parser = _command_parser(target, monkeypatch)
+    for action in (a for p in _parsers(parser) for a in p._actions if "--dtype" in a.option_strings):
+        assert set(action.choices) <= set(DTYPES) and action.type is dtype_name, f"{target}: {action.choices}"
+        assert [action.type(name) for name in ("float16", "half", "BF16", "float32")] == ["fp16", "fp16", "bf16",
+                                                                                         "fp32"]

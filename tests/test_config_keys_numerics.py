@@ -115,7 +115,7 @@ BOTH = {"rope_parameters": {"rope_type": "default", "rope_theta": 500.0, "partia
 @pytest.mark.parametrize("rotary", [LINEAR_4X, LINEAR_5X, {}, BOTH], ids=["linear-4x", "linear-5x", "none", "both"])
 def test_rotary_keys_of_config_json_match_transformers(tmp_path, rotary):
     # Large random weights, so that attention depends strongly on the positions
-    hf = make_tiny_hf_model(max_position_embeddings=64, initializer_range=0.3,
+    hf = make_tiny_hf_model(max_position_embeddings=64, scale=0.3,
                             rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 1.0})
     hf.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

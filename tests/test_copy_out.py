@@ -25,19 +25,14 @@ import torch
 import config, model
 cfg = config.NeoXConfig(n_layers=2, d_model=32, n_heads=4, n_vocab=64, n_ctx=32, rotary_pct=0.5)
 torch.manual_seed(0)
-layers = torch.nn.Sequential(*model.build_layers(cfg)).eval()
+neox = model.NeoXModel(*model.build_layers(cfg)).eval()
 ids = torch.randint(0, 64, (2, 6))
 with torch.no_grad():
-    full = layers(ids)
+    full = neox(ids)
     cache = model.KVCache(max_len=6)
-    x = ids[:, :4]
-    for layer in layers:
-        x = layer(x, cache)
-    cache.advance(4)
-    y = ids[:, 4:]
-    for layer in layers:
-        y = layer(y, cache)
-    cache.advance(2)
+    x = neox(ids[:, :4], cache)
+    y = neox(ids[:, 4:], cache)
+    assert cache.offset == 6
 error = (torch.cat([x, y], dim=1) - full).abs().max().item()
 assert error < 1e-5, error
 print("ok", error)

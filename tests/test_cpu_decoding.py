@@ -17,9 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from labml_nn.neox.cpu_decoding import MAX_BMM_TOKENS, HalvesLinear, prepare_for_cpu_decoding  # noqa: E402
-from labml_nn.neox.generation import forward, generate  # noqa: E402
+from labml_nn.neox.generation import as_model, generate  # noqa: E402
 from labml_nn.neox.model import KVCache  # noqa: E402
-from test_model import TOLERANCE, our_model_from_hf, random_ids, tiny_hf_model  # noqa: E402
+from helpers import TOLERANCE, make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
 
 
 def _layout(model):
@@ -27,7 +27,7 @@ def _layout(model):
 
 
 def test_generate_leaves_the_callers_tensors_as_they_were():
-    model = our_model_from_hf(tiny_hf_model(seed=21))
+    model = our_model_from_hf(make_tiny_hf_model(seed=21))
     ids = random_ids(96, batch=2, length=8)
     layout = _layout(model)
     values = {k: v.clone() for k, v in model.state_dict().items()}
@@ -41,7 +41,7 @@ def test_generate_leaves_the_callers_tensors_as_they_were():
 @pytest.mark.parametrize("halves", [True, False])
 @pytest.mark.parametrize("parallel_residual", [True, False])
 def test_prepared_model_computes_the_same_logits_and_greedy_tokens(halves, parallel_residual):
-    hf = tiny_hf_model(seed=22, use_parallel_residual=parallel_residual)
+    hf = make_tiny_hf_model(seed=22, use_parallel_residual=parallel_residual)
     plain = our_model_from_hf(hf)
     prepared = prepare_for_cpu_decoding(copy.deepcopy(plain), halves=halves)
     assert any(isinstance(m, HalvesLinear) for m in prepared.modules()) == halves
@@ -50,7 +50,7 @@ def test_prepared_model_computes_the_same_logits_and_greedy_tokens(halves, paral
         # A full pass (the prompt path) and a cached one token at a time (the decoding path)
         assert (prepared(ids) - plain(ids)).abs().max().item() < 1e-5
         cache = KVCache(10)
-        steps = torch.cat([forward(prepared, ids[:, t:t + 1], cache) for t in range(10)], dim=1)
+        steps = torch.cat([as_model(prepared)(ids[:, t:t + 1], cache) for t in range(10)], dim=1)
         assert (steps - plain(ids)).abs().max().item() < 1e-5
         # And against the independent reference
         assert (steps - hf(ids).logits).abs().max().item() <= TOLERANCE
@@ -61,7 +61,7 @@ def test_prepared_model_computes_the_same_logits_and_greedy_tokens(halves, paral
 
 
 def test_preparing_keeps_names_values_and_parameter_objects():
-    model = our_model_from_hf(tiny_hf_model(seed=23))
+    model = our_model_from_hf(make_tiny_hf_model(seed=23))
     params = dict(model.named_parameters())
     values = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.inference_mode():
@@ -82,7 +82,7 @@ def test_preparing_keeps_names_values_and_parameter_objects():
 
 
 def test_half_precision_weights_are_left_alone():
-    model = our_model_from_hf(tiny_hf_model(seed=24)).half()
+    model = our_model_from_hf(make_tiny_hf_model(seed=24)).half()
     layout = _layout(model)
     prepare_for_cpu_decoding(model, halves=True)
     assert _layout(model) == layout
@@ -110,7 +110,7 @@ def test_a_readout_without_parameters_still_runs():
     if "fbgemm" not in torch.backends.quantized.supported_engines and \
             "x86" not in torch.backends.quantized.supported_engines:
         pytest.skip("this PyTorch build has no CPU quantization engine")
-    model = our_model_from_hf(tiny_hf_model(seed=25))
+    model = our_model_from_hf(make_tiny_hf_model(seed=25))
     model[-1] = quantization.quantize_dynamic(model[-1], {nn.Linear}, dtype=torch.qint8)
     assert next(model[-1].parameters(), None) is None
     out = generate(model, random_ids(96, batch=1, length=5), 3, eos_token_id=None)

@@ -29,11 +29,9 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
-from helpers import shared_file  # noqa: E402
-from labml_nn.neox.config import NeoXConfig  # noqa: E402
+from helpers import make_tiny_hf_model, our_model_from_hf, shared_file  # noqa: E402
 from labml_nn.neox.evaluation import EvalHarnessAdapter  # noqa: E402
 from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, go_offline, task_manager, write_local_tasks  # noqa: E402
-from labml_nn.neox.model import build_layers  # noqa: E402
 
 # Per-request log-likelihoods of the two implementations agree to this (fp32; they differ by ~1e-5)
 TOLERANCE = 1e-3
@@ -83,32 +81,8 @@ def tokenizers_(tmp_path_factory):
 def models_(tokenizers_):
     """A random transformers GPT-NeoX and our modules holding the same weights."""
     tokenizer, _ = tokenizers_
-    torch.manual_seed(0)
-    hf = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
-        vocab_size=tokenizer.get_vocab_size(), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=256, rotary_pct=0.25, max_position_embeddings=N_CTX, hidden_act="gelu_fast",
-        use_parallel_residual=True, eos_token_id=0, bos_token_id=0, tie_word_embeddings=False)).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name and name.endswith("weight")
-                    else 0.2 * torch.randn_like(p))
-    return hf, ours_from_hf(hf)
-
-
-def ours_from_hf(hf) -> torch.nn.Sequential:
-    # The checkpoint names after `gpt_neox.layers.N.` are ours; the embedding, final norm and readout are renamed
-    state = hf.state_dict()
-    layers = build_layers(NeoXConfig.from_hf_config(hf.config.to_dict()))
-    layers[0].load_state_dict({"word_embeddings.weight": state["gpt_neox.embed_in.weight"]})
-    for i, layer in enumerate(layers[1:-2]):
-        prefix = f"gpt_neox.layers.{i}."
-        layer.load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                               if k.startswith(prefix) and "rotary_emb" not in k})
-    layers[-2].load_state_dict({"norm.weight": state["gpt_neox.final_layer_norm.weight"],
-                                "norm.bias": state["gpt_neox.final_layer_norm.bias"]})
-    readout = state["lm_head.weight"] if "lm_head.weight" in state else state["embed_out.weight"]
-    layers[-1].load_state_dict({"final_linear.weight": readout})
-    return torch.nn.Sequential(*layers).eval()
+    hf = make_tiny_hf_model(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=N_CTX, scale=0.2)
+    return hf, our_model_from_hf(hf)
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +283,7 @@ def test_reduced_precision_models_score_close_to_fp32(lms, models_, variant):
     requests = [Instance("loglikelihood", {}, (words(rng, n), " " + rng.choice(WORDS)), i)
                 for i, n in enumerate([3, 10, 30])]
     full = ours.loglikelihood(requests)
-    reduced = EvalHarnessAdapter(reduced_precision(ours_from_hf(models_[0]), variant), ours.tokenizer,
+    reduced = EvalHarnessAdapter(reduced_precision(our_model_from_hf(models_[0]), variant), ours.tokenizer,
                                  progress=False)
     # Log-likelihoods here are -5 to -30 nats; the rounding of each variant moves them by up to about a third
     # of these tolerances (and by something: the variant really ran)

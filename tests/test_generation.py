@@ -11,14 +11,14 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
-from labml_nn.neox.generation import forward, generate, generate_stream, sample_next  # noqa: E402
+from labml_nn.neox.generation import as_model, generate, generate_stream, sample_next  # noqa: E402
 from labml_nn.neox.model import KVCache  # noqa: E402
-from test_model import our_model_from_hf, random_ids, tiny_hf_model  # noqa: E402
+from helpers import make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def hf_and_ours():
-    hf = tiny_hf_model(seed=3)
+    hf = make_tiny_hf_model(seed=3)
     return hf, our_model_from_hf(hf)
 
 
@@ -28,14 +28,14 @@ def hf_and_ours():
 def test_cached_logits_equal_one_full_forward(parallel_residual):
     # Feed 20 tokens as a prompt in two chunks (7 + 5, the second chunk needs the shifted causal mask), then
     # one token at a time; every position's logits must equal a single pass over all 20 without a cache.
-    hf = tiny_hf_model(seed=4, use_parallel_residual=parallel_residual)
+    hf = make_tiny_hf_model(seed=4, use_parallel_residual=parallel_residual)
     model = our_model_from_hf(hf)
     ids = random_ids(hf.config.vocab_size, batch=3, length=20)
     with torch.no_grad():
-        full = forward(model, ids)
+        full = as_model(model)(ids)
         cache = KVCache(max_len=20)
-        pieces = [forward(model, ids[:, :7], cache), forward(model, ids[:, 7:12], cache)]
-        pieces += [forward(model, ids[:, t:t + 1], cache) for t in range(12, 20)]
+        pieces = [as_model(model)(ids[:, :7], cache), as_model(model)(ids[:, 7:12], cache)]
+        pieces += [as_model(model)(ids[:, t:t + 1], cache) for t in range(12, 20)]
     assert cache.offset == 20
     assert (torch.cat(pieces, dim=1) - full).abs().max().item() < 1e-5
 
@@ -44,14 +44,14 @@ def test_last_only_gives_the_last_positions_logits(hf_and_ours):
     _, model = hf_and_ours
     ids = random_ids(96, batch=2, length=9)
     with torch.no_grad():
-        assert torch.allclose(forward(model, ids, last_only=True), forward(model, ids)[:, -1:], atol=1e-6)
+        assert torch.allclose(as_model(model)(ids, last_only=True), as_model(model)(ids)[:, -1:], atol=1e-6)
 
 
 def test_cache_refuses_more_positions_than_it_holds(hf_and_ours):
     _, model = hf_and_ours
     cache = KVCache(max_len=4)
     with pytest.raises(ValueError, match="larger max_len"):
-        forward(model, random_ids(96, length=5), cache)
+        as_model(model)(random_ids(96, length=5), cache)
 
 
 def test_two_generations_share_no_state(hf_and_ours):

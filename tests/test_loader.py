@@ -4,11 +4,12 @@ logits on the same weights: for the gpt-neox layouts with 1, 2 and 4 tensor-para
 folders, and for checkpoints whose replicated tensors disagree across ranks.
 
 The tiny checkpoints come from `helpers.py` (which splits weights itself, independently of the code under
-test). The merge rules have their own tests in `test_checkpoint_merge.py`; these go through the model.
+test). The merge rules have their own tests in `test_checkpoint_merge.py`; these go through the model. What the
+loader says about a damaged checkpoint is tested, with the reader and the merge command, in
+`test_checkpoint_errors.py`.
 """
 
 import os
-import shutil
 import warnings
 
 import pytest
@@ -18,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from helpers import load_hf_state_dict, make_tiny_hf_model, write_slim_from_hf  # noqa: E402
-from labml_nn.neox.checkpoint import CheckpointError, Part  # noqa: E402
+from labml_nn.neox.checkpoint import Part  # noqa: E402
 from labml_nn.neox.loader import LayerLoader, build_module  # noqa: E402
 from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerLayer  # noqa: E402
 
@@ -154,54 +155,3 @@ def test_modules_are_in_eval_mode_and_carry_the_config(tmp_path):
     for module in loader.load():
         assert not module.training
         assert module.config == loader.config
-
-
-# ## Bad checkpoints: the error names the file or tensor, and what to do
-
-@pytest.fixture(scope="module")
-def good_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("good") / "ckpt"
-    write_slim_from_hf(make_tiny_hf_model(), path, tp=2, tokenizer=False)
-    return path
-
-
-@pytest.fixture
-def checkpoint(good_checkpoint, tmp_path):
-    shutil.copytree(good_checkpoint, tmp_path / "ckpt")
-    return tmp_path / "ckpt"
-
-
-def fails_to_load(path, *fragments):
-    with pytest.raises((CheckpointError, ValueError)) as e:
-        list(LayerLoader(path, progress=False).load())
-    for fragment in fragments:
-        assert fragment in str(e.value), str(e.value)
-
-
-def test_missing_checkpoint_folder(tmp_path):
-    fails_to_load(tmp_path / "nowhere", "nowhere")
-
-
-def test_missing_rank_file_is_named(checkpoint):
-    (checkpoint / "global_step10" / "layer_03-model_01-model_states.pt").unlink()
-    fails_to_load(checkpoint, "layer_03-model_01-model_states.pt", "rank 1")
-
-
-def test_truncated_file_is_named(checkpoint):
-    path = checkpoint / "global_step10" / "layer_02-model_00-model_states.pt"
-    path.write_bytes(path.read_bytes()[:200])
-    fails_to_load(checkpoint, "layer_02-model_00-model_states.pt")
-
-
-def test_missing_tensor_is_named(checkpoint):
-    path = checkpoint / "global_step10" / "layer_02-model_01-model_states.pt"
-    state = torch.load(path)
-    del state["mlp.dense_h_to_4h.bias"]
-    torch.save(state, path)
-    fails_to_load(checkpoint, "mlp.dense_h_to_4h.bias")
-
-
-def test_config_that_disagrees_with_the_weights_names_the_key(checkpoint):
-    config = checkpoint / "configs" / "tiny.yml"
-    config.write_text(config.read_text().replace('"hidden-size": 64', '"hidden-size": 128'))
-    fails_to_load(checkpoint, "hidden_size")

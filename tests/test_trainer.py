@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from labml_nn.neox.config import NeoXConfig
-from labml_nn.neox.model import build_layers
+from labml_nn.neox.model import NeoXModel, build_layers
 from labml_nn.neox.training.text_dataset import TokenWindows, split_train_valid
-from labml_nn.neox.training.trainer import (Trainer, TrainingConfig, evaluate, forward_layers, learning_rate,
+from labml_nn.neox.training.trainer import (Trainer, TrainingConfig, evaluate, learning_rate,
                                          lm_loss)
 
 CONFIG = NeoXConfig(n_layers=2, d_model=32, n_heads=4, n_vocab=64, n_ctx=32, rotary_pct=0.5,
@@ -60,7 +60,7 @@ def test_validation_split_is_the_end_and_too_short_a_text_says_so():
 def test_loss_is_next_token_cross_entropy_computed_in_float64():
     layers = tiny_layers()
     x, y = TokenWindows(patterned_ids(), 16).batch([0, 3])
-    logits = forward_layers(layers, x)
+    logits = NeoXModel(*layers)(x)
     log_probs = torch.log_softmax(logits.double(), dim=-1)
     expected = -log_probs.gather(-1, y[..., None]).mean()
     assert abs(lm_loss(logits, y).item() - expected.item()) < 1e-6
@@ -129,7 +129,7 @@ def test_validation_loss_is_token_weighted_over_all_windows():
     total, n_tokens = evaluate(torch.nn.Sequential(*layers), data, batch_size=7)
     x, y = data.batch(range(len(data)))
     with torch.no_grad():
-        expected = lm_loss(forward_layers(layers, x), y, reduction="sum").item()
+        expected = lm_loss(NeoXModel(*layers)(x), y, reduction="sum").item()
     assert n_tokens == y.numel() and total == pytest.approx(expected, rel=1e-5)
 
 

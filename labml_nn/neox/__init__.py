@@ -9,8 +9,9 @@ gpt-neox checkpoint, or a Pythia model in Hugging Face format, by folder or by H
 
 The package is built in layers, each page leaning only on the ones before it:
 
-* `config.py` holds the model's numbers; `model.py` is the model itself, and depends on nothing else of ours,
-  so it can be copied into other code, with the key/value cache (`KVCache`) it reads while generating.
+* `config.py` holds the model's numbers; `model.py` is the model itself (`NeoXModel`, the modules in order), and
+  depends on nothing else of ours, so it can be copied into other code, with the key/value cache (`KVCache`) it
+  reads while generating.
 * `checkpoint/` reads and merges the checkpoint files; `loader.py` turns them into `model.py`'s modules, one
   layer at a time.
 * `tokenizer.py` and `generation.py` turn the model into a text generator; `llm_int8.py` quantizes it to
@@ -26,12 +27,11 @@ same way):
 ```python
 import torch
 from importlib.resources import files
-from labml_nn.neox import LayerLoader, generate, load_tokenizer
+from labml_nn.neox import LayerLoader, NeoXModel, generate, load_tokenizer
 from labml_nn.neox.tokenizer import encode
 
 path = files("labml_nn.neox") / "demo"
-layers = list(LayerLoader(path, dtype=torch.float32, device="cpu").load())
-model = torch.nn.Sequential(*layers)       # ids [B, T] -> logits [B, T, V]
+model = NeoXModel(*LayerLoader(path, dtype=torch.float32, device="cpu").load())  # ids [B, T] -> logits [B, T, V]
 
 tokenizer = load_tokenizer(path)
 ids = torch.tensor([encode(tokenizer, "ROMEO:")])
@@ -44,6 +44,7 @@ print(tokenizer.decode(generate(model, ids, 20)[0].tolist()))
 _EXPORTS = {
     "NeoXConfig": "labml_nn.neox.config",
     "LayerLoader": "labml_nn.neox.loader",
+    "NeoXModel": "labml_nn.neox.model",
     "generate": "labml_nn.neox.generation",
     "generate_stream": "labml_nn.neox.generation",
     "load_tokenizer": "labml_nn.neox.tokenizer",

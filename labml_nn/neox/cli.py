@@ -8,10 +8,15 @@ default, and how `--help` states defaults.
 Shakespeare, stored like the 20B slim weights). It is found from this file's location inside the installed
 package, so a sample works from any working directory and from an installed wheel, not only from a clone.
 
-`DTYPES` names the parameter dtypes a command accepts, `fp32`, `fp16` and `bf16`; `dtype_name` also takes
-PyTorch's spellings (`float16`), so `--dtype float16` and `--dtype fp16` mean the same everywhere; and
-`default_dtype` is the one rule for when `--dtype` is not given. `check_model_args` applies these defaults
-together with the demo checkpoint's.
+`DTYPES` is the one vocabulary of dtypes, for every command and for `merge_checkpoint`: `fp32`, `fp16` and
+`bf16`. `dtype_name` also takes PyTorch's spellings (`float16`, `half`, `bfloat16`, `float32`), so `--dtype
+float16` and `--dtype fp16` mean the same everywhere; and `default_dtype` is the one rule for when `--dtype` is
+not given.
+
+Every command that loads a model takes the same five options, added by `add_model_args`: `--checkpoint` (a
+folder or a Hub name; the demo model by default), `--revision`, `--device`, `--dtype` and `--trust-pickle`.
+`check_model_args` fills in the defaults that depend on each other and stops with a usage error when the
+checkpoint is neither a folder nor a Hub name, or the device is a GPU that PyTorch does not see.
 
 `output_home` is the one folder where our commands write what the user did not name a place for: labml's logs
 (`logs/`), figures (`figures/`), a retrained demo model (`models/`). It is `$LABML_NN_NEOX_HOME` when that is set,
@@ -52,7 +57,7 @@ _TORCH_NAMES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16"
 
 
 def dtype_name(text: str) -> str:
-    """An argparse `type`: `fp16` or `float16` to `fp16`; pass `choices=list(DTYPES)` beside it."""
+    """`fp16`, `float16` or `half` to `fp16`, and so on; an argparse `type`, with `choices=list(DTYPES)` beside it."""
     return _TORCH_NAMES.get(text.lower(), text.lower())
 
 
@@ -71,11 +76,36 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+# ## The options of a command that loads a model
+#
+# One place spells them, so that `--checkpoint` means the same in generation, LLM.int8, fine-tuning and
+# evaluation. A command says only what differs: whether a checkpoint must be given (fine-tuning has no sensible
+# default) and what the dtype is used for.
+def add_model_args(parser: argparse.ArgumentParser, *, required: bool = False,
+                   dtype_help: str = "the parameters' dtype"):
+    default = "" if required else " (default: the demo model inside the installed package)"
+    parser.add_argument("--checkpoint", type=Path, default=None, required=required,
+                        help="checkpoint folder (the 20B slim weights, a gpt-neox checkpoint or a Hugging Face "
+                             f"GPT-NeoX folder), or a Hugging Face Hub name such as EleutherAI/pythia-160m{default}")
+    parser.add_argument("--revision", default=None,
+                        help="with a Hub name as --checkpoint: its revision, e.g. one of Pythia's training steps, "
+                             "step3000")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs: cpu, cuda or cuda:N (default: cuda when PyTorch sees a GPU)")
+    parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
+                        help=f"{dtype_help} (default: fp16 on CUDA, fp32 on a CPU; float16, bfloat16 and float32 "
+                             f"are accepted too)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow DeepSpeed checkpoint files that pickle arbitrary objects (only files you trust)")
+
+
 def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """
     Fill in the defaults of `--checkpoint`, `--dtype` and `--device` that depend on each other (fp16 on a GPU,
     fp32 on a CPU; the demo model when no checkpoint is given), and stop with a usage error the user can act on.
+    A checkpoint that is not a folder may be a Hub name (`checkpoint/hub.py`), fetched when the model is loaded.
     """
+    from labml_nn.neox.checkpoint.hub import is_hub_name
     on_cuda = str(args.device).startswith("cuda")
     if args.dtype is None:
         args.dtype = default_dtype(args.device)
@@ -84,9 +114,10 @@ def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         if not args.checkpoint.exists():
             parser.error(f"the demo model is not installed at {args.checkpoint}; reinstall the package "
                          f"(pip install -e .) or pass --checkpoint PATH")
-    elif not Path(args.checkpoint).exists():
+    elif not Path(args.checkpoint).exists() and not is_hub_name(args.checkpoint):
         parser.error(f"checkpoint folder {args.checkpoint} does not exist; pass --checkpoint with the folder holding "
-                     f"the 20B slim weights, a gpt-neox checkpoint, or a Hugging Face GPT-NeoX model")
+                     f"the 20B slim weights, a gpt-neox checkpoint, or a Hugging Face GPT-NeoX model, or a Hub "
+                     f"name such as EleutherAI/pythia-160m")
     if on_cuda and not torch.cuda.is_available():
         parser.error("--device cuda was asked for but PyTorch sees no GPU; use --device cpu")
     return args

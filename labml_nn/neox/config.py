@@ -178,7 +178,7 @@ class NeoXConfig:
         We refuse what the model in `model.py` does not implement, rather than building a wrong model:
         another position embedding, another norm, another activation, tied embeddings, or mixture-of-experts.
         """
-        name, values = _read_yaml(source)
+        name, values = _read_keys(source, "YAML")
         values = {str(k).replace("-", "_"): v for k, v in values.items()}
         check_values(name, values, NEOX_VALUE_KINDS)
 
@@ -225,19 +225,9 @@ class NeoXConfig:
         `rotary_emb_base` at the top level, and perhaps a `rope_scaling`. `_hf_rotary` reads them with
         transformers' own defaults and precedence.
         """
-        if isinstance(source, Mapping):
-            name, values = "config.json", dict(source)
-        else:
-            path = Path(source)
-            if path.is_dir():
-                path = path / "config.json"
-            name = str(path)
-            try:
-                values = json.loads(read_config_text(path))
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{name} is not valid JSON ({e})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{name} does not hold a JSON object of config keys but a {type(values).__name__}")
+        if not isinstance(source, Mapping) and Path(source).is_dir():
+            source = Path(source) / "config.json"
+        name, values = _read_keys(source, "JSON")
         check_values(name, values, HF_VALUE_KINDS)
         for key in ("rope_scaling", "rope_parameters"):
             check_values(name, values.get(key) or {}, ROPE_VALUE_KINDS, within=f"{key}.")
@@ -342,21 +332,24 @@ class NeoXConfig:
 
 # ## Helpers
 #
-# A gpt-neox YAML file, or the dictionary it parses to; returns a name for error messages and the keys.
-# gpt-neox's configs parse with PyYAML's `safe_load` despite their comments and trailing commas.
-def _read_yaml(source) -> "tuple[str, dict]":
+# A config file, gpt-neox's YAML or transformers' `config.json`, or the dictionary it parses to; returns a name
+# for error messages and the keys. gpt-neox's configs parse with PyYAML's `safe_load` despite their comments and
+# trailing commas. Either file must hold a mapping of keys (`key: value` lines, or a JSON object).
+def _read_keys(source, kind: str) -> "tuple[str, dict]":
     if isinstance(source, Mapping):
-        return "config", dict(source)
-    import yaml
-
+        return ("config" if kind == "YAML" else "config.json"), dict(source)
     path = Path(source)
+    if kind == "YAML":
+        import yaml
+        parse, syntax_error, shape = yaml.safe_load, yaml.YAMLError, "a mapping of config keys (`key: value` lines)"
+    else:
+        parse, syntax_error, shape = json.loads, json.JSONDecodeError, "a JSON object of config keys"
     try:
-        values = yaml.safe_load(read_config_text(path))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        values = parse(read_config_text(path))
+    except syntax_error as e:
+        raise ConfigError(f"{path} is not valid {kind}: {e}") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} does not hold a mapping of config keys (`key: value` lines) but a "
-                          f"{type(values).__name__}")
+        raise ConfigError(f"{path} does not hold {shape} but a {type(values).__name__}")
     return str(path), values
 
 

@@ -156,7 +156,7 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None) ->
     r"""
     ## The step
 
-    Prepare `model` (an `nn.Sequential` of `model.py`'s modules, or any module) for decoding on a CPU, in place,
+    Prepare `model` (a `NeoXModel`, or any module) for decoding on a CPU, in place,
     and return it: every fp32 `nn.Linear` on the CPU gets its weight stored column by column, and, with `halves`
     (by default when PyTorch uses more than one thread and the layer's output has an even size), becomes a
     `HalvesLinear`. Other layers (half precision, GPU, LLM.int8, quantized) are left as they are. Calling it twice

@@ -8,12 +8,11 @@ Two things make the loop fast:
 
 * **A key-value cache** (`model.py`'s `KVCache`). The first step runs the whole prompt and stores every layer's
   keys and values; each later step runs only the one new token, whose attention reads the stored ones.
-* **Logits for the last position only.** The readout multiplies each position by a `[V, C]` matrix, which has
-  two thirds of a transformer layer's weights in the 20B model and five times them in Pythia-160M; during the
-  prompt step only the last position's logits are needed, so the other positions skip it.
+* **Logits for the last position only.** During the prompt step only the last position's logits are needed, so
+  the others skip the readout (`NeoXModel`'s `last_only`).
 
-`model` is the `nn.Sequential` that `LayerLoader` gives (or any sequence of `model.py` modules): we walk its
-modules ourselves so that the cache can be passed to each.
+`model` is a `NeoXModel` (`model.py`), or any sequence of `model.py`'s modules (the loader's, in a list or an
+`nn.Sequential`), which we run as one.
 
 ## Choosing the next token
 
@@ -36,17 +35,20 @@ from typing import Iterator, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from labml_nn.neox.model import KVCache, ReadoutLayer
+from labml_nn.neox.model import KVCache, NeoXModel
 
 
-# A model is an `nn.Sequential` of `model.py`'s modules, a list of them, or (for a quick test) a single module
-def _modules(model) -> Sequence[nn.Module]:
-    return list(model) if isinstance(model, (nn.Sequential, list, tuple)) else [model]
+# A model is a `NeoXModel`, or its modules in an `nn.Sequential`, a list or a tuple, or (for a quick test) a
+# single module. Anything but a `NeoXModel` is run as one: a new container around the same modules.
+def as_model(model) -> NeoXModel:
+    if isinstance(model, NeoXModel):
+        return model
+    return NeoXModel(*(model if isinstance(model, (nn.Sequential, list, tuple)) else [model]))
 
 
 def context_length(model) -> Optional[int]:
     """The longest context the model was trained on, read from the config its modules carry."""
-    for module in _modules(model):
+    for module in as_model(model):
         config = getattr(module, "config", None)
         if config is not None:
             return config.n_ctx
@@ -66,22 +68,6 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> Tuple[torch.T
     ids = torch.tensor([[pad_id] * (longest - len(p)) + list(p) for p in prompts], dtype=torch.long)
     padding = torch.tensor([longest - len(p) for p in prompts], dtype=torch.long)
     return ids, padding
-
-
-def forward(model, ids: torch.Tensor, cache: Optional[KVCache] = None, last_only: bool = False) -> torch.Tensor:
-    r"""
-    Run `ids` `[B, T]` through the modules, passing `cache` to each, and return logits `[B, T, V]` (or
-    `[B, 1, V]` with `last_only`). With a cache, `ids` are the tokens after the `cache.offset` tokens already
-    stored, and the cache moves forward by `T`.
-    """
-    x = ids
-    for module in _modules(model):
-        if last_only and isinstance(module, ReadoutLayer):
-            x = x[:, -1:]
-        x = module(x, cache)
-    if cache is not None:
-        cache.advance(ids.shape[1])
-    return x
 
 
 def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: Optional[int] = None,
@@ -176,6 +162,7 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     `prepare_for_cpu_decoding` (`cpu_decoding.py`) once beforehand to decode faster.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
+    model = as_model(model)
     if prompt_ids.dim() != 2:
         raise ValueError(f"prompt_ids must be [B, T], got shape {tuple(prompt_ids.shape)}")
     batch_size, n_prompt = prompt_ids.shape
@@ -197,7 +184,7 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     # The first step runs the whole prompt
     ids = prompt_ids
     for step in range(max_new_tokens):
-        logits = forward(model, ids, cache, last_only=True)[:, -1]
+        logits = model(ids, cache, last_only=True)[:, -1]
         _check_finite(logits, step)
         if seed is not None and generator is None:
             generator = torch.Generator(device=logits.device).manual_seed(seed)

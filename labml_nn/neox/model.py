@@ -5,10 +5,12 @@ This is the whole model: an embedding, a stack of identical transformer layers, 
 readout. It computes exactly what EleutherAI's [gpt-neox](https://github.com/EleutherAI/gpt-neox) computes for
 GPT-NeoX-20B and the Pythia models, and what Hugging Face's `GPTNeoXForCausalLM` computes on the same weights.
 
-Each piece is its own `nn.Module`, and the model is simply `nn.Sequential(embedding, *layers, norm, readout)`.
-Keeping the layers separate, rather than inside one big `Model` class, lets the loader read the checkpoint one
-layer at a time (the 20B model is 39 GB in fp16), place layers on different GPUs, and load only a few layers for
-experiments.
+Each piece is its own `nn.Module`, and the model, `NeoXModel` at the end of this page, is the list of them in
+order: `NeoXModel(embedding, *layers, norm, readout)`, an `nn.Sequential` whose `forward` also passes a key-value
+cache to each piece. Keeping the layers separate, rather than inside one big module that builds them, lets the
+loader read the checkpoint one layer at a time (the 20B model is 39 GB in fp16), place layers on different GPUs,
+and load only a few layers for experiments; whatever modules it gives, generation, evaluation and training run
+them through the one `NeoXModel.forward`.
 
 Notation used on every page: `B` batch, `T` sequence length, `H` heads, `D` head dimension, `C = H * D` the
 hidden size, `V` the vocabulary. Shapes are written `[B, T, C]`.
@@ -30,6 +32,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 # `config.py` sits beside this file in the package; a reader who copied the two files into a folder of their own
 # imports it from there
@@ -429,12 +432,51 @@ class ReadoutLayer(nn.Module):
         return self.final_linear(_on_device_of(x, self))
 
 
+class NeoXModel(nn.Sequential):
+    r"""
+    ## The model
+
+    The modules in order, `NeoXModel(embedding, *layers, norm, readout)`, mapping ids `[B, T]` to logits
+    `[B, T, V]`. It is an `nn.Sequential` (index it, slice it, iterate over it, save its state dict), and its
+    `forward` is the one loop over the modules that generation, evaluation and training all use:
+
+    * `cache`: a `KVCache`, passed to every module; once the last module has run, the cache moves forward by `T`.
+    * `last_only`: the readout multiplies each position by a `[V, C]` matrix, two thirds of a transformer layer's
+      weights in the 20B model and five times them in Pythia-160M. When only the next token matters (the prompt
+      step of generation), only the last position goes through it, and the logits are `[B, 1, V]`.
+    * `activation_checkpointing`: while training, keep only each transformer layer's input for the backward pass
+      and run the layer again there (`torch.utils.checkpoint`), trading a third more compute for the memory of
+      every activation inside the layers.
+
+    Any of the modules may be missing (the loader's `filter_layers`) or replaced (an LLM.int8 layer), as long as
+    each takes `(x, cache)`.
+    """
+
+    def __init__(self, *modules: nn.Module, activation_checkpointing: bool = False):
+        super().__init__(*modules)
+        self.activation_checkpointing = activation_checkpointing
+
+    def forward(self, ids: torch.Tensor, cache: Optional[KVCache] = None, last_only: bool = False) -> torch.Tensor:
+        x = ids
+        for module in self:
+            if last_only and isinstance(module, ReadoutLayer):
+                x = x[:, -1:]
+            if self.activation_checkpointing and isinstance(module, TransformerLayer) and torch.is_grad_enabled():
+                # The non-reentrant implementation replays the autocast state and works with DDP and FSDP
+                x = checkpoint(module, x, cache, use_reentrant=False)
+            else:
+                x = module(x, cache)
+        if cache is not None:
+            cache.advance(ids.shape[1])
+        return x
+
+
 def build_layers(config: NeoXConfig) -> list:
     r"""
     ## The model, from a config
 
     All the modules in order, with freshly initialised weights: `[Embedding, TransformerLayer × L, FinalNorm,
-    ReadoutLayer]`. `torch.nn.Sequential(*build_layers(config))` maps ids `[B, T]` to logits `[B, T, V]`.
+    ReadoutLayer]`. `NeoXModel(*build_layers(config))` maps ids `[B, T]` to logits `[B, T, V]`.
     To use a checkpoint's weights, use `LayerLoader` in `loader.py`, which builds each module and loads its
     tensors one at a time.
 

@@ -5,7 +5,7 @@ r"""
 python -m labml_nn.neox.checkpoint download [DEST] [--base-url URL] [--verify]
 python -m labml_nn.neox.checkpoint merge SRC OUT --format hf|neox [--revision REV] [--mlp-names dense|linear]
                                          [--replicated average|first]
-                                         [--dtype float16|bfloat16|float32] [--report R.json]
+                                         [--dtype fp16|bf16|fp32] [--report R.json]
                                          [--warn-above 1e-3] [--trust-pickle] [--max-shard-mb 1024]
                                          [--overwrite]
 ```
@@ -24,10 +24,10 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .convert import DTYPES, WARN_ABOVE, format_report, merge_checkpoint
+from .convert import WARN_ABOVE, format_report, merge_checkpoint
 from .download import BASE_URL, default_dir, download_20b, verify_20b
 from .files import CheckpointError
-from ..cli import ArgumentParser, run_command
+from ..cli import DTYPES, ArgumentParser, dtype_name, run_command
 
 # What `merge --help` prints before the options: what SRC may be, how each kind of tensor is merged, and the
 # promise that a failed merge leaves nothing behind.
@@ -80,8 +80,9 @@ def _run(argv: List[str]) -> int:
     merge.add_argument("--replicated", choices=["average", "first"], default="average",
                        help="how to merge replicated tensors (layer norms): average the ranks (default) or take "
                             "rank 0")
-    merge.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                       help="cast the weights (default: keep the stored dtype, fp16 for the 20B model)")
+    merge.add_argument("--dtype", type=dtype_name, choices=list(DTYPES), default=None,
+                       help="cast the weights (default: keep the stored dtype, fp16 for the 20B model; float16, "
+                            "bfloat16 and float32 are accepted too)")
     merge.add_argument("--report", metavar="R.json", default=None,
                        help="write the divergence of every replicated tensor across ranks to this JSON file")
     merge.add_argument("--warn-above", type=float, default=WARN_ABOVE,

@@ -33,8 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-
+from ..cli import DTYPES, dtype_name
 from .atomic import atomic_folder
 from .files import CheckpointError
 from .merge import Divergence
@@ -42,7 +41,6 @@ from .parts import all_parts
 from .reader import open_checkpoint
 from .write import write_hf_checkpoint, write_neox_checkpoint
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 WARN_ABOVE = 1e-3
 
 
@@ -55,12 +53,13 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
     Merge `src` into a single-rank checkpoint at `out`. Returns the divergence report (also written to
     `report` as JSON when given). `src` may be a Hub name with a `revision` (`hub.py`). With `format="neox"`,
     the MLP keeps the source's spelling (`mlp.linear1` or `mlp.dense_h_to_4h`) unless `mlp_names` says otherwise.
+    `dtype` is a name of the commands' vocabulary (`cli.DTYPES`: `fp16`, `bf16`, `fp32`) or PyTorch's (`float16`).
     """
     out = Path(out).expanduser().absolute()
     if format not in ("neox", "hf"):
         raise CheckpointError(f"format={format!r}: choose 'neox' (gpt-neox layout) or 'hf' (transformers).")
-    if dtype is not None and dtype not in DTYPES:
-        raise CheckpointError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}.")
+    if dtype is not None and dtype_name(dtype) not in DTYPES:
+        raise CheckpointError(f"dtype={dtype!r}: choose one of {list(DTYPES)}.")
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; remove it, choose another name, or pass --overwrite.")
     # The report's folder is checked now, not after 39 GB are written
@@ -73,7 +72,7 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
     with atomic_folder(out, overwrite=overwrite) as tmp, _disk_full_named(out):
         parts = _with_progress(ckpt, progress)
         config = ckpt.config.with_updates(tensor_parallel_size=1)
-        torch_dtype = DTYPES[dtype] if dtype else None
+        torch_dtype = DTYPES[dtype_name(dtype)] if dtype else None
         if format == "hf":
             write_hf_checkpoint(tmp, config, parts, tokenizer_path=ckpt.tokenizer_path, dtype=torch_dtype,
                                 max_shard_bytes=max_shard_bytes)

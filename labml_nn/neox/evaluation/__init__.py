@@ -14,7 +14,7 @@ GPT-NeoX-20B's published numbers were measured, and how most papers report their
 * `generate_until(context, until)`: the text the model generates, up to a stop sequence.
 
 This module answers them for our model: `EvalHarnessAdapter` is an `lm_eval.api.model.LM` over the modules
-of `model.py` (the `nn.Sequential` that `LayerLoader` gives) and a `tokenizers.Tokenizer`. It works with
+of `model.py` (a `NeoXModel`, or the modules `LayerLoader` gives) and a `tokenizers.Tokenizer`. It works with
 lm-eval 0.4; the adapter of the annotated reference implementation only works with lm-eval 0.2.
 
 ```python
@@ -48,7 +48,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import Collator
 from tokenizers import Tokenizer
 
-from labml_nn.neox.generation import context_length, forward, generate_stream, left_pad
+from labml_nn.neox.generation import as_model, context_length, generate_stream, left_pad
 
 # One scoring request as `TemplateLM` hands it to us: the original strings (or `None` for the windows of a
 # rolling log-likelihood), the context's token ids and the continuation's token ids
@@ -59,7 +59,7 @@ class EvalHarnessAdapter(TemplateLM):
     r"""
     ## The adapter
 
-    * `model`: the modules of `model.py` in order (an `nn.Sequential` or a list), in any dtype (fp32, fp16,
+    * `model`: a `NeoXModel`, or the modules of `model.py` in order (an `nn.Sequential` or a list), in any dtype (fp32, fp16,
       bf16) or with LLM.int8 layers, on one device or spread over several.
     * `tokenizer`: a `tokenizers.Tokenizer` (`tokenizer.load_tokenizer`), or the path of one.
     * `batch_size`: how many requests run through the model together.
@@ -82,40 +82,26 @@ class EvalHarnessAdapter(TemplateLM):
             tokenizer = load_tokenizer(tokenizer)
         modules = list(model)
         if not modules:
-            raise ValueError("the model has no modules; pass the list (or nn.Sequential) from LayerLoader")
-        # `nn.Sequential` so that `generation.forward` walks it and a cache can be passed to each module
-        self.model = model if isinstance(model, nn.Sequential) else nn.Sequential(*modules)
+            raise ValueError("the model has no modules; pass NeoXModel(*LayerLoader(...).load())")
+        # One `NeoXModel` (`model.py`), whose `forward` passes a cache to each module
+        self.model = as_model(modules if not isinstance(model, nn.Sequential) else model)
         self.model.eval()
         self.tokenizer = tokenizer
-        self._batch_size = int(batch_size)
-        self._max_length = max_length or context_length(self.model) or 2048
-        self._max_gen_toks = max_gen_toks
+        # lm-eval reads `max_length` (the longest input in tokens), `max_gen_toks` (the default number of tokens
+        # to generate) and `batch_size` as plain attributes, and `device` through its base class's property,
+        # which returns `_device`
+        self.batch_size = int(batch_size)
+        self.max_length = max_length or context_length(self.model) or 2048
+        self.max_gen_toks = max_gen_toks
         self._device = torch.device(device) if device is not None else _first_device(self.model)
         config = getattr(modules[0], "config", None)
         self._eot_token_id = eot_token_id if eot_token_id is not None else getattr(config, "eos_token_id", 0)
         self.progress = progress
 
-    # lm-eval reads these properties: the end-of-text token, the longest input in tokens, the default number of
-    # tokens to generate, the batch size and the device.
+    # The end-of-text token is a property because lm-eval's `TemplateLM` declares it an abstract one
     @property
     def eot_token_id(self) -> int:
         return self._eot_token_id
-
-    @property
-    def max_length(self) -> int:
-        return self._max_length
-
-    @property
-    def max_gen_toks(self) -> int:
-        return self._max_gen_toks
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
 
     # lm-eval keys its request cache on this; the vocabulary size tells tokenizers apart well enough
     @property
@@ -148,10 +134,15 @@ class EvalHarnessAdapter(TemplateLM):
         # Longest first, as HFLM does: a batch is as long as its first request, so padding is small, and if
         # the model runs out of memory it does so at the start rather than after an hour.
         collator = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])))
+        return self._run_batches(collator, self._score_batch, "Scoring", len(requests), disable_tqdm)
+
+    # Scoring and generating run the same way: the batches of lm-eval's `Collator`, a progress bar over the
+    # requests, and the results put back in the order lm-eval asked for them
+    def _run_batches(self, collator: Collator, run_batch, desc: str, total: int, disable_tqdm: bool) -> list:
         results = []
-        progress = tqdm(total=len(requests), desc="Scoring", disable=disable_tqdm or not self.progress)
+        progress = tqdm(total=total, desc=desc, disable=disable_tqdm or not self.progress)
         for batch in collator.get_batched(n=self.batch_size):
-            results += self._score_batch(batch)
+            results += run_batch(batch)
             progress.update(len(batch))
         progress.close()
         return collator.get_original(results)
@@ -181,7 +172,7 @@ class EvalHarnessAdapter(TemplateLM):
             ids[row, :len(x)] = torch.tensor(x, dtype=torch.long)
 
         # `[B, T, V]`, in the model's dtype, on the device of the readout
-        logits = forward(self.model, ids.to(self.device))
+        logits = self.model(ids.to(self.device))
 
         results = []
         for row, ((strings, _, continuation), x) in enumerate(zip(batch, inputs)):
@@ -253,13 +244,7 @@ class EvalHarnessAdapter(TemplateLM):
         # Group by the options (greedy and sampled requests never share a batch) and by length, longest first
         collator = Collator(encoded, sort_fn=lambda r: (-len(r[0]), r[1]), group_by="gen_kwargs",
                             group_fn=lambda r: _options_key(r[2]))
-        results = []
-        progress = tqdm(total=len(requests), desc="Generating", disable=disable_tqdm or not self.progress)
-        for batch in collator.get_batched(n=self.batch_size):
-            results += self._generate_batch(batch)
-            progress.update(len(batch))
-        progress.close()
-        return collator.get_original(results)
+        return self._run_batches(collator, self._generate_batch, "Generating", len(requests), disable_tqdm)
 
     def _generate_batch(self, batch) -> List[str]:
         options = _normalise_options(batch[0][2], self.max_gen_toks)

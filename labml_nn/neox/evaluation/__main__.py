@@ -5,7 +5,7 @@ r"""
 python -m labml_nn.neox.evaluation [--checkpoint DIR|ORG/NAME] [--revision REV] [--tokenizer FILE]
        [--tasks lambada_openai,hellaswag,piqa,winogrande | shakespeare_cloze,shakespeare_text]
        [--int8] [--int8-threshold 6] [--int8-implementation bitsandbytes|reference]
-       [--dtype float16] [--device cuda] [--batch-size 8] [--max-length N] [--limit N]
+       [--dtype fp16] [--device cuda] [--batch-size 8] [--max-length N] [--limit N]
        [--output results.json] [--lambada-file lambada_test.jsonl] [--text-file held_out.txt ...]
        [--offline] [--trust-pickle] [--bootstrap-iters N]
 ```
@@ -18,7 +18,7 @@ The published GPT-NeoX-20B table (LAMBADA, HellaSwag, PIQA, WinoGrande, as in th
 GPU with 48 GB or more, from the 20B slim weights:
 
 ```
-python -m labml_nn.neox.evaluation --checkpoint 20B_checkpoints --dtype float16 --device cuda \
+python -m labml_nn.neox.evaluation --checkpoint 20B_checkpoints --dtype fp16 --device cuda \
        --output neox20b_fp16.json
 python -m labml_nn.neox.evaluation --checkpoint 20B_checkpoints --int8 --device cuda \
        --output neox20b_int8.json
@@ -66,8 +66,8 @@ from typing import List, Optional
 import torch
 
 from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, LOCAL_TASKS, TEXT_TASK, go_offline, write_local_tasks
-from labml_nn.neox.cli import (DEMO_CHECKPOINT, DTYPES, ArgumentParser, DataError, UsageError, default_dtype,
-                                     dtype_name, quiet_bitsandbytes_import, run_command)
+from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, add_model_args, check_model_args,
+                               quiet_bitsandbytes_import, run_command)
 
 # The four tasks of the published GPT-NeoX-20B table
 DEFAULT_TASKS = "lambada_openai,hellaswag,piqa,winogrande"
@@ -76,11 +76,7 @@ DEFAULT_TASKS = "lambada_openai,hellaswag,piqa,winogrande"
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = ArgumentParser(prog="python -m labml_nn.neox.evaluation",
                             description="Evaluate a GPT-NeoX checkpoint with lm-eval 0.4.")
-    parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT),
-                        help="checkpoint folder (20B slim weights, a gpt-neox checkpoint, or a Hugging Face "
-                             "GPT-NeoX/Pythia folder); default: the demo model shipped with the package")
-    parser.add_argument("--revision", help="with a Hugging Face Hub name as --checkpoint (EleutherAI/pythia-160m): "
-                        "its revision, e.g. Pythia's training step step3000")
+    add_model_args(parser)
     parser.add_argument("--tokenizer", help="tokenizers JSON file (default: the one in the checkpoint folder)")
     parser.add_argument("--tasks", default=DEFAULT_TASKS,
                         help=f"comma-separated lm-eval tasks (default: {DEFAULT_TASKS}, the published 20B table); "
@@ -89,10 +85,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--int8-threshold", type=float, default=6.0, help="LLM.int8 outlier threshold")
     parser.add_argument("--int8-implementation", choices=("bitsandbytes", "reference"), default="bitsandbytes",
                         help="bitsandbytes' Linear8bitLt, or the plain PyTorch Int8Linear of llm_int8.py")
-    parser.add_argument("--dtype", type=dtype_name, choices=list(DTYPES),
-                        help="fp16 on a GPU, fp32 on a CPU by default (float16, float32, bfloat16 are accepted too)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the model runs: cpu, cuda or cuda:N (default: cuda when PyTorch sees a GPU)")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="requests scored together in one forward pass (more is faster and takes more memory)")
     parser.add_argument("--max-length", type=int, help="context length (default: the model's, n_ctx)")
@@ -101,8 +93,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--lambada-file", help="read lambada_openai from this local lambada_test.jsonl")
     parser.add_argument("--text-file", nargs="+", help="held-out text (.txt files or one .jsonl) for text_local")
     parser.add_argument("--offline", action="store_true", help="never reach the network (datasets' cache only)")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow DeepSpeed checkpoint files that pickle Python objects (only files you trust)")
     parser.add_argument("--bootstrap-iters", type=int, default=1000,
                         help="bootstrap resamples for the standard errors of perplexities (lm-eval's default is "
                              "100000, which takes minutes on LAMBADA)")
@@ -114,8 +104,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 # ## Checks before the model is loaded
 #
 # Loading the 20B model takes minutes; a wrong number, a missing file or a misspelt task must cost a second.
-# The task names are checked against lm-eval's index in `evaluate`, also before the model is loaded.
+# The checkpoint, device and dtype are checked as every command checks them (`cli.check_model_args`); the task
+# names against lm-eval's index in `evaluate`, also before the model is loaded.
 def check_args(parser: ArgumentParser, args: argparse.Namespace):
+    check_model_args(parser, args)
     for name, least in (("batch_size", 1), ("max_length", 1), ("bootstrap_iters", 0)):
         value = getattr(args, name)
         if value is not None and value < least:
@@ -132,9 +124,6 @@ def check_args(parser: ArgumentParser, args: argparse.Namespace):
                 parser.error(f"{flag} {path} is not a file")
     if args.output and not Path(args.output).absolute().parent.is_dir():
         parser.error(f"--output {args.output}: the folder {Path(args.output).parent} does not exist; create it")
-    from labml_nn.neox.checkpoint.hub import is_hub_name
-    if not Path(args.checkpoint).exists() and not is_hub_name(args.checkpoint):
-        parser.error(f"--checkpoint {args.checkpoint} does not exist; give a checkpoint folder or a Hub name")
 
 
 def resolve_tasks(args: argparse.Namespace) -> List[str]:
@@ -160,14 +149,15 @@ def load_model(args: argparse.Namespace):
     layer is loaded, so the fp16 model never has to fit on the GPU whole.
     """
     from labml_nn.neox.loader import LayerLoader
+    from labml_nn.neox.model import NeoXModel
     from labml_nn.neox.tokenizer import check_vocabulary, find_tokenizer, load_tokenizer
 
-    dtype = DTYPES[args.dtype or default_dtype(args.device)]
+    dtype = DTYPES[args.dtype]
     loader = LayerLoader(args.checkpoint, dtype=dtype, device=args.device, is_llm_int8=args.int8,
                                llm_int8_threshold=args.int8_threshold,
                                llm_int8_implementation=args.int8_implementation, trust_pickle=args.trust_pickle,
                                revision=getattr(args, "revision", None))
-    model = torch.nn.Sequential(*loader.load())
+    model = NeoXModel(*loader.load())
     tokenizer_path = args.tokenizer or getattr(loader.checkpoint, "tokenizer_path", None) \
         or find_tokenizer(args.checkpoint)
     if tokenizer_path is None:
@@ -201,7 +191,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         if unknown:
             raise UsageError(f"--tasks: unknown task(s) {', '.join(unknown)}; see `lm-eval ls tasks`, or the local "
                              f"tasks {', '.join(sorted(LOCAL_TASKS))}")
-        model, tokenizer, dtype = load_model(args)
+        model, tokenizer, _ = load_model(args)
         adapter = EvalHarnessAdapter(model, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
         started = time.time()
         try:
@@ -211,7 +201,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             raise DataError(f"{e}. A task's data is neither in the `datasets` cache nor reachable. Run once with "
                              f"internet (without --offline) to cache it, or use the local tasks (--lambada-file, "
                              f"--text-file).") from None
-    results["run"] = {"checkpoint": str(args.checkpoint), "dtype": str(dtype).replace("torch.", ""),
+    results["run"] = {"checkpoint": str(args.checkpoint), "dtype": args.dtype,
                       "int8": args.int8, "int8_threshold": args.int8_threshold if args.int8 else None,
                       "int8_implementation": args.int8_implementation if args.int8 else None,
                       "device": args.device, "batch_size": args.batch_size, "max_length": adapter.max_length,

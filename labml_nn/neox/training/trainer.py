@@ -2,7 +2,7 @@ r"""
 # Training and fine-tuning loop
 
 This is the loop that trains the modules of `model.py`, from scratch (the demo model) or from a checkpoint
-(fine-tuning). The model is the same `nn.Sequential(embedding, *layers, norm, readout)` that generation uses;
+(fine-tuning). The model is the same `NeoXModel(embedding, *layers, norm, readout)` (`model.py`) that generation uses;
 only the parameters with `requires_grad` change (see `finetune.py` for choosing them).
 
 ## The loss
@@ -60,9 +60,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from labml_nn.neox.model import TransformerLayer
+from labml_nn.neox.model import NeoXModel, TransformerLayer
 from labml_nn.neox.training.text_dataset import TokenWindows
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -129,22 +128,8 @@ def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Adam
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate, betas=config.betas)
 
 
-# ## The forward pass and the loss
-def forward_layers(modules: Sequence[nn.Module], ids: torch.Tensor, activation_checkpointing: bool = False):
-    r"""
-    ids `[B, T]` $\rightarrow$ logits `[B, T, V]`, module by module. With activation checkpointing each
-    transformer layer is run under `torch.utils.checkpoint`, which keeps only its input for backward.
-    """
-    x = ids
-    for module in modules:
-        if activation_checkpointing and isinstance(module, TransformerLayer) and torch.is_grad_enabled():
-            # The non-reentrant implementation replays the autocast state and works with DDP and FSDP
-            x = checkpoint(module, x, use_reentrant=False)
-        else:
-            x = module(x)
-    return x
-
-
+# ## The loss
+#
 # $\mathcal{L}$, the cross-entropy, in fp32 whatever the logits' dtype: logits `[B, T, V]` and targets `[B, T]`
 # flattened to `[BT, V]` and `[BT]`; the mean by default, the sum for validation
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -187,18 +172,6 @@ def _input_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-# The model as one module: `nn.Sequential` with activation checkpointing. `DistributedDataParallel` and
-# `fully_shard` wrap a module, so the loop over layers must live inside one
-class _LayerStack(nn.Module):
-    def __init__(self, modules: Sequence[nn.Module], activation_checkpointing: bool):
-        super().__init__()
-        self.layers = nn.ModuleList(modules)
-        self.activation_checkpointing = activation_checkpointing
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return forward_layers(self.layers, ids, self.activation_checkpointing)
-
-
 # ## The trainer
 class Trainer:
     r"""
@@ -217,7 +190,9 @@ class Trainer:
         self.modules = list(modules)
         self.train_data, self.valid_data, self.config = train_data, valid_data, config
         self.rank, self.world_size = 0, 1
-        self.model: nn.Module = _LayerStack(self.modules, config.activation_checkpointing)
+        # One module around the layers (as `DistributedDataParallel` and `fully_shard` want), running them through
+        # `NeoXModel.forward`, which also does the activation checkpointing
+        self.model: nn.Module = NeoXModel(*self.modules, activation_checkpointing=config.activation_checkpointing)
         if distributed is not None:
             self.model = self._distribute(distributed)
         self.device = _input_device(self.model)
