@@ -87,18 +87,12 @@ def load_ours(folder: Path, prepare: bool):
     import transformers
     from safetensors.torch import load_file
     from labml_nn.neox.cpu_decoding import prepare_for_cpu_decoding
+    from labml_nn.neox.loader import load_hf_state_dict
 
     state = load_file(str(folder / "hf" / "model.safetensors"))
     config = NeoXConfig.from_hf_config(transformers.AutoConfig.from_pretrained(folder / "hf").to_dict())
     layers = build_layers(config)
-    layers[0].load_state_dict({"word_embeddings.weight": state["gpt_neox.embed_in.weight"]})
-    for i in range(config.n_layers):
-        prefix = f"gpt_neox.layers.{i}."
-        layers[i + 1].load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                                       if k.startswith(prefix) and "rotary_emb" not in k})
-    layers[-2].load_state_dict({"norm.weight": state["gpt_neox.final_layer_norm.weight"],
-                                "norm.bias": state["gpt_neox.final_layer_norm.bias"]})
-    layers[-1].load_state_dict({"final_linear.weight": state["embed_out.weight"]})
+    load_hf_state_dict(layers, state)
     model = torch.nn.Sequential(*layers).eval()
     return prepare_for_cpu_decoding(model) if prepare else model
 
@@ -227,13 +221,12 @@ print(json.dumps({"imports": before["VmRSS"] - start["VmRSS"], "before_rss": bef
 
 def loading_memory(config: NeoXConfig, dtype_names=("fp16", "fp32")) -> list:
     from labml_nn.neox.checkpoint import write_neox_checkpoint
+    from labml_nn.neox.training.finetune import model_parts
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         layers = build_layers(config)
-        parts = [("embedding", None, layers[0].state_dict())]
-        parts += [("layer", i, layers[i + 1].state_dict()) for i in range(config.n_layers)]
-        parts += [("norm", None, layers[-2].state_dict()), ("readout", None, layers[-1].state_dict())]
+        parts = list(model_parts(layers))
         write_neox_checkpoint(folder, config, parts, tensor_parallel_size=2, dtype=torch.float16)
         del layers, parts
         for name in dtype_names:

@@ -43,6 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from labml_nn.neox.cli import DTYPES, default_dtype, dtype_name  # noqa: E402
 from labml_nn.neox.config import NeoXConfig  # noqa: E402
 from labml_nn.neox.generation import generate_stream, left_pad  # noqa: E402
+from labml_nn.neox.loader import load_hf_state_dict  # noqa: E402
 from labml_nn.neox.model import TransformerLayer, build_layers  # noqa: E402
 
 PYTHIA_1_4B = NeoXConfig(n_layers=24, d_model=2048, n_heads=16, n_vocab=50304, n_ctx=2048, rotary_pct=0.25,
@@ -115,15 +116,7 @@ def make_models(config: NeoXConfig, device: str, dtype: torch.dtype):
     hf = hf.to(dtype=dtype).eval()
     state = hf.state_dict()
     layers = build_layers(config)
-    layers[0].load_state_dict({"word_embeddings.weight": state["gpt_neox.embed_in.weight"]})
-    for i in range(config.n_layers):
-        prefix = f"gpt_neox.layers.{i}."
-        layers[i + 1].load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                                       if k.startswith(prefix) and "rotary_emb" not in k})
-    layers[-2].load_state_dict({"norm.weight": state["gpt_neox.final_layer_norm.weight"],
-                                "norm.bias": state["gpt_neox.final_layer_norm.bias"]})
-    readout = state["lm_head.weight"] if "lm_head.weight" in state else state["embed_out.weight"]
-    layers[-1].load_state_dict({"final_linear.weight": readout})
+    load_hf_state_dict(layers, state)
     return torch.nn.Sequential(*layers).to(device=device, dtype=dtype).eval(), hf
 
 

@@ -153,6 +153,7 @@ def init_distributed(device: torch.device) -> int:
 
 def _finetune(argv: Optional[List[str]] = None):
     args = parse_args(argv)
+    from labml_nn.neox.checkpoint import Part
     from labml_nn.neox.loader import LayerLoader
     from labml_nn.neox.tokenizer import check_vocabulary, load_tokenizer
     from labml_nn.neox.training.finetune import count_parameters, save_trained, select_trainable, write_checkpoint
@@ -175,7 +176,7 @@ def _finetune(argv: Optional[List[str]] = None):
     if checkpoint.tokenizer_path is None:
         raise DataError(f"{args.checkpoint} has no tokenizer file; copy the model's tokenizer.json there")
     # The dtype the source stores its weights in, which the output keeps
-    stored_dtype = next(iter(checkpoint.read("norm").values())).dtype
+    stored_dtype = next(iter(checkpoint.read(Part("norm")).values())).dtype
     modules = list(loader.load())
     select_trainable(modules, args.train)
     trained, total = count_parameters(modules)

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from helpers import hf_logits, load_hf_state_dict, make_tiny_hf_model, write_slim_from_hf  # noqa: E402
-from labml_nn.neox.checkpoint import merge_part, open_checkpoint, split_part  # noqa: E402
+from labml_nn.neox.checkpoint import Part, merge_part, open_checkpoint, split_part  # noqa: E402
 from labml_nn.neox.checkpoint.merge import PART_TENSORS, divergence  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def _random_layer(dtype=torch.float16, C=16, F=64):
 def test_splitting_then_merging_gives_back_the_same_bits(n_ranks, parallel_residual):
     layer = _random_layer()
     ranks = split_part(layer, n_ranks, parallel_residual=parallel_residual)
-    merged, records = merge_part("layer", 0, [(f"rank{r}", t) for r, t in enumerate(ranks)],
+    merged, records = merge_part(Part("layer", 0), [(f"rank{r}", t) for r, t in enumerate(ranks)],
                                  parallel_residual=parallel_residual)
     assert set(merged) == set(layer)
     for name in layer:
@@ -49,10 +49,10 @@ def test_row_parallel_bias_is_summed_with_parallel_residual_and_replicated_witho
     b1, b2 = torch.randn(16), torch.randn(16)
     ranks = split_part(layer, 2, parallel_residual=True)
     ranks[0]["attention.dense.bias"], ranks[1]["attention.dense.bias"] = b1, b2
-    merged, _ = merge_part("layer", 0, [("a", ranks[0]), ("b", ranks[1])], parallel_residual=True)
+    merged, _ = merge_part(Part("layer", 0), [("a", ranks[0]), ("b", ranks[1])], parallel_residual=True)
     assert torch.allclose(merged["attention.dense.bias"], b1 + b2)
     # With the sequential residual the bias is added once after the all-reduce: every rank holds all of it
-    merged, records = merge_part("layer", 0, [("a", ranks[0]), ("b", ranks[1])], parallel_residual=False)
+    merged, records = merge_part(Part("layer", 0), [("a", ranks[0]), ("b", ranks[1])], parallel_residual=False)
     assert torch.allclose(merged["attention.dense.bias"], (b1 + b2) / 2)
     assert "attention.dense.bias" in {r.name for r in records}
 
@@ -60,7 +60,7 @@ def test_row_parallel_bias_is_summed_with_parallel_residual_and_replicated_witho
 def test_divergence_figures_are_the_largest_spread_between_any_two_ranks():
     copies = [torch.tensor([1.0, -2.0, 0.0, 0.5]), torch.tensor([1.5, -2.0, 0.0, 0.25]),
               torch.tensor([0.5, -1.0, 0.0, 0.5])]
-    record = divergence("norm", None, "norm.weight", copies)
+    record = divergence(Part("norm"), "norm.weight", copies)
     # spreads: 1.0, 1.0, 0, 0.25; magnitudes: 1.5, 2.0, 0, 0.5
     assert record.max_abs == 1.0
     assert record.max_rel == pytest.approx(max(1.0 / 1.5, 1.0 / 2.0, 0.25 / 0.5))
@@ -77,11 +77,11 @@ def test_merged_checkpoint_equals_unpartitioned_weights(tiny, tmp_path, layout, 
     assert ckpt.config.n_vocab == tiny.config.vocab_size
     assert ckpt.config.activation == "gelu_tanh" and ckpt.config.rotary_pct == 0.25
     assert ckpt.tokenizer_path.name == "20B_tokenizer.json"
-    for part, layer, tensors in ckpt.parts():
-        expected = slim.parts[part, layer]
+    for part, tensors in ckpt.parts():
+        expected = slim.parts[part.kind, part.layer]
         assert set(tensors) == set(expected)  # no rotary_emb.inv_freq: the model computes it
         for name, t in tensors.items():
-            assert torch.equal(t, expected[name]), (part, layer, name)
+            assert torch.equal(t, expected[name]), (part, name)
 
 
 @pytest.mark.parametrize("tp", [2, 4])
@@ -90,10 +90,10 @@ def test_noisy_replicated_tensors_are_merged_and_their_divergence_recorded(tiny,
     slim = write_slim_from_hf(tiny, tmp_path / "ckpt", tp=tp, replicated_noise=1e-2)
     ckpt = open_checkpoint(tmp_path / "ckpt", replicated=mode)
     expected = slim.merged_parts(mode)
-    for part, layer, tensors in ckpt.parts():
+    for part, tensors in ckpt.parts():
         for name, t in tensors.items():
-            assert torch.equal(t, expected[part, layer][name]), (part, layer, name)
-    records = {(r.part, r.layer, r.name): r for r in ckpt.divergence}
+            assert torch.equal(t, expected[part.kind, part.layer][name]), (part, name)
+    records = {(r.part.kind, r.part.layer, r.name): r for r in ckpt.divergence}
     assert set(records) == set(slim.replicas)
     for key, copies in slim.replicas.items():
         x = torch.stack([c.double() for c in copies])
@@ -107,10 +107,11 @@ def test_hf_layout_reads_as_one_rank_and_matches_transformers(tiny, tmp_path):
     ckpt = open_checkpoint(tmp_path / "hf")
     assert ckpt.layout_name == "huggingface" and ckpt.config.tensor_parallel_size == 1
     state = {}
-    for part, layer, tensors in ckpt.parts():
+    for part, tensors in ckpt.parts():
         for name, t in tensors.items():
-            key = {"embedding": "gpt_neox.embed_in.weight", "readout": "embed_out.weight"}.get(part)
-            key = key or (f"gpt_neox.final_layer_norm.{name[5:]}" if part == "norm" else f"gpt_neox.layers.{layer}.{name}")
+            key = {"embedding": "gpt_neox.embed_in.weight", "readout": "embed_out.weight"}.get(part.kind)
+            key = key or (f"gpt_neox.final_layer_norm.{name[5:]}" if part.kind == "norm"
+                          else f"gpt_neox.layers.{part.layer}.{name}")
             state[key] = t
     reloaded = load_hf_state_dict(state, like_model=tiny)
     assert torch.equal(hf_logits(reloaded), hf_logits(tiny))
@@ -122,4 +123,4 @@ def test_the_step_folder_itself_can_be_opened_and_the_config_found_beside_it(tin
     assert ckpt.config.tensor_parallel_size == 2 and ckpt.tokenizer_path.name == "20B_tokenizer.json"
     # without `latest`, a single step folder is found too
     (tmp_path / "ckpt/latest").unlink()
-    assert open_checkpoint(tmp_path / "ckpt").read("norm")["norm.weight"].shape == (64,)
+    assert open_checkpoint(tmp_path / "ckpt").read(Part("norm"))["norm.weight"].shape == (64,)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from labml_nn.neox.checkpoint import merge_part, open_checkpoint, split_part
+from labml_nn.neox.checkpoint import Part, merge_part, open_checkpoint, split_part
 from labml_nn.neox.generation import generate
 from labml_nn.neox.loader import LayerLoader
 from labml_nn.neox.tokenizer import encode, load_tokenizer
@@ -74,7 +74,7 @@ def test_demo_logits_match_transformers_on_the_same_weights(demo):
     checkpoint = open_checkpoint(DEMO)
     hf_config = GPTNeoXConfig.from_dict({**generator.config.to_hf_config(), "attn_implementation": "eager"})
     hf = GPTNeoXForCausalLM(hf_config).eval()
-    state = neox_to_hf({(part, layer): t for part, layer, t in checkpoint.parts()})
+    state = neox_to_hf({(part.kind, part.layer): t for part, t in checkpoint.parts()})
     state = {("lm_head.weight" if k == "embed_out.weight" else k): v.float() for k, v in state.items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and all("rotary_emb" in m for m in missing)
@@ -110,13 +110,13 @@ def test_demo_generates_text(demo):
 def test_splitting_the_demo_into_ranks_and_merging_is_the_identity():
     checkpoint = open_checkpoint(DEMO)
     parallel_residual = checkpoint.config.parallel_residual
-    for part, layer, tensors in checkpoint.parts():
+    for part, tensors in checkpoint.parts():
         for n_ranks in (1, 2, 4):
             ranks = split_part(tensors, n_ranks, parallel_residual=parallel_residual)
-            merged, _ = merge_part(part, layer, [(f"rank {r}", t) for r, t in enumerate(ranks)],
+            merged, _ = merge_part(part, [(f"rank {r}", t) for r, t in enumerate(ranks)],
                                    parallel_residual=parallel_residual)
             assert merged.keys() == tensors.keys()
-            assert all(torch.equal(merged[k], tensors[k]) for k in tensors), (part, layer, n_ranks)
+            assert all(torch.equal(merged[k], tensors[k]) for k in tensors), (part, n_ranks)
 
 
 def test_demo_rank_files_follow_the_gpt_neox_merge_rules():
@@ -124,7 +124,7 @@ def test_demo_rank_files_follow_the_gpt_neox_merge_rules():
     checkpoint = open_checkpoint(DEMO)
     folder = DEMO / (DEMO / "latest").read_text().strip()
     r0, r1 = (torch.load(folder / f"layer_02-model_{r:02d}-model_states.pt", weights_only=True) for r in (0, 1))
-    merged = checkpoint.read("layer", 0)
+    merged = checkpoint.read(Part("layer", 0))
     for name in ("attention.query_key_value.weight", "attention.query_key_value.bias",
                  "mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias"):
         assert torch.equal(torch.cat([r0[name], r1[name]], 0), merged[name])

@@ -266,7 +266,7 @@ def planted_checkpoint(tmp_path_factory):
     A random 3-layer model with outlier features, written as a gpt-neox checkpoint with 2 tensor-parallel ranks
     (the layout of the 20B slim weights), for `LayerLoader` to load.
     """
-    from labml_nn.neox.checkpoint import write_neox_checkpoint
+    from labml_nn.neox.checkpoint import all_parts, write_neox_checkpoint
     config = tiny_config(n_layers=3)
     torch.manual_seed(0)
     layers = build_layers(config)
@@ -276,9 +276,7 @@ def planted_checkpoint(tmp_path_factory):
                 if "norm" in name or name.endswith("bias"):
                     p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(p))
     plant_outlier_features(layers, OUTLIER_DIMS, GAIN)
-    parts = [("embedding", None, layers[0].state_dict())]
-    parts += [("layer", i, layer.state_dict()) for i, layer in enumerate(layers[1:-2])]
-    parts += [("norm", None, layers[-2].state_dict()), ("readout", None, layers[-1].state_dict())]
+    parts = [(part, layer.state_dict()) for part, layer in zip(all_parts(config.n_layers), layers)]
     path = tmp_path_factory.mktemp("planted")
     write_neox_checkpoint(path, config, parts, tensor_parallel_size=2)
     return path

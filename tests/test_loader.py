@@ -19,7 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from helpers import load_hf_state_dict, make_tiny_hf_model, write_slim_from_hf  # noqa: E402
-from labml_nn.neox.loader import LayerLoader  # noqa: E402
+from labml_nn.neox.checkpoint import Part  # noqa: E402
+from labml_nn.neox.loader import LayerLoader, build_module  # noqa: E402
 from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerLayer  # noqa: E402
 
 TOLERANCE = 2e-4
@@ -120,10 +121,10 @@ def test_filter_layers_reads_and_builds_only_the_chosen_parts(tmp_path):
     loader = LayerLoader(tmp_path / "ckpt", progress=False, filter_layers={0, 2, 5})
     read = []
     original = loader.checkpoint.read
-    loader.checkpoint.read = lambda part, layer=None: read.append((part, layer)) or original(part, layer)
+    loader.checkpoint.read = lambda part: read.append(part) or original(part)
     modules = list(loader.load())
     # 0 is the embedding, 1 ... 3 the transformer layers (so 2 is layer 1), 4 the final norm, 5 the readout
-    assert read == [("embedding", None), ("layer", 1), ("readout", None)]
+    assert read == [Part("embedding"), Part("layer", 1), Part("readout")]
     assert [type(m) for m in modules] == [Embedding, TransformerLayer, ReadoutLayer]
     assert modules[1].layer_idx == 1
     with pytest.raises(ValueError, match="outside 0 ... 5"):
@@ -141,7 +142,7 @@ def test_two_devices_split_the_parameter_bytes_evenly(tmp_path):
     parts = loader._parts()
     placement = loader._placement(parts)
     assert placement == sorted(placement) and set(placement) == {"first", "second"}
-    modules = [loader._new_module(part, layer) for _, part, layer in parts]
+    modules = [build_module(part, loader.config) for part in parts]
     nbytes = [sum(p.numel() for p in m.parameters()) for m in modules]
     first = sum(n for n, d in zip(nbytes, placement) if d == "first")
     assert abs(first / sum(nbytes) - 0.5) <= max(nbytes) / sum(nbytes) / 2 + 1e-9

@@ -11,7 +11,8 @@ logits = model(ids)                        # ids [B, T] int64 -> logits [B, T, V
 
 The folder may be the GPT-NeoX-20B slim weights (or any gpt-neox checkpoint, in either of its layouts and
 with any tensor-parallel degree) or a Hugging Face `GPTNeoXForCausalLM` folder such as a Pythia model; the
-config is read from the folder. `checkpoint/` reads and merges the files; this module builds the layers.
+config is read from the folder. `checkpoint/` reads and merges the files; this module builds the layers, and
+is the one place that knows which of `model.py`'s classes builds each part of the model (`checkpoint/parts.py`).
 
 ## Why one layer at a time
 
@@ -30,16 +31,48 @@ The same loop is where other work per layer fits in: converting a layer to LLM.i
 import sys
 import warnings
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Set, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Union
 
 import torch
 from torch import nn
 
 from labml import monit
 
-from labml_nn.neox.checkpoint import open_checkpoint
+from labml_nn.neox.checkpoint import Part, all_parts, open_checkpoint
+from labml_nn.neox.checkpoint.parts import parts_from_hf_state
 from labml_nn.neox.config import NeoXConfig
 from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerLayer
+
+
+# ## Parts and modules
+#
+# Each kind of part is built by one class of `model.py`; only a transformer layer needs its number, which it
+# keeps as `layer_idx`. `part_of` is the inverse, for whoever holds modules and must say what they are (the
+# fine-tuner writing a checkpoint, the trainer gathering shards).
+MODULES = {"embedding": Embedding, "layer": TransformerLayer, "norm": FinalNorm, "readout": ReadoutLayer}
+
+
+def build_module(part: Part, config: NeoXConfig) -> nn.Module:
+    if part.kind == "layer":
+        return TransformerLayer(config, part.check(config.n_layers).layer)
+    return MODULES[part.kind](config)
+
+
+def part_of(module: nn.Module) -> Part:
+    # `fully_shard` changes a module's class to a subclass, so `isinstance` still tells what it was
+    for kind, cls in MODULES.items():
+        if isinstance(module, cls):
+            return Part(kind, module.layer_idx if kind == "layer" else None)
+    raise TypeError(f"{type(module).__name__} is not a module of model.py; it is no part of a GPT-NeoX model")
+
+
+# A transformers `GPTNeoXForCausalLM` already in memory (the benchmarks compare against one) gives its weights to
+# our modules part by part, through the same names as a Hugging Face folder (`parts.parts_from_hf_state`).
+def load_hf_state_dict(modules: Sequence[nn.Module], state: Dict[str, torch.Tensor]):
+    """Copy a transformers state dict into `modules`, `model.py`'s sequence (`build_layers(config)`), strictly."""
+    n_layers = len(modules) - 3
+    for part, tensors in parts_from_hf_state(state).items():
+        modules[part.module_index(n_layers)].load_state_dict(tensors)
 
 
 class LayerLoader:
@@ -94,26 +127,13 @@ class LayerLoader:
 
     # ### The parts of the model, in order
     #
-    # Each part is (index in the model, part name for `checkpoint.read`, transformer layer number or `None`);
-    # `filter_layers` selects by the first.
-    def _parts(self) -> List[tuple]:
+    # `filter_layers` selects by a part's place in the model's sequence of modules, `Part.module_index`.
+    def _parts(self) -> List[Part]:
         n = self.config.n_layers
-        parts = [(0, "embedding", None)]
-        parts += [(i + 1, "layer", i) for i in range(n)]
-        parts += [(n + 1, "norm", None), (n + 2, "readout", None)]
-        return [p for p in parts if self.filter_layers is None or p[0] in self.filter_layers]
-
-    def _new_module(self, part: str, layer: Optional[int]) -> nn.Module:
-        if part == "embedding":
-            return Embedding(self.config)
-        if part == "layer":
-            return TransformerLayer(self.config, layer)
-        if part == "norm":
-            return FinalNorm(self.config)
-        return ReadoutLayer(self.config)
+        return [p for p in all_parts(n) if self.filter_layers is None or p.module_index(n) in self.filter_layers]
 
     # ### Spreading layers over devices
-    def _placement(self, parts: List[tuple]) -> List[torch.device]:
+    def _placement(self, parts: List[Part]) -> List[torch.device]:
         r"""
         Give each device a contiguous run of parts holding about the same number of parameter bytes. The embedding
         and the readout each hold $VC$ numbers, two thirds of a transformer layer's $12C^2$ in the 20B model and several
@@ -122,11 +142,7 @@ class LayerLoader:
         """
         if len(self.devices) == 1:
             return [self.devices[0]] * len(parts)
-        config = self.config
-        layer_size = 4 * config.d_model * config.d_model + 2 * config.d_model * config.d_ff
-        sizes = {"embedding": config.n_vocab * config.d_model, "layer": layer_size,
-                 "norm": 2 * config.d_model, "readout": config.n_vocab * config.d_model}
-        weights = [sizes[part] for _, part, _ in parts]
+        weights = [part.n_parameters(self.config) for part in parts]
         total, start, placement = sum(weights), 0, []
         for w in weights:
             middle = (start + w / 2) / total
@@ -142,8 +158,8 @@ class LayerLoader:
         iterator = zip(parts, placement)
         if self.progress:
             iterator = monit.iterate("Load layers", list(iterator))
-        for (index, part, layer), device in iterator:
-            yield self._load_part(part, layer, device)
+        for part, device in iterator:
+            yield self._load_part(part, device)
         self._warn_about_divergence()
 
     # Tensors every tensor-parallel rank holds a copy of (the layer norms) should agree, but in large trained
@@ -154,7 +170,7 @@ class LayerLoader:
         records = [r for r in self.checkpoint.divergence if r.max_abs > threshold]
         if records:
             worst = max(records, key=lambda r: r.max_abs)
-            where = f"layer {worst.layer} " if worst.layer is not None else ""
+            where = f"layer {worst.part.layer} " if worst.part.kind == "layer" else ""
             warnings.warn(f"{len(records)} replicated tensors differ across tensor-parallel ranks by more than "
                           f"{threshold:g}; the largest is {where}{worst.name}, max abs {worst.max_abs:.3g}. They were "
                           f"merged with replicated={self.checkpoint.replicated!r}; the other choice is "
@@ -164,10 +180,10 @@ class LayerLoader:
     # (`assign=True` makes the loaded tensors the parameters instead of copying into meta tensors), move it to
     # its device and dtype, and quantize it if asked. `read` has already checked the part's tensor names and shapes
     # against the config, naming the file at fault.
-    def _load_part(self, part: str, layer: Optional[int], device: torch.device) -> nn.Module:
+    def _load_part(self, part: Part, device: torch.device) -> nn.Module:
         with torch.device("meta"):
-            module = self._new_module(part, layer)
-        state = self.checkpoint.read(part, layer)
+            module = build_module(part, self.config)
+        state = self.checkpoint.read(part)
         module.load_state_dict(state, assign=True)
         del state
         module = module.to(device=device, dtype=self.dtype).eval()

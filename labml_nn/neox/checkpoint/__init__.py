@@ -10,7 +10,8 @@ weights they must be put back together, and that is what this package does.
 | module | idea |
 |---|---|
 | [`files.py`](files.html) | reading `torch.save` files without running code from them; errors that say what to do |
-| [`layouts.py`](layouts.html) | the three ways the weights lie on disk, and the pipeline index map |
+| [`parts.py`](parts.html) | `Part`: the embedding, layer $i$, the final norm or the readout, and its name in every format |
+| [`layouts.py`](layouts.html) | the three ways the weights lie on disk: found first, then opened whole for the config |
 | [`merge.py`](merge.html) | how each tensor was cut across ranks, so how to glue (and re-cut) it |
 | [`reader.py`](reader.html) | `open_checkpoint`: layout, config, tokenizer, checks, one merged part at a time |
 | [`write.py`](write.html) | writing the gpt-neox layout with any number of ranks, or a Hugging Face folder |
@@ -23,12 +24,12 @@ weights they must be put back together, and that is what this package does.
 ## Using it
 
 ```python
-from labml_nn.neox.checkpoint import open_checkpoint, write_hf_checkpoint
+from labml_nn.neox.checkpoint import Part, open_checkpoint, write_hf_checkpoint
 
 ckpt = open_checkpoint("20B_checkpoints")          # pipeline, sequential or Hugging Face layout
 pythia = open_checkpoint("EleutherAI/pythia-160m", revision="step3000")   # a Hub name and revision
 print(ckpt.config, ckpt.config.tensor_parallel_size, ckpt.tokenizer_path)
-layer_5 = ckpt.read("layer", 5)                    # {"input_layernorm.weight": tensor [C], ...}, merged
+layer_5 = ckpt.read(Part("layer", 5))              # {"input_layernorm.weight": tensor [C], ...}, merged
 write_hf_checkpoint("neox-20b-hf", ckpt.config, ckpt.parts(), tokenizer_path=ckpt.tokenizer_path)
 ```
 
@@ -48,10 +49,10 @@ use: `word_embeddings.weight` (the embedding, `[V, C]`); per layer `input_layern
 """
 
 from .files import CheckpointError
-from .layouts import PARTS, pipeline_index
 from .merge import Divergence, merge_part, split_part
+from .parts import Part, all_parts
 from .reader import Checkpoint, open_checkpoint
 from .write import write_hf_checkpoint, write_neox_checkpoint
 
-__all__ = ["CheckpointError", "Checkpoint", "Divergence", "PARTS", "merge_part", "open_checkpoint",
-           "pipeline_index", "split_part", "write_hf_checkpoint", "write_neox_checkpoint"]
+__all__ = ["CheckpointError", "Checkpoint", "Divergence", "Part", "all_parts", "merge_part", "open_checkpoint",
+           "split_part", "write_hf_checkpoint", "write_neox_checkpoint"]

@@ -37,6 +37,7 @@ from ..cli import DTYPES, dtype_name
 from .atomic import atomic_folder
 from .files import CheckpointError
 from .merge import Divergence
+from .parts import all_parts
 from .reader import open_checkpoint
 from .write import write_hf_checkpoint, write_neox_checkpoint
 
@@ -104,9 +105,9 @@ def _disk_full_named(out: Path):
 def _with_progress(ckpt, progress: bool):
     from labml import monit
 
-    keys = ckpt.part_keys()
-    for part, layer in (monit.iterate("Merge", keys) if progress else keys):
-        yield part, layer, ckpt.read(part, layer)
+    parts = all_parts(ckpt.config.n_layers)
+    for part in (monit.iterate("Merge", parts) if progress else parts):
+        yield part, ckpt.read(part)
 
 
 # ## The report

@@ -3,7 +3,7 @@ r"""
 
 EleutherAI publishes the GPT-NeoX-20B "slim weights" (fp16 weights without optimizer states, 39 GB) as a plain
 folder over HTTP. We fetch the files our reader needs: the tokenizer, the config, `latest`, and the layer files
-of both tensor-parallel ranks (stages 0, 2-45, 47 and 48; see `layouts.py` for the index map). The
+of both tensor-parallel ranks (stages 0, 2-45, 47 and 48; see `parts.py` for the index map). The
 `mp_rank_XX_model_states.pt` files beside them hold DeepSpeed's bookkeeping and no weights, so we skip them.
 
 A 39 GB download will be interrupted, so each file is fetched **resumably and atomically**:
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .files import CheckpointError
+from .parts import all_parts
 
 BASE_URL = "https://the-eye.eu/public/AI/models/GPT-NeoX-20B/slim_weights/"
 STEP = "global_step150000"
@@ -43,9 +44,8 @@ def default_dir() -> Path:
 
 def slim_20b_files() -> List[str]:
     """The relative paths of the files the reader needs, in download order (small files first)."""
-    stages = [0] + [i + 2 for i in range(N_LAYERS)] + [N_LAYERS + 3, N_LAYERS + 4]
     return (["20B_tokenizer.json", "configs/20B.yml", "latest"]
-            + [f"{STEP}/layer_{s:02d}-model_{r:02d}-model_states.pt" for s in stages for r in range(N_RANKS)])
+            + [f"{STEP}/{part.pipeline_file(N_LAYERS, r)}" for part in all_parts(N_LAYERS) for r in range(N_RANKS)])
 
 
 class DownloadError(CheckpointError):

@@ -64,12 +64,13 @@ is exact in any precision ($b + 0 = b$), where $b / N$ would round.
 """
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
 from .files import CheckpointError
-from .layouts import RankTensors, describe
+from .layouts import RankTensors
+from .parts import Part
 
 INV_FREQ = "attention.rotary_emb.inv_freq"
 
@@ -98,7 +99,7 @@ RULES = {
     INV_FREQ: "first",
 }
 
-# The tensors each part must have, in the order they are saved
+# The tensors each kind of part must have, in the order they are saved
 PART_TENSORS = {
     "embedding": ["word_embeddings.weight"],
     "layer": ["input_layernorm.weight", "input_layernorm.bias",
@@ -163,26 +164,27 @@ class Divergence:
 
     (an element with $m_i = 0$ is zero on every rank and has $s_i = 0$).
     """
-    part: str
-    layer: Optional[int]
+    part: Part
     name: str
     max_abs: float
     max_rel: float
     n_ranks: int
 
+    # For the JSON report, the part as two plain fields: `"part": "layer", "layer": 5`
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"part": self.part.kind, "layer": self.part.layer,
+                **{k: v for k, v in asdict(self).items() if k != "part"}}
 
 
 # The divergence of one replicated tensor, computed in float64, which holds the difference of two fp16 or fp32
 # numbers exactly
-def divergence(part: str, layer: Optional[int], name: str, copies: Sequence[torch.Tensor]) -> Divergence:
+def divergence(part: Part, name: str, copies: Sequence[torch.Tensor]) -> Divergence:
     x = torch.stack([c.to(torch.float64) for c in copies])
     spread = x.max(0).values - x.min(0).values
     magnitude = x.abs().max(0).values
     relative = torch.where(magnitude > 0, spread / magnitude.clamp_min(torch.finfo(torch.float64).tiny),
                            torch.zeros_like(spread))
-    return Divergence(part, layer, name, float(spread.max()), float(relative.max()), len(copies))
+    return Divergence(part, name, float(spread.max()), float(relative.max()), len(copies))
 
 
 # The mean of the copies. We add in float64 and round once at the end: $N$ fp16 numbers (or fp32 numbers of
@@ -194,17 +196,17 @@ def average(copies: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 # ## Merging one part
-def merge_part(part: str, layer: Optional[int], ranks: List[RankTensors], *, parallel_residual: bool,
+def merge_part(part: Part, ranks: List[RankTensors], *, parallel_residual: bool,
                replicated: str = "average") -> Tuple[Dict[str, torch.Tensor], List[Divergence]]:
     r"""
     Merge the tensors of one part from all ranks into one unpartitioned dictionary.
     Returns the tensors (with `attention.rotary_emb.inv_freq` when the files have it) and the divergence
     records of the replicated tensors.
     """
-    _check_names(part, layer, ranks)
-    _check_tensors(part, layer, ranks)
+    _check_names(part, ranks)
+    _check_tensors(part, ranks)
     merged, records = {}, []
-    for name in PART_TENSORS[part] + [n for n in OPTIONAL.get(part, []) if n in ranks[0][1]]:
+    for name in PART_TENSORS[part.kind] + [n for n in OPTIONAL.get(part.kind, []) if n in ranks[0][1]]:
         copies = [tensors[name] for _, tensors in ranks]
         _check_same_shape(name, ranks, copies)
         how = rule(name, parallel_residual)
@@ -218,7 +220,7 @@ def merge_part(part: str, layer: Optional[int], ranks: List[RankTensors], *, par
             # Summed in float64 too, for the same reason as the average
             merged[name] = torch.stack([c.to(torch.float64) for c in copies]).sum(0).to(copies[0].dtype)
         elif how == "replicated":
-            record = divergence(part, layer, name, copies)
+            record = divergence(part, name, copies)
             records.append(record)
             same = record.max_abs == 0 and all(c.dtype == copies[0].dtype for c in copies)
             merged[name] = copies[0].clone() if same or replicated == "first" else average(copies)
@@ -229,30 +231,30 @@ def merge_part(part: str, layer: Optional[int], ranks: List[RankTensors], *, par
 
 # A tensor we have no rule for means a model we do not build: a gated MLP (GeGLU/SwiGLU), experts,
 # another norm. Writing it out without that tensor would give a wrong model, so we stop.
-def _check_names(part: str, layer: Optional[int], ranks: List[RankTensors]):
-    known = set(PART_TENSORS[part]) | set(OPTIONAL.get(part, []))
+def _check_names(part: Part, ranks: List[RankTensors]):
+    known = set(PART_TENSORS[part.kind]) | set(OPTIONAL.get(part.kind, []))
     for source, tensors in ranks:
         unknown = sorted(set(tensors) - known)
         if unknown:
             raise CheckpointError(
-                f"{source}: unexpected tensor(s) {unknown} in {describe(part, layer)}. The merge rules cover "
+                f"{source}: unexpected tensor(s) {unknown} in {part}. The merge rules cover "
                 f"dense GPT-NeoX layers only (no GeGLU/SwiGLU, mixture-of-experts, ALiBi or other norms); "
                 f"refusing to write a model that would silently compute something else.")
-        for name in PART_TENSORS[part]:
+        for name in PART_TENSORS[part.kind]:
             if name not in tensors:
-                raise CheckpointError(f"{source}: tensor `{name}` of {describe(part, layer)} is missing. The "
+                raise CheckpointError(f"{source}: tensor `{name}` of {part} is missing. The "
                                       f"file is incomplete or from another architecture; re-download it.")
 
 
 # Every value must be a floating-point tensor with at least one dimension: a number, a string or a 0-dim tensor in
 # a layer file, or integer weights, are a damaged or foreign file, and would otherwise fail far from here.
-def _check_tensors(part: str, layer: Optional[int], ranks: List[RankTensors]):
+def _check_tensors(part: Part, ranks: List[RankTensors]):
     for source, tensors in ranks:
         for name, t in tensors.items():
             if not isinstance(t, torch.Tensor) or t.dim() == 0 or not t.is_floating_point():
                 what = (f"a {type(t).__name__}" if not isinstance(t, torch.Tensor) else
                         f"a 0-dim tensor" if t.dim() == 0 else f"a {t.dtype} tensor")
-                raise CheckpointError(f"{source}: `{name}` of {describe(part, layer)} is {what}, not a "
+                raise CheckpointError(f"{source}: `{name}` of {part} is {what}, not a "
                                       f"floating-point weight tensor. The file is damaged or was not written by "
                                       f"gpt-neox; re-create it from its source.")
 

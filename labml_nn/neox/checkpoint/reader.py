@@ -2,16 +2,17 @@ r"""
 # Opening a checkpoint
 
 `open_checkpoint(path)` is the one door into the weights. It fetches a Hub name and revision (`hub.py`),
-recognises the layout (`layouts.py`), finds the config and the tokenizer beside the weights, checks that every
-file the config implies is there, and returns a `Checkpoint` whose `read(part, layer)` gives one part of the
-model merged to a single rank (`merge.py`), its MLP always named `mlp.dense_h_to_4h` / `mlp.dense_4h_to_h`:
+recognises the layout (`layouts.py`), finds the config and the tokenizer beside the weights, opens the layout
+for that config (which checks that every file the config implies is there), and returns a `Checkpoint` whose
+`read(part)` gives one part of the model (`parts.py`) merged to a single rank (`merge.py`), its MLP always named
+`mlp.dense_h_to_4h` / `mlp.dense_4h_to_h`:
 
 ```python
 ckpt = open_checkpoint("20B_checkpoints")
 ckpt.config                      # NeoXConfig, n_vocab and tensor_parallel_size filled from the files
-ckpt.read("embedding")           # {"word_embeddings.weight": [V, C]}
-ckpt.read("layer", 5)            # {"input_layernorm.weight": [C], ..., "mlp.dense_4h_to_h.bias": [C]}
-ckpt.read("norm"), ckpt.read("readout")
+ckpt.read(Part("embedding"))     # {"word_embeddings.weight": [V, C]}
+ckpt.read(Part("layer", 5))      # {"input_layernorm.weight": [C], ..., "mlp.dense_4h_to_h.bias": [C]}
+ckpt.read(Part("norm")), ckpt.read(Part("readout"))
 ckpt.divergence                  # what the replicated tensors read so far looked like across ranks
 ```
 
@@ -30,9 +31,9 @@ from ..config import ConfigError, NeoXConfig, read_config_text
 from ..tokenizer import find_tokenizer
 from .files import CheckpointError
 from .hub import resolve_checkpoint
-from .layouts import HFLayout, describe, find_layout
+from .layouts import Layout, Location, find_layout
 from .merge import INV_FREQ, Divergence, merge_part, mlp_spelling, respell_mlp
-
+from .parts import Part, all_parts
 
 
 # ## The opened checkpoint
@@ -40,7 +41,7 @@ from .merge import INV_FREQ, Divergence, merge_part, mlp_spelling, respell_mlp
 # What `open_checkpoint` returns: the layout, the config (completed from the files), the tokenizer's path, and
 # the divergence records of the replicated tensors merged so far.
 class Checkpoint:
-    def __init__(self, layout, config: NeoXConfig, config_source: str, tokenizer_path: Optional[Path],
+    def __init__(self, layout: Layout, config: NeoXConfig, config_source: str, tokenizer_path: Optional[Path],
                  replicated: str, check_rotary: bool):
         self.layout = layout
         self.config = config
@@ -48,9 +49,9 @@ class Checkpoint:
         self.tokenizer_path = tokenizer_path
         self.replicated = replicated
         self.check_rotary = check_rotary
-        # One record per replicated tensor, kept by `(part, layer, name)` so that reading a part twice does not
-        # count it twice
-        self._divergence: Dict[Tuple[str, Optional[int], str], Divergence] = {}
+        # One record per replicated tensor, kept by `(part, name)` so that reading a part twice does not count it
+        # twice
+        self._divergence: Dict[Tuple[Part, str], Divergence] = {}
         self._mlp_names: Optional[str] = None
 
     @property
@@ -62,45 +63,41 @@ class Checkpoint:
     def layout_name(self) -> str:
         return self.layout.name
 
-    def part_keys(self) -> List[Tuple[str, Optional[int]]]:
-        """The parts in the model's order: `("embedding", None)`, `("layer", 0)`, ..., `("readout", None)`."""
-        return ([("embedding", None)] + [("layer", i) for i in range(self.config.n_layers)]
-                + [("norm", None), ("readout", None)])
-
-    def parts(self) -> Iterator[Tuple[str, Optional[int], Dict[str, torch.Tensor]]]:
-        """Stream `(part, layer, tensors)` one part at a time, the input the writers take."""
-        for part, layer in self.part_keys():
-            yield part, layer, self.read(part, layer)
+    def parts(self) -> Iterator[Tuple[Part, Dict[str, torch.Tensor]]]:
+        """Stream `(part, tensors)` one part at a time, in the model's order: the input the writers take."""
+        for part in all_parts(self.config.n_layers):
+            yield part, self.read(part)
 
     # ## Reading one part
-    def read(self, part: str, layer: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    def read(self, part: Part) -> Dict[str, torch.Tensor]:
         r"""
         One part, merged. The shapes are checked against the config with $C$ = `d_model`, $F$ = `d_ff`,
         $V$ = `n_vocab`, so a config that disagrees with the weights is caught here and not as a strange
         error (or strange text) inside the model.
         """
-        ranks = self.layout.load(part, layer)
-        if part == "layer":
+        part.check(self.config.n_layers)
+        ranks = self.layout.load(part)
+        if part.kind == "layer":
             ranks = [(source, respell_mlp(tensors, "dense")) for source, tensors in
-                     self._note_spelling(ranks, layer)]
-        merged, records = merge_part(part, layer, ranks, parallel_residual=self.config.parallel_residual,
+                     self._note_spelling(ranks, part)]
+        merged, records = merge_part(part, ranks, parallel_residual=self.config.parallel_residual,
                                      replicated=self.replicated)
-        self._divergence.update({(r.part, r.layer, r.name): r for r in records})
+        self._divergence.update({(r.part, r.name): r for r in records})
         sources = ", ".join(sorted({s for s, _ in ranks}))
         inv_freq = merged.pop(INV_FREQ, None)
         if inv_freq is not None and self.check_rotary:
-            self._check_inv_freq(inv_freq, sources, layer)
+            self._check_inv_freq(inv_freq, sources, part)
         for name, tensor in merged.items():
-            self._check_shape(part, layer, name, tensor, sources)
+            self._check_shape(part, name, tensor, sources)
         return merged
 
     # The MLP's spelling (`merge.MLP_SPELLINGS`) of the layers read so far; two layers that disagree mean two
     # checkpoints mixed in one folder.
-    def _note_spelling(self, ranks, layer):
+    def _note_spelling(self, ranks, part: Part):
         for source, tensors in ranks:
             spelling = mlp_spelling(tensors)
             if self._mlp_names is not None and spelling != self._mlp_names:
-                raise CheckpointError(f"{source}: transformer layer {layer} names its MLP `mlp.{spelling}*` but "
+                raise CheckpointError(f"{source}: {part} names its MLP `mlp.{spelling}*` but "
                                       f"earlier layers `mlp.{self._mlp_names}*`; the folder mixes two checkpoints.")
             self._mlp_names = spelling
         return ranks
@@ -112,7 +109,7 @@ class Checkpoint:
         Hugging Face) or `"linear"` (`mlp.linear1`, gpt-neox since). `read` always returns `"dense"` names.
         """
         if self._mlp_names is None:
-            self.read("layer", 0)
+            self.read(Part("layer", 0))
         return self._mlp_names
 
     # The shape of each merged tensor in terms of $C$, $3C$, $F$ and $V$; layer norms and biases not listed are `[C]`
@@ -121,40 +118,37 @@ class Checkpoint:
               "attention.dense.weight": ("C", "C"), "mlp.dense_h_to_4h.weight": ("F", "C"),
               "mlp.dense_h_to_4h.bias": ("F",), "mlp.dense_4h_to_h.weight": ("C", "F")}
 
-    def _check_shape(self, part, layer, name, tensor, sources):
+    def _check_shape(self, part: Part, name, tensor, sources):
         c = self.config
         sizes = {"C": c.d_model, "3C": 3 * c.d_model, "F": c.d_ff, "V": c.n_vocab}
         symbols = self.SHAPES.get(name, ("C",))
         expected = [sizes[s] for s in symbols]
         if list(tensor.shape) == expected:
             return
-        # Which key of the config decides the dimension that disagrees
-        hf = isinstance(self.layout, HFLayout)
-        keys = {"V": "vocab_size" if hf else "padded_vocab_size", "C": "hidden_size", "3C": "hidden_size",
-                "F": "intermediate_size" if hf else "intermediate_size, expansion_factor or mlp_multiple_of "
-                                                    "(gpt-neox's MLP width; the default is 4 x hidden_size)"}
+        # Which key of the config decides the dimension that disagrees, as the layout's config format spells it
+        keys = self.layout.config_keys
+        keys = {"V": keys["n_vocab"], "C": keys["d_model"], "3C": keys["d_model"], "F": keys["d_ff"]}
         bad = next((s for s, e, f in zip(symbols, expected, tensor.shape) if e != f), symbols[0])
         raise CheckpointError(
-            f"`{name}` of {describe(part, layer)} ({sources}) has shape {list(tensor.shape)} after merging "
+            f"`{name}` of {part} ({sources}) has shape {list(tensor.shape)} after merging "
             f"{c.tensor_parallel_size} rank(s), but the config ({self.config_source}) implies {expected} "
             f"({' x '.join(symbols)}). Fix `{keys[bad]}` in the config, or use the config this checkpoint was "
             f"trained with.")
 
     # The stored `inv_freq` must be the $\theta_i = b^{-2i/d}$, $0 \le i < d/2$, that the config implies ($d$ the
     # rotated features per head): its length checks `rotary_pct`, its values the base $b$.
-    def _check_inv_freq(self, inv_freq: torch.Tensor, sources: str, layer):
+    def _check_inv_freq(self, inv_freq: torch.Tensor, sources: str, part: Part):
         d = self.config.d_rotary
         expected = 1.0 / self.config.rotary_base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-        key_pct = "partial_rotary_factor" if isinstance(self.layout, HFLayout) else "rotary_pct"
-        key_base = "rope_theta" if isinstance(self.layout, HFLayout) else "rotary_emb_base"
+        key_pct, key_base = self.layout.config_keys["rotary_pct"], self.layout.config_keys["rotary_base"]
         if inv_freq.shape != expected.shape:
             raise CheckpointError(
-                f"`{INV_FREQ}` of transformer layer {layer} ({sources}) has {inv_freq.numel()} frequencies, so "
+                f"`{INV_FREQ}` of {part} ({sources}) has {inv_freq.numel()} frequencies, so "
                 f"the model rotates {2 * inv_freq.numel()} features per head, but the config ({self.config_source}) "
                 f"says {d} ({key_pct} = {self.config.rotary_pct} of head size {self.config.d_head}). Fix `{key_pct}`.")
         if not torch.allclose(inv_freq.to(torch.float64), expected, rtol=5e-3, atol=1e-7):
             raise CheckpointError(
-                f"`{INV_FREQ}` of transformer layer {layer} ({sources}) does not match rotary base "
+                f"`{INV_FREQ}` of {part} ({sources}) does not match rotary base "
                 f"{self.config.rotary_base} from the config ({self.config_source}). Fix `{key_base}`.")
 
 
@@ -172,13 +166,13 @@ def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicate
     """
     if replicated not in ("average", "first"):
         raise CheckpointError(f"replicated={replicated!r}: choose 'average' or 'first'.")
-    layout = find_layout(resolve_checkpoint(path, revision), trust_pickle)
-    config, source = _read_config(layout)
 
-    # The tensor-parallel degree: the config's `model_parallel_size` or the ranks the files show, whichever is
-    # larger, so that a rank whose files are all missing is reported rather than silently skipped.
-    n_ranks = max(layout.ranks_found, config.tensor_parallel_size if not isinstance(layout, HFLayout) else 1)
-    layout.check(config.n_layers, n_ranks)
+    # Find the files, read the config that came with them, then open the layout for that config: opening checks
+    # every file the config implies, and takes the tensor-parallel degree from the config or the files, whichever
+    # is larger, so that a rank whose files are all missing is reported rather than silently skipped.
+    location = find_layout(resolve_checkpoint(path, revision))
+    config, source = _read_config(location)
+    layout = location.open(config, trust_pickle)
 
     # The vocabulary is padded to a multiple of `make_vocab_size_divisible_by` $\times$ the rank count, and
     # gpt-neox's YAML does not hold the result: the embedding's rows tell us. (With `mmap`, reading the shape does not read the tensor.)
@@ -187,35 +181,31 @@ def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicate
         _refuse_misplaced_embedding(layout)
     n_vocab = sum(rows)
     if config.n_vocab and rows and config.n_vocab != n_vocab:
-        key = "vocab_size" if isinstance(layout, HFLayout) else "padded_vocab_size"
+        key = layout.config_keys["n_vocab"]
         raise CheckpointError(f"The config ({source}) says `{key}: {config.n_vocab}` but word_embeddings.weight "
-                              f"has {n_vocab} rows across {n_ranks} rank(s). Fix `{key}`.")
-    config = config.with_updates(tensor_parallel_size=n_ranks, n_vocab=config.n_vocab or n_vocab)
-    return Checkpoint(layout, config, source, _find_tokenizer(layout), replicated, check_rotary)
+                              f"has {n_vocab} rows across {layout.n_ranks} rank(s). Fix `{key}`.")
+    config = config.with_updates(tensor_parallel_size=layout.n_ranks, n_vocab=config.n_vocab or n_vocab)
+    return Checkpoint(layout, config, source, _find_tokenizer(location), replicated, check_rotary)
 
 
 # A file in the embedding's place without `word_embeddings.weight` is another stage's file under the wrong name
 # (the readout, say, whose matrix has the same shape); the config is not at fault, so we name the file instead.
-def _refuse_misplaced_embedding(layout):
-    for source, tensors in layout.load("embedding", None):
+def _refuse_misplaced_embedding(layout: Layout):
+    for source, tensors in layout.load(Part("embedding")):
         if "word_embeddings.weight" not in tensors:
             raise CheckpointError(f"{source} should hold the embedding (word_embeddings.weight) but holds "
                                   f"{sorted(tensors)[:4]}: it is another stage's file under the embedding's name. "
                                   f"Put the embedding's file in its place.")
 
 
-# Where to look for the config and the tokenizer: beside the weights, or one level up when the user pointed at a
-# `global_step...` folder
-def _search_folders(layout) -> List[Path]:
-    folders = [layout.root / "configs", layout.root]
-    if getattr(layout, "folder", None) == layout.root and not isinstance(layout, HFLayout):
-        folders += [layout.root.parent / "configs", layout.root.parent]
-    return [f for f in folders if f.is_dir()]
-
-
-def _read_config(layout) -> Tuple[NeoXConfig, str]:
-    if isinstance(layout, HFLayout):
-        path = layout.folder / "config.json"
+# ## The config
+#
+# A Hugging Face folder holds its `config.json` beside the weights. A gpt-neox checkpoint keeps YAML files in the
+# folders the location names (`configs/` beside the weights, or one level up when the user pointed at a
+# `global_step...` folder).
+def _read_config(location: Location) -> Tuple[NeoXConfig, str]:
+    if location.layout.config_format == "huggingface":
+        path = location.folder / "config.json"
         try:
             return NeoXConfig.from_hf_config(path), str(path)
         except ConfigError as e:
@@ -223,12 +213,12 @@ def _read_config(layout) -> Tuple[NeoXConfig, str]:
 
     # gpt-neox runs are often configured by several YAML files that it merges; so do we, and two files giving
     # one key different values is an error rather than a guess.
-    for folder in _search_folders(layout):
+    for folder in location.search_folders:
         files = sorted(list(folder.glob("*.yml")) + list(folder.glob("*.yaml")))
         if files:
             break
     else:
-        raise CheckpointError(f"No gpt-neox config (*.yml) found in {layout.root}/configs/ or {layout.root}. "
+        raise CheckpointError(f"No gpt-neox config (*.yml) found in {location.root}/configs/ or {location.root}. "
                               f"Copy the config the model was trained with there (for the 20B model, 20B.yml).")
     import yaml
 
@@ -256,9 +246,9 @@ def _read_config(layout) -> Tuple[NeoXConfig, str]:
         raise CheckpointError(f"{source}: {e}" if len(files) > 1 else str(e)) from None
 
 
-def _find_tokenizer(layout) -> Optional[Path]:
+def _find_tokenizer(location: Location) -> Optional[Path]:
     # The file names are `tokenizer.py`'s (`20B_tokenizer.json`, then `tokenizer.json`)
-    for folder in _search_folders(layout):
+    for folder in location.search_folders:
         found = find_tokenizer(folder)
         if found is not None:
             return found

@@ -1,8 +1,8 @@
 r"""
 # Writing checkpoints
 
-Two writers, both fed the same stream of parts, `(part, layer, tensors)`, in the model's order (what
-`Checkpoint.parts()` yields, or what a fine-tuning loop produces from a model's `state_dict()`). Neither ever
+Two writers, both fed the same stream of parts, `(part, tensors)` with `part` a `parts.Part`, in the model's
+order (what `Checkpoint.parts()` yields, or what a fine-tuning loop produces from a model's `state_dict()`). Neither ever
 holds more than a part (or one safetensors shard) in memory.
 
 * `write_neox_checkpoint` writes the **gpt-neox pipeline layout** with any tensor-parallel degree $N$:
@@ -21,16 +21,17 @@ caller's job (see `convert.py`).
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from ..config import NeoXConfig
 from .files import CheckpointError
-from .layouts import expected_indices, pipeline_index
 from .merge import PART_TENSORS, respell_mlp, split_part
+from .parts import Part, all_parts
 
-Part = Tuple[str, Optional[int], Dict[str, torch.Tensor]]
+# One part of the stream: the part and its tensors, merged, named as `Checkpoint.read` names them
+PartTensors = Tuple[Part, Dict[str, torch.Tensor]]
 
 
 def _cast(tensors: Dict[str, torch.Tensor], dtype: Optional[torch.dtype]) -> Dict[str, torch.Tensor]:
@@ -39,15 +40,22 @@ def _cast(tensors: Dict[str, torch.Tensor], dtype: Optional[torch.dtype]) -> Dic
 
 # What we write must be exactly what the reader expects, no more (an unknown tensor would be lost on the
 # way back) and no less.
-def _check_part(part: str, layer: Optional[int], tensors: Dict[str, torch.Tensor]):
-    want, have = set(PART_TENSORS[part]), set(tensors)
+def _check_part(part: Part, tensors: Dict[str, torch.Tensor], n_layers: int):
+    part.check(n_layers)
+    want, have = set(PART_TENSORS[part.kind]), set(tensors)
     if want != have:
-        raise CheckpointError(f"cannot write {part} {'' if layer is None else layer}: missing {sorted(want - have)}, "
-                              f"unexpected {sorted(have - want)}")
+        raise CheckpointError(f"cannot write {part}: missing {sorted(want - have)}, unexpected {sorted(have - want)}")
+
+
+# And every part must be there, once the stream is over
+def _check_complete(written: List[Part], n_layers: int, writer: str):
+    missing = [str(p) for p in all_parts(n_layers) if p not in written]
+    if missing:
+        raise CheckpointError(f"the parts given to {writer} lacked {', '.join(missing)}")
 
 
 # ## The gpt-neox layout
-def write_neox_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterable[Part], *,
+def write_neox_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterable[PartTensors], *,
                           tensor_parallel_size: int = 1, tokenizer_path: "str | Path | None" = None,
                           dtype: Optional[torch.dtype] = None, step: int = 0, name: str = "model",
                           mlp_names: str = "dense") -> Path:
@@ -65,17 +73,13 @@ def write_neox_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iter
     folder.mkdir(parents=True, exist_ok=True)
     n = tensor_parallel_size
     config = config.with_updates(tensor_parallel_size=n)
-    written = set()
-    for part, layer, tensors in parts:
-        _check_part(part, layer, tensors)
-        index = pipeline_index(part, layer, config.n_layers)
+    written = []
+    for part, tensors in parts:
+        _check_part(part, tensors, config.n_layers)
         for rank, shard in enumerate(split_part(_cast(tensors, dtype), n, parallel_residual=config.parallel_residual)):
-            path = folder / f"layer_{index:02d}-model_{rank:02d}-model_states.pt"
-            torch.save(respell_mlp(shard, mlp_names), path)
-        written.add(index)
-    missing = sorted(set(expected_indices(config.n_layers)) - written)
-    if missing:
-        raise CheckpointError(f"the parts given to write_neox_checkpoint lacked pipeline stages {missing}")
+            torch.save(respell_mlp(shard, mlp_names), folder / part.pipeline_file(config.n_layers, rank))
+        written.append(part)
+    _check_complete(written, config.n_layers, "write_neox_checkpoint")
 
     # DeepSpeed's pipeline engine opens `mp_rank_RR_model_states.pt` for the step's bookkeeping and then loads
     # the weights from the layer files; the weights are not repeated here (`module` is None, as in the 20B files).
@@ -102,18 +106,8 @@ def write_neox_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iter
 
 # ## The Hugging Face layout
 #
-# Our names map one-to-one onto transformers' names; only the prefixes differ.
-def hf_name(part: str, layer: Optional[int], name: str) -> str:
-    if part == "embedding":
-        return "gpt_neox.embed_in.weight"
-    if part == "readout":
-        return "embed_out.weight"
-    if part == "norm":
-        return "gpt_neox.final_layer_norm." + name.removeprefix("norm.")
-    return f"gpt_neox.layers.{layer}.{name}"
-
-
-def write_hf_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterable[Part], *,
+# Our names map one-to-one onto transformers' names; only the prefixes differ (`Part.hf_name`).
+def write_hf_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterable[PartTensors], *,
                         tokenizer_path: "str | Path | None" = None, dtype: Optional[torch.dtype] = None,
                         max_shard_bytes: int = 1024 ** 3) -> Path:
     r"""
@@ -128,7 +122,7 @@ def write_hf_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterab
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shards, current, size, stored_dtype, written = [], {}, 0, None, set()
+    shards, current, size, stored_dtype, written = [], {}, 0, None, []
 
     def flush():
         nonlocal current, size
@@ -138,24 +132,22 @@ def write_hf_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterab
             shards.append((path, list(current)))
         current, size = {}, 0
 
-    for part, layer, tensors in parts:
-        _check_part(part, layer, tensors)
+    for part, tensors in parts:
+        _check_part(part, tensors, config.n_layers)
         # transformers has no `gpt_j_tied`; a copy of the first norm in the second's place computes the same
-        if config.tied_layernorms and part == "layer":
+        if config.tied_layernorms and part.kind == "layer":
             tensors = {**tensors, **{f"post_attention_layernorm.{k}": tensors[f"input_layernorm.{k}"].clone()
                                      for k in ("weight", "bias")}}
-        tensors = {hf_name(part, layer, k): v for k, v in _cast(tensors, dtype).items()}
+        tensors = {part.hf_name(k): v for k, v in _cast(tensors, dtype).items()}
         nbytes = sum(v.numel() * v.element_size() for v in tensors.values())
         if current and size + nbytes > max_shard_bytes:
             flush()
         current.update(tensors)
         size += nbytes
         stored_dtype = stored_dtype or next(iter(tensors.values())).dtype
-        written.add(pipeline_index(part, layer, config.n_layers))
+        written.append(part)
     flush()
-    missing = sorted(set(expected_indices(config.n_layers)) - written)
-    if missing:
-        raise CheckpointError(f"the parts given to write_hf_checkpoint lacked pipeline stages {missing}")
+    _check_complete(written, config.n_layers, "write_hf_checkpoint")
 
     # One shard is renamed `model.safetensors`; several get their final names, `-of-` the count, and an index
     if len(shards) == 1:

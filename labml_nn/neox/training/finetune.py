@@ -45,8 +45,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from labml_nn.neox.checkpoint import Part
 from labml_nn.neox.config import NeoXConfig
-from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerLayer
+from labml_nn.neox.model import TransformerLayer
 
 TRAINABLE = ("biases", "ffn", "all")
 FORMAT = "labml_nn.neox.finetune/1"
@@ -169,25 +170,19 @@ def _check_config(saved: NeoXConfig, model: NeoXConfig):
 
 # ## Writing a complete checkpoint
 def model_parts(modules: Sequence[nn.Module], dtype: Optional[torch.dtype] = None
-                ) -> Iterator[Tuple[str, Optional[int], Dict[str, torch.Tensor]]]:
+                ) -> Iterator[Tuple[Part, Dict[str, torch.Tensor]]]:
     r"""
-    The model's weights as the checkpoint writer takes them: `(part, layer, tensors)` for the embedding, each
-    transformer layer, the final norm and the readout, on the CPU, in `dtype` if given.
+    The model's weights as the checkpoint writer takes them: `(part, tensors)` for the embedding, each
+    transformer layer, the final norm and the readout, on the CPU, in `dtype` if given. Which part a module is,
+    the loader says (`loader.part_of`).
     """
+    from labml_nn.neox.loader import part_of
     for module in modules:
+        part = part_of(module)
         tensors = {k: v.detach().cpu() for k, v in module.state_dict().items()}
         if dtype is not None:
             tensors = {k: v.to(dtype) for k, v in tensors.items()}
-        if isinstance(module, Embedding):
-            yield "embedding", None, tensors
-        elif isinstance(module, TransformerLayer):
-            yield "layer", module.layer_idx, tensors
-        elif isinstance(module, FinalNorm):
-            yield "norm", None, tensors
-        elif isinstance(module, ReadoutLayer):
-            yield "readout", None, tensors
-        else:
-            raise TypeError(f"{type(module).__name__} is not a module of model.py; cannot write it to a checkpoint")
+        yield part, tensors
 
 
 def write_checkpoint(out_dir: Union[str, Path], modules: Sequence[nn.Module], *, tensor_parallel_size: int = 1,

@@ -396,19 +396,15 @@ def gather_full_modules(modules: Sequence[nn.Module]) -> List[nn.Module]:
     Plain, unsharded CPU copies of modules that `fully_shard` split over the ranks, with the same parameters
     trainable, for saving. Every rank must call this (gathering is collective); each gets the whole model.
     """
-    from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer
+    from labml_nn.neox.loader import build_module, part_of
     copies = []
     for module in modules:
         state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu()
                  for k, v in module.state_dict().items()}
         trained = {name for name, p in module.named_parameters() if p.requires_grad}
-        # `fully_shard` changes a module's class to a subclass, so `isinstance` still tells what it was
+        # `fully_shard` changes a module's class to a subclass; `part_of` still tells what it was
         with torch.device("meta"):
-            if isinstance(module, TransformerLayer):
-                copy = TransformerLayer(module.config, module.layer_idx)
-            else:
-                copy = next(cls for cls in (Embedding, FinalNorm, ReadoutLayer) if isinstance(module, cls))(
-                    module.config)
+            copy = build_module(part_of(module), module.config)
         copy.load_state_dict(state, assign=True)
         for name, p in copy.named_parameters():
             p.requires_grad_(name in trained)
