@@ -28,6 +28,7 @@ import yaml
 
 from labml_nn.neox.checkpoint.convert import merge_checkpoint
 from labml_nn.neox.loader import LayerLoader
+from labml_nn.neox.model import NeoXModel
 from labml_nn.neox.cli import DEMO_CHECKPOINT
 
 IDS = torch.randint(0, 4096, (2, 300), generator=torch.Generator().manual_seed(0))
@@ -35,7 +36,7 @@ IDS = torch.randint(0, 4096, (2, 300), generator=torch.Generator().manual_seed(0
 
 def ours(path) -> torch.Tensor:
     with torch.no_grad():
-        return torch.nn.Sequential(*LayerLoader(path, progress=False).load())(IDS)
+        return NeoXModel(*LayerLoader(path, progress=False).load())(IDS)
 
 
 def theirs(path, **state_changes) -> torch.Tensor:

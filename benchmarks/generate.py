@@ -43,7 +43,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from labml_nn.neox.config import NeoXConfig  # noqa: E402
-from labml_nn.neox.model import build_layers  # noqa: E402
+from labml_nn.neox.model import NeoXModel, build_layers  # noqa: E402
 
 PYTHIA_160M = NeoXConfig(n_layers=12, d_model=768, n_heads=12, n_vocab=50304, n_ctx=2048, rotary_pct=0.25,
                          parallel_residual=True, activation="gelu")
@@ -93,7 +93,7 @@ def load_ours(folder: Path, prepare: bool):
     config = NeoXConfig.from_hf_config(transformers.AutoConfig.from_pretrained(folder / "hf").to_dict())
     layers = build_layers(config)
     load_hf_state_dict(layers, state)
-    model = torch.nn.Sequential(*layers).eval()
+    model = NeoXModel(*layers).eval()
     return prepare_for_cpu_decoding(model) if prepare else model
 
 
@@ -198,6 +198,7 @@ def status():
             if line.startswith(("VmHWM", "VmRSS", "RssFile"))}
 from labml_nn.neox.cli import DTYPES
 from labml_nn.neox.loader import LayerLoader
+from labml_nn.neox.model import NeoXModel
 loader = LayerLoader(sys.argv[1], dtype=DTYPES[sys.argv[2]], progress=False)
 start = status()
 # Building the first module on the `meta` device imports more of PyTorch (about 75 MB, once per process);
@@ -205,7 +206,7 @@ start = status()
 with torch.device("meta"):
     torch.nn.Embedding(2, 2)
 before = status()
-model = torch.nn.Sequential(*loader.load())
+model = NeoXModel(*loader.load())
 loaded = status()
 from labml_nn.neox.cpu_decoding import prepare_for_cpu_decoding
 from labml_nn.neox.generation import generate

@@ -44,7 +44,7 @@ from labml_nn.neox.cli import DTYPES, default_dtype, dtype_name  # noqa: E402
 from labml_nn.neox.config import NeoXConfig  # noqa: E402
 from labml_nn.neox.generation import generate_stream, left_pad  # noqa: E402
 from labml_nn.neox.loader import load_hf_state_dict  # noqa: E402
-from labml_nn.neox.model import TransformerLayer, build_layers  # noqa: E402
+from labml_nn.neox.model import NeoXModel, TransformerLayer, build_layers  # noqa: E402
 
 PYTHIA_1_4B = NeoXConfig(n_layers=24, d_model=2048, n_heads=16, n_vocab=50304, n_ctx=2048, rotary_pct=0.25,
                          parallel_residual=True, activation="gelu")
@@ -117,7 +117,7 @@ def make_models(config: NeoXConfig, device: str, dtype: torch.dtype):
     state = hf.state_dict()
     layers = build_layers(config)
     load_hf_state_dict(layers, state)
-    return torch.nn.Sequential(*layers).to(device=device, dtype=dtype).eval(), hf
+    return NeoXModel(*layers).to(device=device, dtype=dtype).eval(), hf
 
 
 # ## Timing one generation
@@ -230,7 +230,7 @@ def int8_section(args, config, model, rows):
     implementation = "bitsandbytes" if problem is None else "reference"
     ids = torch.randint(0, config.n_vocab, (8, args.prompt_tokens), device=args.device,
                         generator=torch.Generator(device=args.device).manual_seed(8))
-    int8 = torch.nn.Sequential(*[make_llm_int8_layer(copy.deepcopy(m), implementation=implementation)
+    int8 = NeoXModel(*[make_llm_int8_layer(copy.deepcopy(m), implementation=implementation)
                                  if isinstance(m, TransformerLayer) else m for m in model]).eval()
     with torch.inference_mode():
         expected = model(ids).float()
@@ -303,7 +303,7 @@ def evaluation_section(args, rows):
     from labml_nn.neox.tokenizer import load_tokenizer
     from labml_nn.neox.cli import DEMO_CHECKPOINT
 
-    model = torch.nn.Sequential(*LayerLoader(DEMO_CHECKPOINT, dtype=DTYPES[args.dtype],
+    model = NeoXModel(*LayerLoader(DEMO_CHECKPOINT, dtype=DTYPES[args.dtype],
                                                 device=args.device, progress=False).load())
     adapter = EvalHarnessAdapter(model, load_tokenizer(DEMO_CHECKPOINT / "20B_tokenizer.json"), batch_size=8,
                                  progress=False)
@@ -363,7 +363,7 @@ def main(argv=None) -> int:
 
     model = run("decode", decode_section, args, config, rows)
     if model is None:
-        model = torch.nn.Sequential(*build_layers(config)).to(args.device, DTYPES[args.dtype]).eval()
+        model = NeoXModel(*build_layers(config)).to(args.device, DTYPES[args.dtype]).eval()
     run("LLM.int8", int8_section, args, config, model, rows)
     run("fine-tuning", finetune_section, args, config, model, rows)
     del model

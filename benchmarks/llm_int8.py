@@ -59,6 +59,8 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from labml_nn.neox.model import NeoXModel  # noqa: E402
+
 PYTHIA_160M = dict(vocab_size=50304, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                    intermediate_size=3072, hidden_act="gelu", max_position_embeddings=2048,
                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
@@ -143,7 +145,7 @@ def measure(path: Path, ids: torch.Tensor, device: torch.device, dtype: torch.dt
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    model = nn.Sequential(*LayerLoader(path, dtype=dtype, device=device, progress=False, **int8).load())
+    model = NeoXModel(*LayerLoader(path, dtype=dtype, device=device, progress=False, **int8).load())
     with torch.no_grad():
         logits = model(ids).float().cpu()
         seconds = timed(lambda: model(ids), device)
@@ -274,7 +276,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     hf_logits = hf_model(ids).logits
                 del hf_model
                 from labml_nn.neox.loader import LayerLoader
-                ours_fp32 = nn.Sequential(*LayerLoader(folder, progress=False).load())(ids).detach()
+                ours_fp32 = NeoXModel(*LayerLoader(folder, progress=False).load())(ids).detach()
                 check = relative_error(ours_fp32, hf_logits)
                 text, verdict = run(Path(folder), ids.to(device), device, args.decode_tokens)
             what = (f"with outlier features planted in dims {dims} (x{GAIN:g})" if planted

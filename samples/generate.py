@@ -124,6 +124,7 @@ def load(args: argparse.Namespace, progress: bool):
     from labml_nn.neox.checkpoint import CheckpointError
     from labml_nn.neox.cpu_decoding import prepare_for_cpu_decoding
     from labml_nn.neox.loader import LayerLoader
+    from labml_nn.neox.model import NeoXModel
     from labml_nn.neox.tokenizer import check_vocabulary, load_tokenizer
 
     checkpoint = args.checkpoint
@@ -141,7 +142,7 @@ def load(args: argparse.Namespace, progress: bool):
         check_vocabulary(tokenizer, loader.config.n_vocab, tokenizer_path)
     except ValueError as e:
         raise DataError(str(e)) from None
-    model = torch.nn.Sequential(*loader.load())
+    model = NeoXModel(*loader.load())
     # On a CPU, one explicit step stores the fp32 weights the way matrix-vector products read them fastest
     # and spreads each product over two cores (`cpu_decoding.py`): same names, same values, same tokens
     if str(args.device) == "cpu":

@@ -98,12 +98,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def load(args, is_llm_int8: bool) -> nn.Sequential:
     from labml_nn.neox.loader import LayerLoader
+    from labml_nn.neox.model import NeoXModel
 
     loader = LayerLoader(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
                                is_llm_int8=is_llm_int8, llm_int8_threshold=args.threshold,
                                llm_int8_implementation=args.implementation, trust_pickle=args.trust_pickle,
                                revision=args.revision)
-    return nn.Sequential(*loader.load())
+    return NeoXModel(*loader.load())
 
 
 # ## Memory

@@ -258,6 +258,7 @@ def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path):
 
 def main(argv: Optional[List[str]] = None) -> int:
     from labml_nn.neox.loader import LayerLoader
+    from labml_nn.neox.model import NeoXModel
     from labml_nn.neox.tokenizer import encode, load_tokenizer
 
     args = parse_args(argv)
@@ -271,7 +272,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     tokenizer = load_tokenizer(loader.checkpoint.tokenizer_path)
     text = args.text_file.read_text() if args.text_file else TEXT
     ids = encode(tokenizer, text)[:min(args.max_tokens, config.n_ctx)]
-    model = nn.Sequential(*loader.load())
+    model = NeoXModel(*loader.load())
 
     recorder = OutlierRecorder(args.threshold)
     recorder.attach(model)

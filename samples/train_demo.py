@@ -65,7 +65,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from labml_nn.neox.config import NeoXConfig
-from labml_nn.neox.model import build_layers
+from labml_nn.neox.model import NeoXModel, build_layers
 from labml_nn.neox.training.finetune import write_checkpoint
 from labml_nn.neox.training.text_dataset import TokenWindows, tokenize_documents
 from labml_nn.neox.training.trainer import Trainer, TrainingConfig, labml_experiment, evaluate
@@ -157,7 +157,7 @@ def evaluate_checkpoint(path: Path, valid_docs: List[str], seq_len: int):
     loader = LayerLoader(path, dtype=torch.float32, progress=False)
     tokenizer = load_tokenizer(loader.checkpoint.tokenizer_path)
     valid = TokenWindows(tokenize_documents(tokenizer, valid_docs), seq_len)
-    model = torch.nn.Sequential(*loader.load())
+    model = NeoXModel(*loader.load())
     total, n_tokens = evaluate(model, valid, batch_size=8)
     bpc, n_chars = bits_per_character(total, valid, tokenizer)
     print(f"{path}: validation {total / n_tokens:.4f} nats/token over {n_tokens:,} tokens, "

@@ -52,7 +52,7 @@ def test_neox_export_is_single_rank_and_reads_back_identically(tiny, tmp_path):
     out = tmp_path / "out"
     assert main(["merge", str(tmp_path / "src"), str(out), "--format", "neox", "--dtype", "float32"]) == 0
     source, merged = open_checkpoint(tmp_path / "src"), open_checkpoint(out)
-    assert merged.config.tensor_parallel_size == 1 and merged.layout_name == "pipeline"
+    assert merged.config.tensor_parallel_size == 1 and merged.layout.name == "pipeline"
     assert merged.config.n_vocab == tiny.config.vocab_size and merged.tokenizer_path.name == "20B_tokenizer.json"
     assert "model_parallel_size: 1" in (out / "configs/model.yml").read_text()
     assert sorted(p.name for p in (out / "global_step0").glob("layer_*")) == [

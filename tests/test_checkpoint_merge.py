@@ -72,7 +72,7 @@ def test_divergence_figures_are_the_largest_spread_between_any_two_ranks():
 def test_merged_checkpoint_equals_unpartitioned_weights(tiny, tmp_path, layout, tp):
     slim = write_slim_from_hf(tiny, tmp_path / "ckpt", tp=tp, layout=layout)
     ckpt = open_checkpoint(tmp_path / "ckpt")
-    assert ckpt.layout_name == layout
+    assert ckpt.layout.name == layout
     assert ckpt.config.tensor_parallel_size == tp
     assert ckpt.config.n_vocab == tiny.config.vocab_size
     assert ckpt.config.activation == "gelu_tanh" and ckpt.config.rotary_pct == 0.25
@@ -105,7 +105,7 @@ def test_noisy_replicated_tensors_are_merged_and_their_divergence_recorded(tiny,
 def test_hf_layout_reads_as_one_rank_and_matches_transformers(tiny, tmp_path):
     tiny.save_pretrained(tmp_path / "hf")
     ckpt = open_checkpoint(tmp_path / "hf")
-    assert ckpt.layout_name == "huggingface" and ckpt.config.tensor_parallel_size == 1
+    assert ckpt.layout.name == "huggingface" and ckpt.config.tensor_parallel_size == 1
     state = {}
     for part, tensors in ckpt.parts():
         for name, t in tensors.items():

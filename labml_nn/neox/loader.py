@@ -4,8 +4,7 @@ r"""
 `LayerLoader` turns a checkpoint folder into the modules of `model.py`, with the checkpoint's weights:
 
 ```python
-layers = list(LayerLoader("path/to/checkpoint", dtype=torch.float16, device="cuda").load())
-model = torch.nn.Sequential(*layers)
+model = NeoXModel(*LayerLoader("path/to/checkpoint", dtype=torch.float16, device="cuda").load())
 logits = model(ids)                        # ids [B, T] int64 -> logits [B, T, V]
 ```
 

@@ -59,10 +59,6 @@ class Checkpoint:
         """The divergence records of the replicated tensors read so far, in the order they were read."""
         return list(self._divergence.values())
 
-    @property
-    def layout_name(self) -> str:
-        return self.layout.name
-
     def parts(self) -> Iterator[Tuple[Part, Dict[str, torch.Tensor]]]:
         """Stream `(part, tensors)` one part at a time, in the model's order: the input the writers take."""
         for part in all_parts(self.config.n_layers):

@@ -84,7 +84,7 @@ class EvalHarnessAdapter(TemplateLM):
         if not modules:
             raise ValueError("the model has no modules; pass NeoXModel(*LayerLoader(...).load())")
         # One `NeoXModel` (`model.py`), whose `forward` passes a cache to each module
-        self.model = as_model(modules if not isinstance(model, nn.Sequential) else model)
+        self.model = as_model(model if isinstance(model, nn.Sequential) else modules)
         self.model.eval()
         self.tokenizer = tokenizer
         # lm-eval reads `max_length` (the longest input in tokens), `max_gen_toks` (the default number of tokens
