@@ -229,9 +229,8 @@ def test_linear_scaling_has_no_gpt_neox_key():
         NeoXConfig.from_neox_yaml(NEOX_20B).with_updates(rotary_scaling=2.0).to_neox_yaml()
 
 
-@pytest.mark.parametrize("rotary_pct, message", [(0.25, "odd number"), (1.5, "between 0 and 1")])
-def test_rotary_features_that_cannot_pair_are_refused_before_any_forward_pass(rotary_pct, message):
+def test_rotary_features_that_cannot_pair_are_refused_before_any_forward_pass():
     # 4 features per head: a quarter is 1 feature, which has no partner to rotate with
-    with pytest.raises(ConfigError, match=message):
-        NeoXConfig(n_layers=1, d_model=16, n_heads=4, n_vocab=32, rotary_pct=rotary_pct)
+    with pytest.raises(ConfigError, match="rotary_pct 0.25 .* odd number"):
+        NeoXConfig(n_layers=1, d_model=16, n_heads=4, n_vocab=32, rotary_pct=0.25)
     assert NeoXConfig(n_layers=1, d_model=16, n_heads=4, n_vocab=32, rotary_pct=0.5).d_rotary == 2

@@ -140,8 +140,6 @@ class NeoXConfig:
             raise ConfigError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
         # Rotary embeddings rotate features in pairs, so they need an even number of them (gpt-neox and
         # transformers fail with a shape error deep inside the first forward pass otherwise)
-        if not 0 <= self.rotary_pct <= 1:
-            raise ConfigError(f"rotary_pct {self.rotary_pct} is not a fraction between 0 and 1")
         if self.d_rotary % 2:
             raise ConfigError(f"rotary_pct {self.rotary_pct} of a head's {self.d_head} features is "
                               f"{self.d_rotary}, an odd number; rotary embeddings rotate features in pairs, so "
