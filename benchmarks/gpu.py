@@ -40,7 +40,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from labml_nn.neox.cli import DTYPES, default_dtype, dtype_name  # noqa: E402
+from labml_nn.neox.cli import DTYPES, default_dtype, dtype_name, quiet_bitsandbytes  # noqa: E402
 from labml_nn.neox.config import NeoXConfig  # noqa: E402
 from labml_nn.neox.generation import generate_stream, left_pad  # noqa: E402
 from labml_nn.neox.loader import load_hf_state_dict  # noqa: E402
@@ -291,8 +291,12 @@ def finetune_section(args, config, model, rows):
 
 # ## The evaluation adapter on a local task
 def evaluation_section(args, rows):
-    from labml_nn.neox.evaluation.tasks import go_offline, task_manager, write_local_tasks
-    go_offline()
+    from labml_nn.neox.evaluation.tasks import offline
+    with offline():
+        _evaluation_section(args, rows)
+
+
+def _evaluation_section(args, rows):
     import tempfile
 
     import lm_eval
@@ -302,9 +306,10 @@ def evaluation_section(args, rows):
     from labml_nn.neox.loader import LayerLoader
     from labml_nn.neox.tokenizer import load_tokenizer
     from labml_nn.neox.cli import DEMO_CHECKPOINT
+    from labml_nn.neox.evaluation.tasks import task_manager, write_local_tasks
 
-    model = NeoXModel(*LayerLoader(DEMO_CHECKPOINT, dtype=DTYPES[args.dtype],
-                                                device=args.device, progress=False).load())
+    model = NeoXModel(*LayerLoader(DEMO_CHECKPOINT, dtype=DTYPES[args.dtype], device=args.device,
+                                   progress=False).load())
     adapter = EvalHarnessAdapter(model, load_tokenizer(DEMO_CHECKPOINT / "20B_tokenizer.json"), batch_size=8,
                                  progress=False)
     with tempfile.TemporaryDirectory() as task_dir:
@@ -348,6 +353,7 @@ def format_table(rows) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_bitsandbytes()
     config = TINY if args.tiny else PYTHIA_1_4B
     rows, failed = [], []
     started = time.perf_counter()

@@ -240,6 +240,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=64, help="CUDA only: tokens to decode for the speed")
     parser.add_argument("--results", type=Path, default=None, help="write the tables into this RESULTS.md")
     args = parser.parse_args(argv)
+    from labml_nn.neox.cli import quiet_bitsandbytes
+    quiet_bitsandbytes()
     device = torch.device(args.device)
     torch.manual_seed(0)
 

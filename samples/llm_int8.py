@@ -72,7 +72,7 @@ import torch
 from torch import nn
 
 from labml_nn.neox.cli import (DTYPES, ArgumentParser, HelpFormatter, add_model_args, check_model_args,
-                               quiet_bitsandbytes_import, run_command)
+                               quiet_bitsandbytes, run_command)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -171,7 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from labml_nn.neox.llm_int8 import bitsandbytes_problem
 
     args = parse_args(argv)
-    quiet_bitsandbytes_import()
+    quiet_bitsandbytes()
     device = torch.device(args.device)
     if args.implementation == "bitsandbytes" and bitsandbytes_problem(device.type) is not None:
         print(f"note: {bitsandbytes_problem(device.type)}; the plain PyTorch implementation is used instead")

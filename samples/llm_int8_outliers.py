@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from labml_nn.neox.cli import (DTYPES, ArgumentParser, HelpFormatter, add_model_args, check_model_args, output_home,
-                               quiet_bitsandbytes_import, run_command)
+                               quiet_bitsandbytes, run_command)
 # The four linear layers of a transformer layer, by their checkpoint names (those LLM.int8 converts)
 from labml_nn.neox.llm_int8 import LINEAR_LAYERS
 
@@ -262,7 +262,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from labml_nn.neox.tokenizer import encode, load_tokenizer
 
     args = parse_args(argv)
-    quiet_bitsandbytes_import()
+    quiet_bitsandbytes()
     loader = LayerLoader(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
                          trust_pickle=args.trust_pickle, revision=args.revision)
     config = loader.config

@@ -31,7 +31,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 
 from helpers import make_tiny_hf_model, our_model_from_hf, shared_file  # noqa: E402
 from labml_nn.neox.evaluation import EvalHarnessAdapter  # noqa: E402
-from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, go_offline, task_manager, write_local_tasks  # noqa: E402
+from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, offline, task_manager, write_local_tasks  # noqa: E402
 
 # Per-request log-likelihoods of the two implementations agree to this (fp32; they differ by ~1e-5)
 TOLERANCE = 1e-3
@@ -133,28 +133,41 @@ def lambada_files(tmp_path, hf, tokenizer):
 @pytest.mark.shared_data
 def test_lambada_through_simple_evaluate_matches_hf_model(lms, models_, tokenizers_, tmp_path):
     ours, reference = lms
-    go_offline()
-    checked = []
-    for name, data in lambada_files(tmp_path, models_[0], tokenizers_[0]):
-        task_dir = tmp_path / name
-        write_local_tasks(task_dir, lambada_file=data, cache_dir=tmp_path / "cache")
-        tasks = task_manager(task_dir, include_defaults=False)
-        runs = [simple_evaluate(model=lm, tasks=[LAMBADA_TASK], task_manager=tasks, log_samples=True,
-                                bootstrap_iters=0) for lm in (ours, reference)]
-        # Per document: the log-likelihood of the last word and whether it is the greedy continuation
-        got, expected = [[s["resps"][0][0] for s in sorted(run["samples"][LAMBADA_TASK], key=lambda s: s["doc_id"])]
-                         for run in runs]
-        assert len(got) == len(expected) == sum(1 for _ in data.open())
-        for (ll, greedy), (ll_ref, greedy_ref) in zip(got, expected):
-            assert abs(ll - ll_ref) <= TOLERANCE
-            assert greedy == greedy_ref
-        # The aggregates: accuracy exactly, perplexity to the same relative tolerance
-        metrics, metrics_ref = [run["results"][LAMBADA_TASK] for run in runs]
-        assert metrics["acc,none"] == metrics_ref["acc,none"]
-        assert metrics["perplexity,none"] == pytest.approx(metrics_ref["perplexity,none"], rel=TOLERANCE)
-        checked.append((name, metrics["acc,none"]))
-    # The synthetic file has greedy and non-greedy last words, so the accuracy is strictly between 0 and 1
-    assert 0 < checked[0][1] < 1
+    with offline():
+        checked = []
+        for name, data in lambada_files(tmp_path, models_[0], tokenizers_[0]):
+            task_dir = tmp_path / name
+            write_local_tasks(task_dir, lambada_file=data, cache_dir=tmp_path / "cache")
+            tasks = task_manager(task_dir, include_defaults=False)
+            runs = [simple_evaluate(model=lm, tasks=[LAMBADA_TASK], task_manager=tasks, log_samples=True,
+                                    bootstrap_iters=0) for lm in (ours, reference)]
+            # Per document: the log-likelihood of the last word and whether it is the greedy continuation
+            got, expected = [[s["resps"][0][0]
+                              for s in sorted(run["samples"][LAMBADA_TASK], key=lambda s: s["doc_id"])]
+                             for run in runs]
+            assert len(got) == len(expected) == sum(1 for _ in data.open())
+            for (ll, greedy), (ll_ref, greedy_ref) in zip(got, expected):
+                assert abs(ll - ll_ref) <= TOLERANCE
+                assert greedy == greedy_ref
+            # The aggregates: accuracy exactly, perplexity to the same relative tolerance
+            metrics, metrics_ref = [run["results"][LAMBADA_TASK] for run in runs]
+            assert metrics["acc,none"] == metrics_ref["acc,none"]
+            assert metrics["perplexity,none"] == pytest.approx(metrics_ref["perplexity,none"], rel=TOLERANCE)
+            checked.append((name, metrics["acc,none"]))
+        # The synthetic file has greedy and non-greedy last words, so the accuracy is strictly between 0 and 1
+        assert 0 < checked[0][1] < 1
+
+
+def test_offline_is_undone_on_leaving_the_block(monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with offline():
+        assert os.environ["HF_HUB_OFFLINE"] == os.environ["HF_DATASETS_OFFLINE"] == "1"
+        assert huggingface_hub.constants.HF_HUB_OFFLINE is True
+    assert "HF_HUB_OFFLINE" not in os.environ and os.environ["HF_DATASETS_OFFLINE"] == "0"
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False
 
 
 def test_right_padding_does_not_change_scores(lms):

@@ -236,6 +236,16 @@ def test_converted_layer_runs_in_the_model(implementation):
         make_llm_int8_layer(int8_layer, 6.0, implementation)
 
 
+def test_quantizing_leaves_the_process_logging_alone():
+    # Silencing bitsandbytes' messages is the commands' choice (`cli.quiet_bitsandbytes`), not the library's
+    _needs("bitsandbytes")
+    import logging
+    names = ["bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops"]
+    before = [(logging.getLogger(n).level, list(logging.getLogger(n).filters)) for n in names]
+    make_llm_int8_layer(random_transformer_layer(), 6.0, "bitsandbytes")
+    assert [(logging.getLogger(n).level, list(logging.getLogger(n).filters)) for n in names] == before
+
+
 def test_unusable_bitsandbytes_falls_back_to_the_reference_with_a_warning(monkeypatch):
     monkeypatch.setattr(llm_int8, "bitsandbytes_problem", lambda device_type: "bitsandbytes is broken here")
     with pytest.warns(UserWarning, match="bitsandbytes is broken here.*plain PyTorch"):

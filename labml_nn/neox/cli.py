@@ -35,6 +35,7 @@ appends `(default: X)` to every option, which reads badly when the help already 
 """
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -123,12 +124,21 @@ def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     return args
 
 
-# bitsandbytes, when imported on a CPU with AVX-512 bf16, logs a warning that it could not load an optional 4-bit
-# kernel package (`kernels`). Nothing here uses 4-bit products, so the warning is noise to our users; a command
-# (never a library module: this changes the process's logging) calls this before importing bitsandbytes.
-def quiet_bitsandbytes_import():
-    import logging
+# bitsandbytes logs two messages that are noise to our users. When imported on a CPU with AVX-512 bf16, it warns
+# that it could not load an optional 4-bit kernel package (`kernels`); nothing here uses 4-bit products. And on
+# a CPU in fp32, `Linear8bitLt` warns at every call that it rounds its inputs to fp16 before quantizing them to
+# int8, which is harmless (`llm_int8.py`). A command calls this before importing bitsandbytes; a library module
+# never does, since it changes the logging of the whole process.
+class _DropFp16CastWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "inputs will be cast from" not in record.getMessage()
+
+
+def quiet_bitsandbytes():
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    log = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _DropFp16CastWarning) for f in log.filters):
+        log.addFilter(_DropFp16CastWarning())
 
 
 # ## Errors

@@ -74,7 +74,6 @@ Both are for inference: the weights are frozen, and rounding has no useful gradi
 `torch`, and on `bitsandbytes` only when that implementation is asked for.
 """
 
-import logging
 import warnings
 from functools import lru_cache
 from typing import Optional, Tuple
@@ -230,18 +229,11 @@ class Int8Linear(nn.Module):
 #
 # Two things to know. On CPU it does the int8 product **only in eval mode**; in train mode it dequantizes the
 # weights and multiplies in floating point. And it rounds its inputs to fp16 before quantizing them, saying so
-# in a warning at every call when the model runs in fp32 (as on CPU); the rounding is harmless (fp16 keeps 11
-# significant bits, int8 only 8), so we silence that one message.
-class _DropFp16CastWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "inputs will be cast from" not in record.getMessage()
-
-
+# in a warning at every call when the model runs in fp32 (as on CPU). The rounding is harmless (fp16 keeps 11
+# significant bits, int8 only 8), but silencing the message changes the process's logging, which is the
+# caller's to decide: our commands do it (`cli.quiet_bitsandbytes`), this module does not.
 def _bitsandbytes_linear(linear: nn.Linear, threshold: float) -> nn.Module:
     import bitsandbytes as bnb
-    log = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _DropFp16CastWarning) for f in log.filters):
-        log.addFilter(_DropFp16CastWarning())
 
     weight = linear.weight.detach()
     layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,

@@ -59,8 +59,8 @@ class EvalHarnessAdapter(TemplateLM):
     r"""
     ## The adapter
 
-    * `model`: a `NeoXModel`, or the modules of `model.py` in order (an `nn.Sequential` or a list), in any dtype (fp32, fp16,
-      bf16) or with LLM.int8 layers, on one device or spread over several.
+    * `model`: a `NeoXModel`, or the modules of `model.py` in order (an `nn.Sequential` or a list), in any dtype
+      (fp32, fp16, bf16) or with LLM.int8 layers, on one device or spread over several.
     * `tokenizer`: a `tokenizers.Tokenizer` (`tokenizer.load_tokenizer`), or the path of one.
     * `batch_size`: how many requests run through the model together.
     * `device`: where input ids are placed; by default the device of the model's first parameter (the

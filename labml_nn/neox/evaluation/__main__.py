@@ -60,14 +60,15 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 
-from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, LOCAL_TASKS, TEXT_TASK, go_offline, write_local_tasks
+from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, LOCAL_TASKS, TEXT_TASK, offline, write_local_tasks
 from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, add_model_args, check_model_args,
-                               quiet_bitsandbytes_import, run_command)
+                               quiet_bitsandbytes, run_command)
 
 # The four tasks of the published GPT-NeoX-20B table
 DEFAULT_TASKS = "lambada_openai,hellaswag,piqa,winogrande"
@@ -175,10 +176,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     # A Hub name is fetched (or found in the cache) before anything goes offline
     from labml_nn.neox.checkpoint.hub import resolve_checkpoint
     args.checkpoint, args.revision = str(resolve_checkpoint(args.checkpoint, args.revision)), None
-    # Local tasks alone need no network; say so before `datasets` is imported
+    # Local tasks alone need no network; say so before `datasets` is imported, for the whole evaluation
     only_local = all(t in LOCAL_TASKS for t in tasks)
-    if args.offline or only_local:
-        go_offline()
+    with offline() if args.offline or only_local else nullcontext():
+        return _evaluate(args, tasks, only_local)
+
+
+def _evaluate(args: argparse.Namespace, tasks: List[str], only_local: bool) -> dict:
     import lm_eval
     from labml_nn.neox.evaluation import EvalHarnessAdapter
     from labml_nn.neox.evaluation.tasks import task_manager
@@ -230,7 +234,7 @@ def _number(value) -> str:
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
-    quiet_bitsandbytes_import()
+    quiet_bitsandbytes()
     results = evaluate(args)
     print(format_table(results))
     if args.output:

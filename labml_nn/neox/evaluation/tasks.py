@@ -26,16 +26,18 @@ word to guess).
 The path of the file is only known at run time, so `write_local_tasks` copies the YAML into a temporary
 folder with the user's path filled in, and returns the folder for `TaskManager`.
 
-Even with local files, the `datasets` library tries the network unless told not to. `go_offline` sets
-`HF_DATASETS_OFFLINE=1` and `HF_HUB_OFFLINE=1`, which must happen before `datasets` is imported, or be
-patched into its config afterwards, as we do.
+Even with local files, the `datasets` library tries the network unless told not to. Inside `with offline():`
+`HF_DATASETS_OFFLINE=1` and `HF_HUB_OFFLINE=1` are set, which must happen before `datasets` is imported, or be
+patched into its config afterwards, as we do; on leaving the block both are put back as they were, so the
+caller's process goes on as before.
 """
 
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import yaml
 
@@ -52,20 +54,45 @@ LOCAL_TASKS = (LAMBADA_TASK, TEXT_TASK, *SHIPPED_TASKS)
 PathLike = Union[str, Path]
 
 
-def go_offline():
+@contextmanager
+def offline() -> Iterator[None]:
     r"""
-    Stop `datasets` and `huggingface_hub` from reaching the network. They read these variables when they are
-    imported; if they already are, we set the flags they copied the variables into.
+    Inside the block, `datasets` and `huggingface_hub` do not reach the network. They read these variables when
+    they are imported; if they already are, we set the flags they copied the variables into. On the way out the
+    variables and flags are put back; a library first imported inside the block reads its flags from the
+    variables as they are again.
     """
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    saved_env = {name: os.environ.get(name) for name in OFFLINE_VARIABLES}
+    saved_flags = {(module.__name__, flag): getattr(module, flag) for module, flag in _offline_flags()}
+    os.environ.update({name: "1" for name in OFFLINE_VARIABLES})
+    for module, flag in _offline_flags():
+        setattr(module, flag, True)
+    try:
+        yield
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for module, flag in _offline_flags():
+            default = os.environ.get(flag, "").upper() in ("1", "ON", "YES", "TRUE")
+            setattr(module, flag, saved_flags.get((module.__name__, flag), default))
+
+
+OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+
+
+# The module-level flags of the two libraries that are already imported
+def _offline_flags():
+    flags = []
     if "datasets" in sys.modules:
         import datasets.config
-        datasets.config.HF_DATASETS_OFFLINE = True
-        datasets.config.HF_HUB_OFFLINE = True
+        flags += [(datasets.config, "HF_DATASETS_OFFLINE"), (datasets.config, "HF_HUB_OFFLINE")]
     if "huggingface_hub" in sys.modules:
         import huggingface_hub.constants
-        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        flags += [(huggingface_hub.constants, "HF_HUB_OFFLINE")]
+    return flags
 
 
 def write_local_tasks(out_dir: PathLike, *, lambada_file: Optional[PathLike] = None,
