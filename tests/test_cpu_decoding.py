@@ -64,21 +64,43 @@ def test_preparing_keeps_names_values_and_parameter_objects():
     model = our_model_from_hf(make_tiny_hf_model(seed=23))
     params = dict(model.named_parameters())
     values = {k: v.clone() for k, v in model.state_dict().items()}
+    layout_before = _layout(model)
     with torch.inference_mode():
         assert prepare_for_cpu_decoding(model, halves=True) is model
     assert dict(model.named_parameters()).keys() == params.keys()
     assert all(p is params[name] for name, p in model.named_parameters())
     state = model.state_dict()
     assert list(state) == list(values) and all(torch.equal(state[k], values[k]) for k in values)
-    # Every fp32 linear weight is stored column by column, and preparing twice changes nothing more
-    weight = model[1].attention.query_key_value.weight
-    assert weight.t().is_contiguous() and isinstance(model[1].attention.query_key_value, HalvesLinear)
-    layout = _layout(model)
+    # The halves are views: no weight was copied or moved, and preparing twice changes nothing more
+    assert _layout(model) == layout_before and isinstance(model[1].attention.query_key_value, HalvesLinear)
     prepare_for_cpu_decoding(model, halves=True)
-    assert _layout(model) == layout
+    assert _layout(model) == layout_before
     # Still trainable: gradients reach the same parameters
     model(random_ids(96)).logsumexp(-1).mean().backward()
     assert params["1.mlp.dense_h_to_4h.weight"].grad is not None
+
+
+def test_without_halves_weights_are_stored_column_by_column_and_the_choice_can_change():
+    model = our_model_from_hf(make_tiny_hf_model(seed=26))
+    params = dict(model.named_parameters())
+    ids = random_ids(96, batch=2, length=6)
+    with torch.no_grad():
+        expected = model(ids)
+        prepare_for_cpu_decoding(model, halves=False)
+        qkv = model[1].attention.query_key_value
+        assert type(qkv) is nn.Linear and qkv.weight.t().is_contiguous() and not qkv.weight.is_contiguous()
+        layout = _layout(model)
+        prepare_for_cpu_decoding(model, halves=False)
+        assert _layout(model) == layout
+        # Back to halves: the weights are laid row by row again, for the halves to be views of them
+        prepare_for_cpu_decoding(model, halves=True)
+        qkv = model[1].attention.query_key_value
+        assert isinstance(qkv, HalvesLinear) and qkv.weight.is_contiguous()
+        assert all(p is params[name] for name, p in model.named_parameters())
+        assert (model(ids) - expected).abs().max().item() < 1e-5
+        cache = KVCache(6)
+        steps = torch.cat([model(ids[:, t:t + 1], cache) for t in range(6)], dim=1)
+        assert (steps - expected).abs().max().item() < 1e-5
 
 
 def test_half_precision_weights_are_left_alone():
