@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from labml_nn.neox.cli import DTYPES, default_dtype, dtype_name, quiet_bitsandbytes  # noqa: E402
 from labml_nn.neox.config import NeoXConfig  # noqa: E402
-from labml_nn.neox.generation import generate_stream, left_pad  # noqa: E402
+from labml_nn.neox.generation import generate_stream  # noqa: E402
 from labml_nn.neox.loader import load_hf_state_dict  # noqa: E402
 from labml_nn.neox.model import NeoXModel, TransformerLayer, build_layers  # noqa: E402
 

@@ -52,7 +52,6 @@ characters; folder 10.3 MiB
 ```
 """
 
-import argparse
 import math
 import subprocess
 import sys

@@ -4,7 +4,6 @@ files (transformers 4.x and 5.x spellings), and refuses models that `model.py` d
 """
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -17,7 +17,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
-from helpers import TEXT, make_tiny_hf_model, write_slim_from_hf, write_tiny_tokenizer  # noqa: E402
+from helpers import make_tiny_hf_model, write_slim_from_hf, write_tiny_tokenizer  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "generate.py"
 @pytest.fixture(scope="module")

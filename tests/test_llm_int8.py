@@ -10,7 +10,6 @@ model computes the same function as before; only the int8 arithmetic can tell th
 """
 
 import os
-import warnings
 
 import pytest
 import torch

@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 from helpers import load_hf_state_dict, make_tiny_hf_model, write_slim_from_hf  # noqa: E402
 from labml_nn.neox.checkpoint import Part  # noqa: E402
 from labml_nn.neox.loader import LayerLoader, build_module  # noqa: E402
-from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerLayer  # noqa: E402
+from labml_nn.neox.model import Embedding, ReadoutLayer, TransformerLayer  # noqa: E402
 
 TOLERANCE = 2e-4
 

@@ -2,8 +2,8 @@ r"""
 # Writing checkpoints
 
 Two writers, both fed the same stream of parts, `(part, tensors)` with `part` a `parts.Part`, in the model's
-order (what `Checkpoint.parts()` yields, or what a fine-tuning loop produces from a model's `state_dict()`). Neither ever
-holds more than a part (or one safetensors shard) in memory.
+order (what `Checkpoint.parts()` yields, or what a fine-tuning loop produces from a model's `state_dict()`).
+Neither ever holds more than a part (or one safetensors shard) in memory.
 
 * `write_neox_checkpoint` writes the **gpt-neox pipeline layout** with any tensor-parallel degree $N$:
   `latest`, `global_step{step}/layer_XX-model_RR-model_states.pt`, a small
@@ -115,8 +115,8 @@ def write_hf_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterab
 
     A shard is written as soon as the next part would take it past `max_shard_bytes`, so the writer holds at
     most one shard in memory. The default, 1 GiB, is about one layer of the 20B model in fp16 (906 MB), which
-    keeps a merge's memory near one layer; a part larger than the limit gets a shard of its own. A stream that fits in one shard is written as a
-    plain `model.safetensors` with no index.
+    keeps a merge's memory near one layer; a part larger than the limit gets a shard of its own. A stream that
+    fits in one shard is written as a plain `model.safetensors` with no index.
     """
     from safetensors.torch import save_file
 

@@ -64,8 +64,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-
 from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, LOCAL_TASKS, TEXT_TASK, offline, write_local_tasks
 from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, add_model_args, check_model_args,
                                quiet_bitsandbytes, run_command)

@@ -2,8 +2,8 @@ r"""
 # Training and fine-tuning loop
 
 This is the loop that trains the modules of `model.py`, from scratch (the demo model) or from a checkpoint
-(fine-tuning). The model is the same `NeoXModel(embedding, *layers, norm, readout)` (`model.py`) that generation uses;
-only the parameters with `requires_grad` change (see `finetune.py` for choosing them).
+(fine-tuning). The model is the same `NeoXModel(embedding, *layers, norm, readout)` (`model.py`) that generation
+uses; only the parameters with `requires_grad` change (see `finetune.py` for choosing them).
 
 ## The loss
 
