@@ -9,14 +9,15 @@ gpt-neox checkpoint, or a Pythia model in Hugging Face format, by folder or by H
 
 The package is built in layers, each page leaning only on the ones before it:
 
-* `config.py` holds the model's numbers; `model.py` is the model itself (`NeoXModel`, the modules in order), and
-  depends on nothing else of ours, so it can be copied into other code, with the key/value cache (`KVCache`) it
-  reads while generating.
-* `checkpoint/` reads and merges the checkpoint files; `loader.py` turns them into `model.py`'s modules, one
-  layer at a time.
-* `tokenizer.py` and `generation.py` turn the model into a text generator; `llm_int8.py` quantizes it to
-  half the memory; `training/finetune.py`, `training/text_dataset.py` and `training/trainer.py` fine-tune it;
-  `evaluation/` scores it on LAMBADA with lm-eval.
+* `config.py` holds the model's numbers; `model.py` is the model itself: its modules, the key-value cache
+  (`KVCache`) that attention reads while generating, and `NeoXModel`, the modules in order with the one loop
+  that runs them. It depends on nothing else of ours, so the two files can be copied into other code.
+* `checkpoint/` reads and merges the checkpoint files, one part of the model at a time (`checkpoint/parts.py`);
+  `loader.py`'s `LayerLoader` turns them into `model.py`'s modules, one layer at a time.
+* `tokenizer.py` and `generation.py` sample text from the model (`cpu_decoding.py` makes that fast on a CPU);
+  `llm_int8.py` quantizes it to half the memory; `training/` (a dataset of text windows, the choice of what
+  trains, the training loop) trains and fine-tunes it; `evaluation/` scores it on LAMBADA with lm-eval.
+* `cli.py` holds what every command line shares (the `--checkpoint`, `--device` and `--dtype` options, errors).
 
 Notation used on every page: `B` batch, `T` sequence length, `H` heads, `D` head dimension, `C = H * D` the
 hidden size, `V` the vocabulary. Shapes are written `[B, T, H, D]`.
@@ -31,7 +32,8 @@ from labml_nn.neox import LayerLoader, NeoXModel, generate, load_tokenizer
 from labml_nn.neox.tokenizer import encode
 
 path = files("labml_nn.neox") / "demo"
-model = NeoXModel(*LayerLoader(path, dtype=torch.float32, device="cpu").load())  # ids [B, T] -> logits [B, T, V]
+# NeoXModel maps ids [B, T] to logits [B, T, V]; LayerLoader gives its modules with the checkpoint's weights
+model = NeoXModel(*LayerLoader(path, dtype=torch.float32, device="cpu").load())
 
 tokenizer = load_tokenizer(path)
 ids = torch.tensor([encode(tokenizer, "ROMEO:")])

@@ -1,37 +1,15 @@
 r"""
 # Command lines
 
-What every sample and command of this project shares: where the demo model is, the dtype names and their
-default, and how `--help` states defaults.
+What every sample and command of this project shares, so that each of them reads as what it does and not as
+argument handling, and so that an option or an error means the same in all of them:
 
-`DEMO_CHECKPOINT` is the folder of the demo model that ships inside the package (a small GPT-NeoX trained on
-Shakespeare, stored like the 20B slim weights). It is found from this file's location inside the installed
-package, so a sample works from any working directory and from an installed wheel, not only from a clone.
-
-`DTYPES` is the one vocabulary of dtypes, for every command and for `merge_checkpoint`: `fp32`, `fp16` and
-`bf16`. `dtype_name` also takes PyTorch's spellings (`float16`, `half`, `bfloat16`, `float32`), so `--dtype
-float16` and `--dtype fp16` mean the same everywhere; and `default_dtype` is the one rule for when `--dtype` is
-not given.
-
-Every command that loads a model takes the same five options, added by `add_model_args`: `--checkpoint` (a
-folder or a Hub name; the demo model by default), `--revision`, `--device`, `--dtype` and `--trust-pickle`.
-`check_model_args` fills in the defaults that depend on each other and stops with a usage error when the
-checkpoint is neither a folder nor a Hub name, or the device is a GPU that PyTorch does not see.
-
-`output_home` is the one folder where our commands write what the user did not name a place for: labml's logs
-(`logs/`), figures (`figures/`), a retrained demo model (`models/`). It is `$LABML_NN_NEOX_HOME` when that is set,
-otherwise `labml-nn-neox` in the user's cache folder (`$XDG_CACHE_HOME`, by default `~/.cache`), never the current
-folder or the installed package.
-
-Errors follow one convention in every command (`run_command`): a usage error (a wrong or missing argument) exits
-with status 2, a data error (a file, key or value that is not what it should be) with status 1, each as one line
-`error: ...` on standard error that names the argument, file or key and says what to do. A traceback is printed
-only when asked for, with `--debug` or `LABML_NN_NEOX_DEBUG=1`. `ArgumentParser` is argparse's parser with that
-convention: its own errors become usage errors, and it has the `--debug` flag.
-
-`HelpFormatter` makes `--help` state each option's default once. argparse's `ArgumentDefaultsHelpFormatter`
-appends `(default: X)` to every option, which reads badly when the help already says what happens by default
-("the demo model") or when the default is `None` and the option simply means "not given".
+* where the demo model is, and where a command writes what the user did not name a place for;
+* the one vocabulary of dtypes (`fp32`, `fp16`, `bf16`) and its default;
+* the options of every command that loads a model (`--checkpoint`, `--revision`, `--device`, `--dtype`,
+  `--trust-pickle`), spelled once in `add_model_args`;
+* one convention for errors: a line that says what to do, an exit status, a traceback only when asked for;
+* `--help` that states each default once.
 """
 
 import argparse
@@ -41,9 +19,17 @@ from pathlib import Path
 
 import torch
 
+# ## The demo model, and where commands write
+#
+# `DEMO_CHECKPOINT` is the folder of the demo model that ships inside the package (a small GPT-NeoX trained on
+# Shakespeare, stored like the 20B slim weights). It is found from this file's location inside the installed
+# package, so a sample works from any working directory and from an installed wheel, not only from a clone.
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "demo"
 
 
+# `output_home` is the one folder where our commands write what the user did not name a place for: labml's logs
+# (`logs/`), figures (`figures/`), a retrained demo model (`models/`). It is never the current folder or the
+# installed package.
 def output_home(*parts: str) -> Path:
     """`$LABML_NN_NEOX_HOME`, or `~/.cache/labml-nn-neox` (following `$XDG_CACHE_HOME`), joined with `parts`."""
     home = os.environ.get("LABML_NN_NEOX_HOME")
@@ -53,6 +39,12 @@ def output_home(*parts: str) -> Path:
     return Path(home).joinpath(*parts)
 
 
+# ## Dtypes
+#
+# `DTYPES` is the one vocabulary of dtypes, for every command and for `checkpoint/convert.py`'s
+# `merge_checkpoint`. `dtype_name` also takes PyTorch's spellings (`float16`, `half`, `bfloat16`, `float32`), so
+# `--dtype float16` and `--dtype fp16` mean the same everywhere; `default_dtype` is the one rule for when
+# `--dtype` is not given.
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _TORCH_NAMES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 
@@ -67,6 +59,11 @@ def default_dtype(device) -> str:
     return "fp16" if str(device).startswith("cuda") else "fp32"
 
 
+# ## Defaults in `--help`
+#
+# `HelpFormatter` makes `--help` state each option's default once. argparse's `ArgumentDefaultsHelpFormatter`
+# appends `(default: X)` to every option, which reads badly when the help already says what happens by default
+# ("the demo model") or when the default is `None` and the option simply means "not given".
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Append `(default: X)` only where the help text does not speak of its default and X says something."""
 
@@ -80,8 +77,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 # ## The options of a command that loads a model
 #
 # One place spells them, so that `--checkpoint` means the same in generation, LLM.int8, fine-tuning and
-# evaluation. A command says only what differs: whether a checkpoint must be given (fine-tuning has no sensible
-# default) and what the dtype is used for.
+# evaluation: `--checkpoint` (a folder or a Hub name; the demo model by default), `--revision`, `--device`,
+# `--dtype` and `--trust-pickle`. A command says only what differs: whether a checkpoint must be given
+# (fine-tuning has no sensible default) and what the dtype is used for. `check_model_args` then fills in the
+# defaults that depend on each other.
 def add_model_args(parser: argparse.ArgumentParser, *, required: bool = False,
                    dtype_help: str = "the parameters' dtype"):
     default = "" if required else " (default: the demo model inside the installed package)"
@@ -142,6 +141,11 @@ def quiet_bitsandbytes():
 
 
 # ## Errors
+#
+# One convention in every command (`run_command`): a usage error (a wrong or missing argument) exits with status
+# 2, a data error (a file, key or value that is not what it should be) with status 1, each as one line
+# `error: ...` on standard error that names the argument, file or key and says what to do. A traceback is
+# printed only when asked for, with `--debug` or `LABML_NN_NEOX_DEBUG=1`.
 class UsageError(Exception):
     """The command was called wrongly (an argument is missing, malformed or contradicts another): exit status 2."""
 

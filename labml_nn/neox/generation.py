@@ -174,11 +174,12 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
                          f"shorten the prompt (keep its last {max_len} tokens) or pass a larger max_len")
     max_new_tokens = min(max_new_tokens, max_len - n_prompt)
 
-    # The seeded generator is made on the device of the logits (the readout's), which need not be the prompt's:
-    # the embedding moves the ids to its own device, and with `devices=` the readout sits on the last GPU
+    # With a `seed`, the random generator is made in the first step, once the logits exist: it must live on their
+    # device (the readout's), which need not be the prompt's, since the embedding moves the ids to its own device
+    # and with the loader's `devices=` the readout sits on the last GPU
     generator = None
 
-    # The caller's tokens never change the cache of another call: each generation owns its cache
+    # Each call makes its own cache, sized for the prompt and the new tokens: nothing carries over between calls
     cache = KVCache(n_prompt + max_new_tokens, padding=padding)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=prompt_ids.device)
     # The first step runs the whole prompt

@@ -10,13 +10,14 @@ logits = model(ids)                        # ids [B, T] int64 -> logits [B, T, V
 
 The folder may be the GPT-NeoX-20B slim weights (or any gpt-neox checkpoint, in either of its layouts and
 with any tensor-parallel degree) or a Hugging Face `GPTNeoXForCausalLM` folder such as a Pythia model; the
-config is read from the folder. `checkpoint/` reads and merges the files; this module builds the layers, and
-is the one place that knows which of `model.py`'s classes builds each part of the model (`checkpoint/parts.py`).
+config is read from the folder. `checkpoint/` reads and merges the files, one part of the model at a time
+(a `Part`, `checkpoint/parts.py`); this module builds the layers, and is the one place that knows which of
+`model.py`'s classes builds each part.
 
 ## Why one layer at a time
 
 The 20B model is 39 GB in fp16. Building the whole model first and then loading a state dict would need
-room for two copies. Instead, `load()` is a generator: for each part of the model it builds the empty module
+room for two copies. Instead, `load()` yields the modules one by one: for each part it builds the empty module
 (on PyTorch's `meta` device, which allocates nothing), reads just that part's tensors from disk, moves them to
 the target device and dtype, and yields the finished module before reading the next. Peak memory stays near
 the size of the final model: 1.13 times it in fp32 and 1.26 times in fp16 for a 2-rank checkpoint of
@@ -47,7 +48,8 @@ from labml_nn.neox.model import Embedding, FinalNorm, ReadoutLayer, TransformerL
 #
 # Each kind of part is built by one class of `model.py`; only a transformer layer needs its number, which it
 # keeps as `layer_idx`. `part_of` is the inverse, for whoever holds modules and must say what they are (the
-# fine-tuner writing a checkpoint, the trainer gathering shards).
+# fine-tuner writing a checkpoint, the trainer gathering shards). It asks `isinstance` rather than comparing
+# classes because FSDP's `fully_shard` turns a module's class into a subclass of it.
 MODULES = {"embedding": Embedding, "layer": TransformerLayer, "norm": FinalNorm, "readout": ReadoutLayer}
 
 
@@ -58,7 +60,6 @@ def build_module(part: Part, config: NeoXConfig) -> nn.Module:
 
 
 def part_of(module: nn.Module) -> Part:
-    # `fully_shard` changes a module's class to a subclass, so `isinstance` still tells what it was
     for kind, cls in MODULES.items():
         if isinstance(module, cls):
             return Part(kind, module.layer_idx if kind == "layer" else None)
@@ -77,6 +78,9 @@ def load_hf_state_dict(modules: Sequence[nn.Module], state: Dict[str, torch.Tens
 class LayerLoader:
     r"""
     ## The layer loader
+
+    Opens the checkpoint (and reads its config) when it is made, so that a missing file or a wrong config
+    fails at once; `load()` then yields the modules. Its arguments:
 
     * `path`: a checkpoint folder (see above), or a Hugging Face Hub name such as `EleutherAI/pythia-160m`,
       with `revision` one of its training steps (`"step3000"`); see `checkpoint/hub.py`.

@@ -175,8 +175,9 @@ class KVCache:
     tokens costs $O(n)$ token-passes instead of $O(n^2)$.
 
     **The caller holds it.** There is no module-level state: two generations running side by side have two
-    caches. The caller creates a `KVCache`, passes it to every module's `forward`, and calls `advance(T)` once
-    the whole model has seen `T` new tokens. `offset` counts the slots already filled, the same in every layer.
+    caches. The caller creates a `KVCache` and passes it to `NeoXModel`'s `forward` (at the end of this page),
+    which hands it to every module and calls `advance(T)` once the whole model has seen the `T` new tokens.
+    `offset` counts the slots already filled, the same in every layer.
 
     **It is allocated once.** Each layer's keys and values are a buffer `[B, H, T_max, D]` (`T_max` = `max_len`),
     made on the layer's device and in its dtype on first use; each step writes into the next free slots.
@@ -227,7 +228,7 @@ class KVCache:
         return self._padding_on[device]
 
     def advance(self, n_new: int):
-        """Call after the whole model has seen `n_new` new tokens."""
+        """Called (by `NeoXModel.forward`) after the whole model has seen `n_new` new tokens."""
         self.offset += n_new
 
 
@@ -448,21 +449,25 @@ class NeoXModel(nn.Sequential):
       and run the layer again there (`torch.utils.checkpoint`), trading a third more compute for the memory of
       every activation inside the layers.
 
-    Any of the modules may be missing (the loader's `filter_layers`) or replaced (an LLM.int8 layer), as long as
-    each takes `(x, cache)`.
+    Any of the modules may be missing (`LayerLoader`'s `filter_layers` in `loader.py`) or replaced (an LLM.int8
+    layer, `llm_int8.py`), as long as each takes `(x, cache)`.
     """
 
     def __init__(self, *modules: nn.Module, activation_checkpointing: bool = False):
         super().__init__(*modules)
         self.activation_checkpointing = activation_checkpointing
 
+    # The one loop. Each module takes `(x, cache)`: ids `[B, T]` into the embedding, `[B, T, C]` between the
+    # layers, logits out of the readout. With `last_only`, the readout sees only `x[:, -1:]`. A transformer layer
+    # is checkpointed only while gradients are being recorded, with PyTorch's non-reentrant implementation, which
+    # replays the autocast state and works with DDP and FSDP. The cache moves forward once, after every layer has
+    # written its keys and values for the `T` new positions.
     def forward(self, ids: torch.Tensor, cache: Optional[KVCache] = None, last_only: bool = False) -> torch.Tensor:
         x = ids
         for module in self:
             if last_only and isinstance(module, ReadoutLayer):
                 x = x[:, -1:]
             if self.activation_checkpointing and isinstance(module, TransformerLayer) and torch.is_grad_enabled():
-                # The non-reentrant implementation replays the autocast state and works with DDP and FSDP
                 x = checkpoint(module, x, cache, use_reentrant=False)
             else:
                 x = module(x, cache)

@@ -4,14 +4,16 @@ r"""
 A trained GPT-NeoX model reaches us as files written by its training run, and the way it was trained shows in
 them. The 20B model was trained on 96 GPUs: each layer's large matrices were cut into two *tensor-parallel*
 slices, and the layers were spread over four *pipeline* stages. Its published "slim weights" keep that cut,
-one file per layer and slice. Our model (`model.py`) runs unpartitioned on one device, so before it can use the
-weights they must be put back together, and that is what this package does.
+one file per layer and slice. Our model (`model.py`) holds every matrix whole, so before it can use the
+weights they must be put back together, and that is what this package does, one part of the model (the
+embedding, a transformer layer, the final norm, the readout) at a time. `loader.py` then turns each part into
+a module of `model.py`.
 
 | module | idea |
 |---|---|
 | [`files.py`](files.html) | reading `torch.save` files without running code from them; errors that say what to do |
 | [`parts.py`](parts.html) | `Part`: the embedding, layer $i$, the final norm or the readout, and its name in every format |
-| [`layouts.py`](layouts.html) | the three ways the weights lie on disk: found first, then opened whole for the config |
+| [`layouts.py`](layouts.html) | the three ways the weights lie on disk: found first, then opened whole, for a config |
 | [`merge.py`](merge.html) | how each tensor was cut across ranks, so how to glue (and re-cut) it |
 | [`reader.py`](reader.html) | `open_checkpoint`: layout, config, tokenizer, checks, one merged part at a time |
 | [`write.py`](write.html) | writing the gpt-neox layout with any number of ranks, or a Hugging Face folder |
@@ -37,7 +39,8 @@ and from the shell:
 
 ```
 python -m labml_nn.neox.checkpoint download ~/data/20B_checkpoints
-python -m labml_nn.neox.checkpoint merge ~/data/20B_checkpoints neox-20b-hf --format hf --report divergence.json
+python -m labml_nn.neox.checkpoint merge ~/data/20B_checkpoints neox-20b-hf \
+    --format hf --report divergence.json
 ```
 
 The tensors `read` returns carry the slim checkpoint's names without prefixes, the names `model.py`'s modules
@@ -48,6 +51,8 @@ use: `word_embeddings.weight` (the embedding, `[V, C]`); per layer `input_layern
 (the readout, `[V, C]`).
 """
 
+# The names the rest of the project imports from `labml_nn.neox.checkpoint`, each defined in a module of the table
+# above.
 from .files import CheckpointError
 from .merge import Divergence, merge_part, split_part
 from .parts import Part, all_parts

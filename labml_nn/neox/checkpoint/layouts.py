@@ -62,10 +62,8 @@ class Location:
         return self.layout(self, config, trust_pickle)
 
 
-# ## What every layout answers
-#
-# The keys a config spells differently in the two formats, named in the messages that tell the user which key
-# to fix.
+# The keys a config spells differently in its two formats (gpt-neox's YAML, Hugging Face's `config.json`), named
+# in the messages that tell the user which key to fix; each layout carries its format's as `config_keys`.
 NEOX_KEYS = {"n_layers": "num_layers", "n_vocab": "padded_vocab_size", "d_model": "hidden_size",
              "d_ff": "intermediate_size, expansion_factor or mlp_multiple_of (gpt-neox's MLP width; the default "
                      "is 4 x hidden_size)",
@@ -76,6 +74,8 @@ HF_KEYS = {"n_layers": "num_hidden_layers", "n_vocab": "vocab_size", "d_model": 
 
 class Layout:
     r"""
+    ## What every layout answers
+
     A checkpoint's files, opened for a config: `n_layers` transformer layers in `n_ranks` tensor-parallel ranks.
 
     * `name`: `"pipeline"`, `"sequential"` or `"huggingface"`;
@@ -230,10 +230,13 @@ class SequentialLayout(Layout):
 
 # ## Hugging Face layout
 #
-# The index of a sharded folder maps each tensor to the file that holds it. It is read like any config (a regular
-# file of sane size, UTF-8, a JSON object), and each file it names must be a plain file name in the folder:
-# an entry such as `../../elsewhere.safetensors` is refused, not followed, and a missing shard is found here,
-# when the folder is opened, not at its layer half-way through a merge.
+# One rank, so nothing to merge; only the names change (`Part.hf_name` and its inverse `parts.from_hf_name`).
+# The weights are in one file, or in shards with an index that maps each tensor to the file that holds it.
+#
+# The index is read like any config (a regular file of sane size, UTF-8, a JSON object), and each file it names
+# must be a plain file name in the folder: an entry such as `../../elsewhere.safetensors` is refused, not
+# followed, and a missing shard is found here, when the folder is opened, not at its layer half-way through a
+# merge.
 def _read_weight_map(folder: Path, name: str) -> Dict[str, str]:
     from ..config import ConfigError, read_config_text
     path = folder / name
@@ -255,10 +258,11 @@ def _read_weight_map(folder: Path, name: str) -> Dict[str, str]:
             raise CheckpointError(f"{path} lists the shard {file}, which is missing from {folder}. Download it "
                                   f"(or the whole folder) again.")
     return weight_map
-#
-# One rank, so nothing to merge; only the names change (`Part.hf_name` and its inverse `parts.from_hf_name`).
-# The buffers transformers saved beside the weights (`parts.HF_BUFFERS`) are skipped. Opening reads the names of
-# the stored tensors, not the tensors, and checks their layer numbers against the config.
+
+
+# Opening reads the names of the stored tensors, not the tensors, and records where each weight of each part is;
+# the buffers transformers saved beside the weights (`parts.HF_BUFFERS`) are skipped. A name held twice, or a
+# layer number beyond the config's, is refused here.
 class HFLayout(Layout):
     name = "huggingface"
     config_format = "huggingface"
@@ -289,6 +293,9 @@ class HFLayout(Layout):
             raise CheckpointError(f"{self.folder}: the weights have layer(s) {extra} but config.json says "
                                   f"`{config_key}: {self.n_layers}`; fix `{config_key}`.")
 
+    # Reading a file: the names of its tensors when the folder is opened, and then, per part, only the tensors
+    # of that part (`safe_open` reads a `.safetensors` file's tensors one by one; a `.bin` file is unpickled whole,
+    # memory-mapped where its format allows). The names come back as ours, the way every layout gives them.
     def _names(self, path: Path) -> List[str]:
         if path.suffix == ".safetensors":
             from safetensors import safe_open

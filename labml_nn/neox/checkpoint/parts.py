@@ -7,12 +7,15 @@ module of this package and the loader keep asking the same questions about a par
 Hugging Face calls its tensors, where it sits in `model.py`'s sequence of modules. A `Part` answers them all,
 so that each answer is written once, here:
 
-| part | `str(part)` | in `model.py`'s sequence | pipeline index | Hugging Face prefix | our tensors |
-|---|---|---|---|---|---|
-| `Part("embedding")` | the embedding | $0$ | $0$ | `gpt_neox.embed_in.` | `word_embeddings.weight` |
-| `Part("layer", i)` | transformer layer $i$ | $i + 1$ | $i + 2$ | `gpt_neox.layers.{i}.` | `input_layernorm.*`, `attention.*`, ... |
-| `Part("norm")` | the final norm | $L + 1$ | $L + 3$ | `gpt_neox.final_layer_norm.` | `norm.*` |
-| `Part("readout")` | the readout (final linear) | $L + 2$ | $L + 4$ | `embed_out.` | `final_linear.weight` |
+| part | in `model.py` | pipeline index | Hugging Face prefix | our tensors |
+|---|---|---|---|---|
+| `Part("embedding")` | $0$ | $0$ | `gpt_neox.embed_in.` | `word_embeddings.weight` |
+| `Part("layer", i)` | $i + 1$ | $i + 2$ | `gpt_neox.layers.{i}.` | `attention.*`, `mlp.*`, ... |
+| `Part("norm")` | $L + 1$ | $L + 3$ | `gpt_neox.final_layer_norm.` | `norm.*` |
+| `Part("readout")` | $L + 2$ | $L + 4$ | `embed_out.` | `final_linear.weight` |
+
+The second column is the part's place in `model.py`'s sequence of modules. In messages a part calls itself
+"the embedding", "transformer layer $i$", "the final norm" or "the readout (final linear)".
 
 Which `model.py` class builds each part is the loader's to say (`loader.py`, `build_module` and `part_of`),
 since `model.py` must not depend on this package, nor this package on the model's code.
@@ -42,6 +45,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from .files import CheckpointError
 
+# The four kinds of part, in the model's order
 KINDS = ("embedding", "layer", "norm", "readout")
 
 
@@ -75,7 +79,7 @@ class Part:
 
     # ### Its place in each sequence
     #
-    # In `model.py`'s sequence of modules (`build_layers`, `nn.Sequential`, `LayerLoader`'s `filter_layers`)
+    # In `model.py`'s sequence of modules (`build_layers`, `NeoXModel`, `LayerLoader`'s `filter_layers`)
     # the parts follow each other with no gaps; in gpt-neox's pipeline, stages 1 and $L + 2$ have no weights.
     def module_index(self, n_layers: int) -> int:
         self.check(n_layers)
@@ -107,8 +111,8 @@ class Part:
     # ### Its size
     #
     # The parameter count, for spreading the parts over devices: $VC$ for the embedding and the readout, $2C$
-    # for the final norm, and for a layer its four matrices, $3C^2 + C^2$ in attention and $2CF$ in the MLP
-    # (the biases and norms are too small to matter).
+    # for the final norm, and for a layer its four matrices, $3C^2 + C^2$ in attention and $2CF$ in the MLP,
+    # $F$ its inner width (`d_ff`, $4C$ in GPT-NeoX); the biases and norms are too small to matter.
     def n_parameters(self, config) -> int:
         c = config
         return {"embedding": c.n_vocab * c.d_model, "readout": c.n_vocab * c.d_model, "norm": 2 * c.d_model,

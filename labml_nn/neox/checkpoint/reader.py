@@ -171,7 +171,8 @@ def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicate
     layout = location.open(config, trust_pickle)
 
     # The vocabulary is padded to a multiple of `make_vocab_size_divisible_by` $\times$ the rank count, and
-    # gpt-neox's YAML does not hold the result: the embedding's rows tell us. (With `mmap`, reading the shape does not read the tensor.)
+    # gpt-neox's YAML does not hold the result: the embedding's rows tell us. (With `mmap`, reading the shape does
+    # not read the tensor.)
     rows = layout.embedding_rows()
     if 0 in rows:
         _refuse_misplaced_embedding(layout)

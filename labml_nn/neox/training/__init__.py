@@ -1,7 +1,9 @@
 r"""
 # Training
 
-Three modules train `model.py`'s modules, each readable (and copyable) alone:
+Everything that changes the model's weights lives here, apart from the model: the same `NeoXModel` (`model.py`)
+that generation runs is trained, from scratch or from a checkpoint loaded by `LayerLoader` (`loader.py`), by
+three modules, each readable (and copyable) alone:
 
 * `text_dataset.py` turns a text file into windows of token ids, the samples of next-token prediction;
 * `finetune.py` chooses which parameters train (all, the biases only, a few layers) and saves only those,
