@@ -2,10 +2,10 @@ r"""
 # Generating text from the command line
 
 This sample puts the pieces together: `LayerLoader` (loader.py) reads a checkpoint one layer at a time,
-on a CPU `prepare_for_cpu_decoding` (cpu_decoding.py) makes its fp32 products use every core for fast decoding,
-`generate_stream` (generation.py) runs the model with a key-value cache and picks one token per step, and the
-tokenizer's `StreamDecoder` turns each token into text as soon as it is chosen, so the text appears as it is
-generated.
+on a CPU `prepare_for_cpu_decoding` (cpu_decoding.py) makes its fp32 products fast (with a small kernel of our
+own, built on the first run with a model of 100 MB or more), `generate_stream` (generation.py) runs the model
+with a key-value cache and picks one token per step, and the tokenizer's `StreamDecoder` turns each token into
+text as soon as it is chosen, so the text appears as it is generated.
 
 With no arguments it loads the **demo model** that ships with the package: a tiny GPT-NeoX trained on
 Shakespeare's plays, stored in the same layout as the 20B slim weights (two tensor-parallel ranks) with its
@@ -143,8 +143,8 @@ def load(args: argparse.Namespace, progress: bool):
     except ValueError as e:
         raise DataError(str(e)) from None
     model = NeoXModel(*loader.load())
-    # On a CPU, one explicit step spreads each fp32 product over two cores (or, on one thread, stores the weights
-    # the way matrix-vector products read them fastest; `cpu_decoding.py`): same names, same values, same tokens
+    # On a CPU, one explicit step makes the fp32 products of decoding fast (our matrix-vector kernel, built once per
+    # machine for a model of 100 MB or more; `cpu_decoding.py`): same names, same values, same tokens
     if str(args.device) == "cpu":
         model = prepare_for_cpu_decoding(model)
     return model, tokenizer

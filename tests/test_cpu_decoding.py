@@ -16,10 +16,23 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
-from labml_nn.neox.cpu_decoding import MAX_BMM_TOKENS, HalvesLinear, prepare_for_cpu_decoding  # noqa: E402
+from labml_nn.neox import cpu_decoding  # noqa: E402
+from labml_nn.neox.cpu_decoding import (  # noqa: E402
+    MAX_BMM_TOKENS, MAX_KERNEL_ROWS, DecodingLinear, KernelUnavailable, cpu_gemv_kernel, prepare_for_cpu_decoding)
 from labml_nn.neox.generation import generate  # noqa: E402
 from labml_nn.neox.model import KVCache  # noqa: E402
 from helpers import TOLERANCE, make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
+
+
+# The kernel is built on this machine when a test first needs it (about 30 s). Where it cannot be built (no
+# compiler, not x86-64) its tests skip, unless NEOX_REQUIRE_CPU_KERNEL=1 (CI sets it) makes that a failure.
+def kernel_or_skip():
+    try:
+        return cpu_gemv_kernel()
+    except KernelUnavailable as e:
+        if os.environ.get("NEOX_REQUIRE_CPU_KERNEL") == "1":
+            raise
+        pytest.skip(str(e))
 
 
 def _layout(model):
@@ -38,13 +51,17 @@ def test_generate_leaves_the_callers_tensors_as_they_were():
     assert [type(m) for m in model.modules()] == types
 
 
-@pytest.mark.parametrize("halves", [True, False])
+@pytest.mark.parametrize("halves,kernel", [(True, False), (False, False), (True, True), (False, True)])
 @pytest.mark.parametrize("parallel_residual", [True, False])
-def test_prepared_model_computes_the_same_logits_and_greedy_tokens(halves, parallel_residual):
+def test_prepared_model_computes_the_same_logits_and_greedy_tokens(halves, kernel, parallel_residual):
+    if kernel:
+        kernel_or_skip()
     hf = make_tiny_hf_model(seed=22, use_parallel_residual=parallel_residual)
     plain = our_model_from_hf(hf)
-    prepared = prepare_for_cpu_decoding(copy.deepcopy(plain), halves=halves)
-    assert any(isinstance(m, HalvesLinear) for m in prepared.modules()) == halves
+    prepared = prepare_for_cpu_decoding(copy.deepcopy(plain), halves=halves, kernel=kernel)
+    linears = [m for m in prepared.modules() if isinstance(m, DecodingLinear)]
+    assert bool(linears) == (halves or kernel)
+    assert all((m._gemv is not None) == kernel and m._use_halves == halves for m in linears)
     ids = random_ids(96, batch=3, length=10)
     with torch.no_grad():
         # A full pass (the prompt path) and a cached one token at a time (the decoding path)
@@ -66,36 +83,36 @@ def test_preparing_keeps_names_values_and_parameter_objects():
     values = {k: v.clone() for k, v in model.state_dict().items()}
     layout_before = _layout(model)
     with torch.inference_mode():
-        assert prepare_for_cpu_decoding(model, halves=True) is model
+        assert prepare_for_cpu_decoding(model, halves=True, kernel=False) is model
     assert dict(model.named_parameters()).keys() == params.keys()
     assert all(p is params[name] for name, p in model.named_parameters())
     state = model.state_dict()
     assert list(state) == list(values) and all(torch.equal(state[k], values[k]) for k in values)
     # The halves are views: no weight was copied or moved, and preparing twice changes nothing more
-    assert _layout(model) == layout_before and isinstance(model[1].attention.query_key_value, HalvesLinear)
-    prepare_for_cpu_decoding(model, halves=True)
+    assert _layout(model) == layout_before and isinstance(model[1].attention.query_key_value, DecodingLinear)
+    prepare_for_cpu_decoding(model, halves=True, kernel=False)
     assert _layout(model) == layout_before
     # Still trainable: gradients reach the same parameters
     model(random_ids(96)).logsumexp(-1).mean().backward()
     assert params["1.mlp.dense_h_to_4h.weight"].grad is not None
 
 
-def test_without_halves_weights_are_stored_column_by_column_and_the_choice_can_change():
+def test_without_halves_or_kernel_weights_are_stored_column_by_column_and_the_choice_can_change():
     model = our_model_from_hf(make_tiny_hf_model(seed=26))
     params = dict(model.named_parameters())
     ids = random_ids(96, batch=2, length=6)
     with torch.no_grad():
         expected = model(ids)
-        prepare_for_cpu_decoding(model, halves=False)
+        prepare_for_cpu_decoding(model, halves=False, kernel=False)
         qkv = model[1].attention.query_key_value
         assert type(qkv) is nn.Linear and qkv.weight.t().is_contiguous() and not qkv.weight.is_contiguous()
         layout = _layout(model)
-        prepare_for_cpu_decoding(model, halves=False)
+        prepare_for_cpu_decoding(model, halves=False, kernel=False)
         assert _layout(model) == layout
         # Back to halves: the weights are laid row by row again, for the halves to be views of them
-        prepare_for_cpu_decoding(model, halves=True)
+        prepare_for_cpu_decoding(model, halves=True, kernel=False)
         qkv = model[1].attention.query_key_value
-        assert isinstance(qkv, HalvesLinear) and qkv.weight.is_contiguous()
+        assert isinstance(qkv, DecodingLinear) and qkv.weight.is_contiguous()
         assert all(p is params[name] for name, p in model.named_parameters())
         assert (model(ids) - expected).abs().max().item() < 1e-5
         cache = KVCache(6)
@@ -106,9 +123,9 @@ def test_without_halves_weights_are_stored_column_by_column_and_the_choice_can_c
 def test_half_precision_weights_are_left_alone():
     model = our_model_from_hf(make_tiny_hf_model(seed=24)).half()
     layout = _layout(model)
-    prepare_for_cpu_decoding(model, halves=True)
+    prepare_for_cpu_decoding(model, halves=True, kernel=False)
     assert _layout(model) == layout
-    assert not any(isinstance(m, HalvesLinear) for m in model.modules())
+    assert not any(isinstance(m, DecodingLinear) for m in model.modules())
 
 
 @pytest.mark.parametrize("rows", [1, 2, 8, MAX_BMM_TOKENS + 1])
@@ -116,8 +133,8 @@ def test_half_precision_weights_are_left_alone():
 def test_halves_linear_equals_the_float64_product(rows, bias):
     torch.manual_seed(rows)
     linear = nn.Linear(48, 34, bias=bias)
-    prepared = prepare_for_cpu_decoding(nn.Sequential(linear), halves=True)[0]
-    assert isinstance(prepared, HalvesLinear)
+    prepared = prepare_for_cpu_decoding(nn.Sequential(linear), halves=True, kernel=False)[0]
+    assert isinstance(prepared, DecodingLinear)
     x = torch.randn(rows, 1, 48)
     with torch.no_grad():
         expected = F.linear(x.double(), linear.weight.double(), None if linear.bias is None else linear.bias.double())
@@ -137,3 +154,60 @@ def test_a_readout_without_parameters_still_runs():
     assert next(model[-1].parameters(), None) is None
     out = generate(model, random_ids(96, batch=1, length=5), 3, eos_token_id=None)
     assert out.shape == (1, 8)
+
+
+# ## The kernel
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13, MAX_KERNEL_ROWS])
+@pytest.mark.parametrize("n_out,n_in", [(8, 8), (13, 48), (40, 24), (96, 3072)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_kernel_equals_the_float64_product(rows, n_out, n_in, bias):
+    gemv = kernel_or_skip()
+    torch.manual_seed(rows * 1000 + n_out)
+    x, w = torch.randn(rows, n_in), torch.randn(n_out, n_in) / n_in ** 0.5
+    b = torch.randn(n_out) if bias else None
+    expected = F.linear(x.double(), w.double(), None if b is None else b.double())
+    # fp32 sums of up to 3072 products of size ~1/sqrt(n): errors of a few 1e-7 (F.linear's are the same size)
+    assert (gemv(x, w, b).double() - expected).abs().max().item() < 1e-5
+    assert (F.linear(x, w, b).double() - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("x,w,b", [
+    (torch.randn(MAX_KERNEL_ROWS + 1, 16), torch.randn(8, 16), None),  # more rows than the kernel takes
+    (torch.randn(1, 12), torch.randn(8, 12), None),          # inputs not a multiple of 8
+    (torch.randn(1, 16).half(), torch.randn(8, 16).half(), None),
+    (torch.randn(1, 16), torch.randn(16, 8).t(), None),      # a weight that is not row-major
+    (torch.randn(1, 16), torch.randn(8, 16), torch.randn(7)),
+    (torch.randn(1, 16), torch.randn(8, 24), None),
+])
+def test_kernel_refuses_what_it_cannot_compute(x, w, b):
+    gemv = kernel_or_skip()
+    with pytest.raises(RuntimeError, match="gemv:"):
+        gemv(x, w, b)
+
+
+def test_layers_use_the_kernel_for_few_rows_without_gradients_only():
+    kernel_or_skip()
+    torch.manual_seed(0)
+    layer = prepare_for_cpu_decoding(nn.Sequential(nn.Linear(64, 32)), halves=True, kernel=True)[0]
+    calls = []
+    layer._gemv = lambda *args, real=layer._gemv: calls.append(args[0].shape[0]) or real(*args)
+    with torch.no_grad():
+        for rows in (1, 5, MAX_KERNEL_ROWS, MAX_KERNEL_ROWS + 1):
+            layer(torch.randn(rows, 64))
+    assert calls == [1, 5, MAX_KERNEL_ROWS]
+    # With gradients the layer runs differentiable ops, and gradients reach the weight
+    layer(torch.randn(1, 64)).sum().backward()
+    assert calls == [1, 5, MAX_KERNEL_ROWS] and layer.weight.grad is not None
+
+
+def test_without_the_kernel_preparing_says_why_or_raises_when_asked_for_it(monkeypatch, capsys):
+    monkeypatch.setattr(cpu_decoding, "_gemv_or_reason", lambda: (None, "there is no C++ compiler (test)"))
+    model = our_model_from_hf(make_tiny_hf_model(seed=27))
+    ids = random_ids(96, batch=1, length=5)
+    expected = generate(model, ids, 4, eos_token_id=None)
+    with pytest.raises(KernelUnavailable, match="no C\\+\\+ compiler"):
+        prepare_for_cpu_decoding(model, kernel=True)
+    prepare_for_cpu_decoding(model, halves=True)
+    assert "without the CPU matrix-vector kernel, since there is no C++ compiler" in capsys.readouterr().err
+    assert torch.equal(generate(model, ids, 4, eos_token_id=None), expected)
