@@ -24,7 +24,7 @@ from labml_nn.neox.model import KVCache  # noqa: E402
 from helpers import TOLERANCE, make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
 
 
-# The kernel is built on this machine when a test first needs it (about 30 s). Where it cannot be built (no
+# The kernel is built on this machine when a test first needs it (about 10 s). Where it cannot be built (no
 # compiler, not x86-64) its tests skip, unless NEOX_REQUIRE_CPU_KERNEL=1 (CI sets it) makes that a failure.
 def kernel_or_skip():
     try:

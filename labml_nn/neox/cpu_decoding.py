@@ -120,7 +120,7 @@ def column_major(weight: torch.Tensor) -> torch.Tensor:
 # ## A matrix-vector product of our own
 #
 # For up to `MAX_KERNEL_ROWS` rows of input the products go through a small C++ kernel, compiled on the user's
-# machine the first time it is needed (about 30 s; PyTorch keeps the build in `~/.cache/torch_extensions`, or
+# machine the first time it is needed (about 10 s; PyTorch keeps the build in `~/.cache/torch_extensions`, or
 # `$TORCH_EXTENSIONS_DIR`, and later processes load it in a fraction of a second). It reads the weight as loaded,
 # `[out, in]` row by row, so nothing is copied. On the 2-core test machine, over the 49 products of a step, it
 # reads 27.7 GB/s at batch 1 with two threads (the `bmm` halves: 20.8 in the same run), 23.0 at batch 4 (13.8),
@@ -152,7 +152,7 @@ def column_major(weight: torch.Tensor) -> torch.Tensor:
 # dependency of this package); without them `prepare_for_cpu_decoding` falls back to the halves and says why.
 MAX_KERNEL_ROWS = 16
 
-# By default the kernel is built (about 30 s, once per machine) only for a model whose fp32 weights that it would
+# By default the kernel is built (about 10 s, once per machine) only for a model whose fp32 weights that it would
 # multiply take at least this much memory: there it pays for itself within the first hundred tokens or so. A smaller
 # model (the demo) uses it when it has already been built.
 BUILD_KERNEL_BYTES = 100 * 2 ** 20
@@ -161,6 +161,7 @@ GEMV_SOURCE = r"""
 #include <immintrin.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 #include <vector>
 
@@ -289,6 +290,9 @@ TORCH_LIBRARY(neox_cpu, m) { m.def("gemv(Tensor x, Tensor weight, Tensor? bias) 
 """
 
 
+KERNEL_NAME = "neox_cpu_gemv"
+
+
 class KernelUnavailable(RuntimeError):
     """The CPU matrix-vector kernel cannot be built or loaded on this machine; the message says why."""
 
@@ -313,20 +317,36 @@ def _build_gemv():
     except ImportError:
         pass
     try:
-        cpp_extension.load_inline("neox_cpu_gemv", cpp_sources=GEMV_SOURCE, is_python_module=False,
-                                  extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        # The source goes into PyTorch's build folder for the kernel, rewritten only when it changed (PyTorch
+        # rebuilds when the source does). `load`, not `load_inline`: the latter adds `torch/extension.h`, which
+        # needs Python's C headers (`python3-dev`), which many machines lack
+        folder = Path(cpp_extension._get_build_directory(KERNEL_NAME, verbose=False))
+        source = folder / f"{KERNEL_NAME}.cpp"
+        if not source.exists() or source.read_text() != GEMV_SOURCE:
+            partial = source.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(GEMV_SOURCE)
+            partial.replace(source)
+        cpp_extension.load(KERNEL_NAME, sources=[str(source)], is_python_module=False,
+                           extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
     except Exception as e:  # a missing ninja, a compiler error, a build folder that cannot be written
-        raise KernelUnavailable(f"building it failed: {str(e).strip().splitlines()[-1][:300]}") from e
+        raise KernelUnavailable(f"building it failed: {_first_error(str(e))}") from e
     finally:
         os.environ["PATH"] = path
     return torch.ops.neox_cpu.gemv
+
+
+# The line of a build log that says what went wrong: the compiler's first error, or else the last line
+def _first_error(log: str) -> str:
+    lines = [line.strip() for line in log.strip().splitlines() if line.strip()] or ["(no message)"]
+    errors = [line for line in lines if "error" in line.lower() and not line.startswith("Error building")]
+    return (errors[0] if errors else lines[-1])[:300]
 
 
 def _built_library() -> Optional[Path]:
     # Where PyTorch keeps the build (a private helper of `cpp_extension`; only messages depend on it)
     try:
         from torch.utils import cpp_extension
-        return Path(cpp_extension._get_build_directory("neox_cpu_gemv", verbose=False), "neox_cpu_gemv.so")
+        return Path(cpp_extension._get_build_directory(KERNEL_NAME, verbose=False), f"{KERNEL_NAME}.so")
     except Exception:
         return None
 
@@ -341,7 +361,7 @@ def _is_built() -> bool:
 def _gemv_or_reason():
     built = _built_library()
     if built is not None and not built.exists():
-        print("Compiling the CPU matrix-vector kernel (once on this machine, about 30 s)...", file=sys.stderr,
+        print("Compiling the CPU matrix-vector kernel (once on this machine, about 10 s)...", file=sys.stderr,
               flush=True)
     try:
         return _build_gemv(), None
@@ -447,7 +467,7 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None,
 
     `kernel`: use the matrix-vector kernel above for products of up to `MAX_KERNEL_ROWS` rows. By default it is
     used when it is already built on this machine, or when the weights it would multiply take at least
-    `BUILD_KERNEL_BYTES` and it can be built here (about 30 s, once); when it cannot, a line on stderr says why and
+    `BUILD_KERNEL_BYTES` and it can be built here (about 10 s, once); when it cannot, a line on stderr says why and
     the rest works as without it. `kernel=True` builds it whatever the model's size and raises `KernelUnavailable`
     when it cannot; `kernel=False` never uses it.
 
