@@ -343,7 +343,8 @@ def _first_error(log: str) -> str:
 
 
 def _built_library() -> Optional[Path]:
-    # Where PyTorch keeps the build (a private helper of `cpp_extension`; only messages depend on it)
+    # Where PyTorch keeps the build (a private helper of `cpp_extension`, so anything may go wrong): whether it is
+    # there decides the message before a build, and whether a small model uses the kernel by default
     try:
         from torch.utils import cpp_extension
         return Path(cpp_extension._get_build_directory(KERNEL_NAME, verbose=False), f"{KERNEL_NAME}.so")
@@ -400,6 +401,10 @@ class DecodingLinear(nn.Linear):
     _gemv = None
     _use_halves = True
 
+    # The two halves of the weight's rows, each transposed, `[2, in, out/2]`, and of the bias, `[2, 1, out/2]`:
+    # views of the parameters' storage. Without gradients (generation) they are made once and kept, for as long
+    # as the weight keeps its storage; with gradients they are made at each call, so that they stay in the
+    # autograd graph.
     def _halves(self):
         if torch.is_grad_enabled():
             return self._make_halves()
