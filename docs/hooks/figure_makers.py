@@ -264,19 +264,19 @@ def decode(root: Path):
     data = json.loads((root / "benchmarks/results/decode.json").read_text(encoding="utf-8"))
     runs = data["runs"]
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.2, 0.9 + 0.75 * len(runs)))
+    fig, ax = plt.subplots(figsize=(6.2, 0.9 + 0.95 * len(runs)))
+    # Up to three bars per run, top to bottom: ours, CTranslate2, transformers (those the run measured)
+    bars = (("ours", "ours_tokens_per_s", "#3f6fd1"), ("CTranslate2", "ctranslate2_tokens_per_s", "#e3a33b"),
+            ("transformers", "transformers_tokens_per_s", "#aaa"))
     for i, run in enumerate(runs):
         y = len(runs) - 1 - i
-        ax.barh(y + 0.18, run["ours_tokens_per_s"], height=0.34, color="#3f6fd1",
-                label="ours" if i == 0 else None)
-        if run.get("transformers_tokens_per_s"):
-            ax.barh(y - 0.18, run["transformers_tokens_per_s"], height=0.34, color="#aaa",
-                    label="transformers" if i == 0 else None)
+        for j, (label, key, color) in enumerate(bars):
+            if run.get(key):
+                ax.barh(y + 0.27 - 0.27 * j, run[key], height=0.25, color=color, label=label if i == 0 else None)
+                ax.text(run[key] + 1, y + 0.27 - 0.27 * j,
+                        f"{run[key]:g} ({run[key] / run['floor_tokens_per_s']:.0%} of floor)", va="center", fontsize=7)
         ax.plot([run["floor_tokens_per_s"]] * 2, [y - 0.42, y + 0.42], color="#d62728", lw=2,
                 label="bandwidth floor" if i == 0 else None)
-        ax.text(run["ours_tokens_per_s"] + 1, y + 0.18,
-                f"{run['ours_tokens_per_s']:g} ({run['ours_tokens_per_s'] / run['floor_tokens_per_s']:.0%} of floor)",
-                va="center", fontsize=8)
     ax.set_yticks(range(len(runs)), [r["label"] for r in reversed(runs)], fontsize=8)
     ax.set_xlabel("decode tokens/s")
     ax.set_xlim(0, max(r["floor_tokens_per_s"] for r in runs) * 1.15)
@@ -339,10 +339,11 @@ FIGURES = [
                  "<code>benchmarks/RESULTS.md</code>)."),
     dict(name="decode-speed", module="labml_nn/neox/generation.py", symbol="generate_stream", make=decode,
          depends=("benchmarks/results/decode.json",),
-         alt="Bars of decoding speed in tokens per second for our implementation and transformers, with a red "
-             "line at the memory-bandwidth floor of each run; ours reaches 55-62% of the floor at batch 1 and 30% at "
-             "batch 8 (CTranslate2, in decode.json too, is not drawn).",
+         alt="Bars of decoding speed in tokens per second for our implementation, CTranslate2 and transformers, "
+             "with a red line at the memory-bandwidth floor of each run, for batch 1 on one and two threads and "
+             "batch 8 on two; each bar is labelled with its tokens per second and its share of the floor.",
          caption="Decoding speed from <code>benchmarks/results/decode.json</code> (written from "
-                 "<code>python benchmarks/generate.py</code>'s runs): ours, transformers, and the floor set by "
-                 "reading every weight once per token at the machine's measured bandwidth."),
+                 "<code>python benchmarks/generate.py</code>'s runs): ours (prepared with "
+                 "<code>prepare_for_cpu_decoding</code>), CTranslate2, transformers, and the floor set by reading "
+                 "every weight once per token at the machine's measured bandwidth."),
 ]

@@ -36,6 +36,9 @@ the memory:
 | **our kernel**, as loaded, 1 thread | **19.3 GB/s** | **8.7 GB/s** |
 | (reading memory with `sum()`, the floor) | 27-33 GB/s (2 threads), 21-22 (1) | |
 
+(The kernel's rows were measured a day after the others; in that run the two halves read 20.8 and 11.7 GB/s at
+two threads and column-major MKL 18.5 at one: the machine varies by 10-20% from hour to hour.)
+
 MKL leaves two things on the table.
 
 * **The second core.** MKL's fp32 matrix-vector product runs on one core whatever `torch.set_num_threads` says;
@@ -72,9 +75,9 @@ its whole weight.
 * **Other ready-made products.** numpy's (OpenBLAS, its own thread pool) reads 22-24 GB/s at batch 1 and 8 GB/s at
   batch 8, and its threads then compete with PyTorch's; MKL's matrix-matrix product with the input padded to two
   rows reads 23 GB/s at batch 1 and falls to 9.5 GB/s from 5 rows on.
-* **In the kernel: several rows of the weight at once**, so that each load of $x$ serves several rows, was slower
-  from memory (at batch 4, 7 against 11 GB/s on one core): more streams than the prefetcher follows well. Software
-  prefetching and AVX-512 registers made no difference worth the code.
+* **Inside our kernel**, reading two rows of the weight at once, more accumulators, prefetching the next rows by
+  hand, handing out rows to threads as they free up, and AVX-512's wider registers were slower or within noise
+  (the first is explained beside the code below).
 * **fp16 and bf16 weights** are left alone: MKL's half-precision matrix-vector product is about 10 times slower on
   the transposed layout. On a GPU, cuBLAS reads both layouts at full speed, so GPU weights are left alone too.
 * **A busy machine.** A product split over two cores waits for the slower of them. In whole generations with other
@@ -127,29 +130,10 @@ def column_major(weight: torch.Tensor) -> torch.Tensor:
 # 13.3 at batch 8 (11.7) and 10.5 at batch 12 (9.8); with one thread, 19.3 GB/s at batch 1 (column-major MKL: 18.5)
 # and 8.7 at batch 8 (6.0). At 16 rows the two are level, and above that `F.linear` takes over.
 #
-# How it works, for $N \le 16$ rows of $x$ and a weight $W$ `[O, I]`:
-#
-# * **One pass over the weight, row after row.** Each row of $W$ is read from memory once, as one stream, and
-#   multiplied by the rows of $x$, which sit in the cache. Reading several rows of $W$ at once (to reuse each load
-#   of $x$) was slower on this machine: more streams than the prefetcher follows well.
-# * **Eight numbers at a time** with AVX2's fused multiply-add. With one row of $x$, four accumulators in turn
-#   keep four multiply-adds in flight while each waits for the previous one into its accumulator; with two rows,
-#   two each; with four, the rows do it. $x$ is first interleaved by chunks of 8, `[I/8, n, 8]`, so that the
-#   vectors a chunk of $W$ meets are contiguous.
-# * **Blocks of four rows of $x$.** More rows than four would need more registers than AVX2 has, so $x$ is cut
-#   into blocks of up to four rows. The first block's pass over a group of eight rows of $W$ reads them from
-#   memory; the other blocks' passes read the same rows again from the first- or second-level cache (8 rows are
-#   24 KB for $I = 768$, 96 KB for $I = 3072$), so the weight still leaves memory once per step.
-# * **Eight rows of $W$ per group.** A group's eight accumulators for a row of $x$ are summed across their lanes
-#   together (`sum8`), giving the group's eight outputs as one vector, to which the bias is added.
-# * **The groups are shared among the threads** with `at::parallel_for`, PyTorch's own OpenMP thread pool, so the
-#   kernel uses the cores `torch.set_num_threads` gives it and waits in the same pool as every other op.
-#
-# Summing in a different order than MKL changes the results in the last bits only: the tests compare it with the
-# float64 product and check that the prepared model's greedy tokens are the plain model's.
-#
 # The kernel needs Linux on x86-64 with AVX2 (every x86 CPU since 2013-2015), a C++ compiler and `ninja` (a
 # dependency of this package); without them `prepare_for_cpu_decoding` falls back to the halves and says why.
+# Summing in a different order than MKL changes the results in the last bits only: the tests compare it with the
+# float64 product and check that the prepared model's greedy tokens are the plain model's.
 MAX_KERNEL_ROWS = 16
 
 # By default the kernel is built (about 10 s, once per machine) only for a model whose fp32 weights that it would
@@ -157,21 +141,33 @@ MAX_KERNEL_ROWS = 16
 # model (the demo) uses it when it has already been built.
 BUILD_KERNEL_BYTES = 100 * 2 ** 20
 
-GEMV_SOURCE = r"""
+# ### The kernel, piece by piece
+#
+# The source is one C++ file, kept here in pieces so that each sits beside its explanation. It includes only
+# ATen's headers (tensors, `at::parallel_for`) and `torch/library.h`, which registers the op as
+# `torch.ops.neox_cpu.gemv`: no Python headers are needed to build it.
+_KERNEL_HEADERS = r"""
 #include <immintrin.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 #include <vector>
+"""
 
+# **Adding up the lanes.** A vector register holds 8 numbers (AVX2's `__m256`). The products below leave each
+# output as 8 partial sums in one vector, and these must be added up. `sum8` does that for 8 outputs at once (three
+# rounds of pairwise horizontal adds and one swap of 128-bit halves) and returns their 8 sums as one vector, ready
+# to be stored; `sum1` adds up a single vector, for the last rows of a weight whose rows are not a multiple of 8.
+_KERNEL_SUMS = r"""
 // The lanes of 8 vectors summed: one vector of 8 sums
 static inline __m256 sum8(const __m256* v) {
   __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
   __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
   t0 = _mm256_hadd_ps(t0, t1);
   t2 = _mm256_hadd_ps(t2, t3);
-  return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31));
+  return _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20),
+                       _mm256_permute2f128_ps(t0, t2, 0x31));
 }
 
 static inline float sum1(__m256 v) {
@@ -180,10 +176,22 @@ static inline float sum1(__m256 v) {
   s = _mm_hadd_ps(s, s);
   return _mm_cvtss_f32(s);
 }
+"""
 
-// One row `w` of W times the N rows of x, interleaved [I/8, N, 8]: out[n] holds 8 partial sums of row n's product
+# **One row of the weight times up to four rows of $x$.** The row `w` is read once, from start to end, 8 numbers
+# at a time, and each chunk is multiplied into every row of $x$ with a fused multiply-add. $x$ has been
+# interleaved by chunks of 8, `[I/8, N, 8]`, so the $N$ vectors that a chunk of `w` meets are side by side.
+#
+# A multiply-add into an accumulator must wait for the previous one into the same accumulator (4 cycles), so
+# several accumulators keep several in flight: with one row of $x$, four accumulators take the chunks in turn; with
+# two rows, two each; with four, the rows themselves are enough. More than four rows would need more registers
+# than AVX2's sixteen.
+_KERNEL_ROW = r"""
+// One row `w` of W times the N <= 4 rows of x, interleaved [I/8, N, 8]:
+// out[n] holds 8 partial sums of row n's product
 template <int N>
-static inline void row_times_x(const float* __restrict w, const float* __restrict x, int64_t I, __m256* out) {
+static inline void row_times_x(const float* __restrict w, const float* __restrict x,
+                               int64_t I, __m256* out) {
   constexpr int U = N >= 4 ? 1 : 4 / N;  // accumulators per row of x
   __m256 acc[N][U];
 #pragma GCC unroll 4
@@ -197,14 +205,17 @@ static inline void row_times_x(const float* __restrict w, const float* __restric
     for (int u = 0; u < U; ++u) {
       __m256 wv = _mm256_loadu_ps(w + (c + u) * 8);
 #pragma GCC unroll 4
-      for (int n = 0; n < N; ++n)
-        acc[n][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + ((c + u) * N + n) * 8), acc[n][u]);
+      for (int n = 0; n < N; ++n) {
+        __m256 xv = _mm256_loadu_ps(x + ((c + u) * N + n) * 8);
+        acc[n][u] = _mm256_fmadd_ps(wv, xv, acc[n][u]);
+      }
     }
   }
-  for (; c < chunks; ++c) {
+  for (; c < chunks; ++c) {  // the last chunks, fewer than U
     __m256 wv = _mm256_loadu_ps(w + c * 8);
 #pragma GCC unroll 4
-    for (int n = 0; n < N; ++n) acc[n][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (c * N + n) * 8), acc[n][0]);
+    for (int n = 0; n < N; ++n)
+      acc[n][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (c * N + n) * 8), acc[n][0]);
   }
 #pragma GCC unroll 4
   for (int n = 0; n < N; ++n) {
@@ -214,12 +225,23 @@ static inline void row_times_x(const float* __restrict w, const float* __restric
     out[n] = a;
   }
 }
+"""
 
-// The rows `w` (8 of them, or fewer at the end of W) times the NX rows of one block of x, into rows n0... of
-// `part` (8 partial-sum vectors per output) or, for a short group, straight into y
+# **Groups of eight rows of the weight, blocks of four rows of $x$.** The weight's rows are taken eight at a time,
+# so that `sum8` turns each row of $x$'s eight results into one vector store. With more than four rows of $x$, $x$
+# is cut into blocks of up to four, and each block makes a pass over the group: the first pass reads the group's
+# rows from memory, the others read them again from the first- or second-level cache (8 rows are 24 KB for
+# $I = 768$, 96 KB for $I = 3072$), so the weight still leaves memory once per product.
+#
+# Why one row of the weight at a time, when reading two rows at once would let each load of $x$ serve both? On
+# the test machine that was much slower from memory (15.9 against 24.1 GB/s at batch 4): two streams instead of one
+# for the prefetcher to follow. In the passes that read from the cache it made no difference.
+_KERNEL_GROUPS = r"""
+// The rows `w` (8 of them, or fewer at the end of W) times the NX rows of one block of x: into rows
+// n0... of `part` (8 partial-sum vectors per output) or, for a short group, straight into y
 template <int NX>
-static void block_pass(const float* w, int rows, const float* x, int n0, int64_t I, __m256 (*part)[8], float* y,
-                       int64_t O, int64_t o, const float* bias) {
+static void block_pass(const float* w, int rows, const float* x, int n0, int64_t I,
+                       __m256 (*part)[8], float* y, int64_t O, int64_t o, const float* bias) {
   __m256 out[4];
   for (int r = 0; r < rows; ++r) {
     row_times_x<NX>(w + r * I, x, I, out);
@@ -230,10 +252,9 @@ static void block_pass(const float* w, int rows, const float* x, int n0, int64_t
   }
 }
 
-// Groups g0 <= g < g1 of 8 rows of W times the N rows of x, given as blocks of up to 4 rows, each interleaved:
-// the first block's pass reads the group's rows from memory, the others read them again from the cache
-static void groups(const float* W, const std::vector<const float*>& blocks, int64_t N, const float* bias, float* y,
-                   int64_t O, int64_t I, int64_t g0, int64_t g1) {
+// Groups g0 <= g < g1 of 8 rows of W times the N rows of x, in blocks of up to 4 rows
+static void groups(const float* W, const std::vector<const float*>& blocks, int64_t N,
+                   const float* bias, float* y, int64_t O, int64_t I, int64_t g0, int64_t g1) {
   __m256 part[16][8];
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t o = g * 8;
@@ -250,20 +271,31 @@ static void groups(const float* W, const std::vector<const float*>& blocks, int6
     }
     if (rows == 8) {
       const __m256 b = bias ? _mm256_loadu_ps(bias + o) : _mm256_setzero_ps();
-      for (int64_t n = 0; n < N; ++n) _mm256_storeu_ps(y + n * O + o, _mm256_add_ps(sum8(part[n]), b));
+      for (int64_t n = 0; n < N; ++n)
+        _mm256_storeu_ps(y + n * O + o, _mm256_add_ps(sum8(part[n]), b));
     }
   }
 }
+"""
 
+# **The op.** `gemv(x, weight, bias)` checks its inputs (a wrong call is an error that starts with `gemv:`, not a
+# crash), interleaves $x$ block by block, and shares the groups of rows among the threads with `at::parallel_for`:
+# PyTorch's own OpenMP pool, so the kernel uses the cores `torch.set_num_threads` gives it and waits in the same pool
+# as every other op. Each thread gets one contiguous range of rows, one stream through memory. (Handing out smaller
+# ranges as threads free up made no difference on the test machine.)
+_KERNEL_OP = r"""
 // y = x W^T + b for x [N, I] with N <= 16, W [O, I] and b [O], all fp32, contiguous, on the CPU
-at::Tensor gemv(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+at::Tensor gemv(const at::Tensor& x_in, const at::Tensor& weight,
+                const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x_in.dim() == 2 && weight.dim() == 2 && x_in.size(1) == weight.size(1),
               "gemv: x [N, I] and weight [O, I] expected");
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat, "gemv: fp32 only");
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat,
+              "gemv: fp32 only");
   TORCH_CHECK(x_in.device().is_cpu() && weight.device().is_cpu() && weight.is_contiguous(),
               "gemv: CPU tensors and a contiguous weight expected");
   const int64_t N = x_in.size(0), I = x_in.size(1), O = weight.size(0);
-  TORCH_CHECK(N >= 1 && N <= 16 && I % 8 == 0, "gemv: 1 to 16 rows of x and a multiple of 8 inputs expected");
+  TORCH_CHECK(N >= 1 && N <= 16 && I % 8 == 0,
+              "gemv: 1 to 16 rows of x and a multiple of 8 inputs expected");
   const float* b = nullptr;
   if (bias) {
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == O,
@@ -282,12 +314,18 @@ at::Tensor gemv(const at::Tensor& x_in, const at::Tensor& weight, const std::opt
   auto y = at::empty({N, O}, x.options());
   const float* wp = weight.const_data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, (O + 7) / 8, 16, [&](int64_t g0, int64_t g1) { groups(wp, blocks, N, b, yp, O, I, g0, g1); });
+  at::parallel_for(0, (O + 7) / 8, 16, [&](int64_t g0, int64_t g1) {
+    groups(wp, blocks, N, b, yp, O, I, g0, g1);
+  });
   return y;
 }
 
-TORCH_LIBRARY(neox_cpu, m) { m.def("gemv(Tensor x, Tensor weight, Tensor? bias) -> Tensor", &gemv); }
+TORCH_LIBRARY(neox_cpu, m) {
+  m.def("gemv(Tensor x, Tensor weight, Tensor? bias) -> Tensor", &gemv);
+}
 """
+
+GEMV_SOURCE = _KERNEL_HEADERS + _KERNEL_SUMS + _KERNEL_ROW + _KERNEL_GROUPS + _KERNEL_OP
 
 
 KERNEL_NAME = "neox_cpu_gemv"
