@@ -264,24 +264,31 @@ def decode(root: Path):
     data = json.loads((root / "benchmarks/results/decode.json").read_text(encoding="utf-8"))
     runs = data["runs"]
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.2, 0.9 + 0.95 * len(runs)))
+    # One panel per run, each on its own scale (batch 8 is ~4x batch 1), the floor as a red line
+    fig, axes = plt.subplots(len(runs), 1, figsize=(6.2, 0.7 + 1.05 * len(runs)), squeeze=False)
     # Up to three bars per run, top to bottom: ours, CTranslate2, transformers (those the run measured)
     bars = (("ours", "ours_tokens_per_s", "#3f6fd1"), ("CTranslate2", "ctranslate2_tokens_per_s", "#e3a33b"),
             ("transformers", "transformers_tokens_per_s", "#aaa"))
-    for i, run in enumerate(runs):
-        y = len(runs) - 1 - i
-        for j, (label, key, color) in enumerate(bars):
-            if run.get(key):
-                ax.barh(y + 0.27 - 0.27 * j, run[key], height=0.25, color=color, label=label if i == 0 else None)
-                ax.text(run[key] + 1, y + 0.27 - 0.27 * j,
-                        f"{run[key]:g} ({run[key] / run['floor_tokens_per_s']:.0%} of floor)", va="center", fontsize=7)
-        ax.plot([run["floor_tokens_per_s"]] * 2, [y - 0.42, y + 0.42], color="#d62728", lw=2,
-                label="bandwidth floor" if i == 0 else None)
-    ax.set_yticks(range(len(runs)), [r["label"] for r in reversed(runs)], fontsize=8)
-    ax.set_xlabel("decode tokens/s")
-    ax.set_xlim(0, max(r["floor_tokens_per_s"] for r in runs) * 1.15)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(data["model"], fontsize=8)
+    for ax, run in zip(axes[:, 0], runs):
+        floor = run["floor_tokens_per_s"]
+        shown = [(label, run[key], color) for label, key, color in bars if run.get(key)]
+        for j, (label, value, color) in enumerate(shown):
+            y = len(shown) - 1 - j
+            ax.barh(y, value, height=0.75, color=color, label=label)
+            ax.text(value + floor * 0.02, y, f"{value:g} ({value / floor:.0%})", va="center", fontsize=7,
+                    bbox=dict(facecolor="white", edgecolor="none", pad=0.5))
+        ax.axvline(floor, color="#d62728", lw=2, label="bandwidth floor")
+        ax.set_xlim(0, floor * 1.08)
+        ax.set_yticks([])
+        ax.set_ylabel(run["label"].replace("CPU, ", "").replace(", ", "\n"), fontsize=8, rotation=0,
+                      ha="right", va="center")
+        ax.tick_params(axis="x", labelsize=7)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    axes[-1, 0].set_xlabel("decode tokens/s (in brackets: share of the floor)", fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
@@ -339,11 +346,12 @@ FIGURES = [
                  "<code>benchmarks/RESULTS.md</code>)."),
     dict(name="decode-speed", module="labml_nn/neox/generation.py", symbol="generate_stream", make=decode,
          depends=("benchmarks/results/decode.json",),
-         alt="Bars of decoding speed in tokens per second for our implementation, CTranslate2 and transformers, "
-             "with a red line at the memory-bandwidth floor of each run, for batch 1 on one and two threads and "
+         alt="Three panels of bars, decoding speed in tokens per second for our implementation, CTranslate2 and "
+             "transformers, with a red line at the memory-bandwidth floor: batch 1 on one thread, batch 1 on two, "
              "batch 8 on two; each bar is labelled with its tokens per second and its share of the floor.",
          caption="Decoding speed from <code>benchmarks/results/decode.json</code> (written from "
-                 "<code>python benchmarks/generate.py</code>'s runs): ours (prepared with "
-                 "<code>prepare_for_cpu_decoding</code>), CTranslate2, transformers, and the floor set by reading "
-                 "every weight once per token at the machine's measured bandwidth."),
+                 "<code>python benchmarks/generate.py</code>'s runs; " + "random weights of Pythia-160M's shape, "
+                 "fp32, 2 CPU cores): ours (prepared with <code>prepare_for_cpu_decoding</code>), CTranslate2, "
+                 "transformers, and the floor set by reading every weight once per token at the machine's "
+                 "measured bandwidth."),
 ]
