@@ -360,6 +360,9 @@ def _build_gemv():
         # needs Python's C headers (`python3-dev`), which many machines lack
         folder = Path(cpp_extension._get_build_directory(KERNEL_NAME, verbose=False))
         source = folder / f"{KERNEL_NAME}.cpp"
+        if not (folder / f"{KERNEL_NAME}.so").exists():
+            print("Compiling the CPU matrix-vector kernel (once on this machine, about 10 s)...", file=sys.stderr,
+                  flush=True)
         if not source.exists() or source.read_text() != GEMV_SOURCE:
             partial = source.with_suffix(f".{os.getpid()}.tmp")
             partial.write_text(GEMV_SOURCE)
@@ -382,7 +385,7 @@ def _first_error(log: str) -> str:
 
 def _built_library() -> Optional[Path]:
     # Where PyTorch keeps the build (a private helper of `cpp_extension`, so anything may go wrong): whether it is
-    # there decides the message before a build, and whether a small model uses the kernel by default
+    # there decides whether a small model uses the kernel by default
     try:
         from torch.utils import cpp_extension
         return Path(cpp_extension._get_build_directory(KERNEL_NAME, verbose=False), f"{KERNEL_NAME}.so")
@@ -398,10 +401,6 @@ def _is_built() -> bool:
 # The outcome, the op or the reason it is missing, is kept for the process: a failed build is not retried
 @functools.lru_cache(maxsize=None)
 def _gemv_or_reason():
-    built = _built_library()
-    if built is not None and not built.exists():
-        print("Compiling the CPU matrix-vector kernel (once on this machine, about 10 s)...", file=sys.stderr,
-              flush=True)
     try:
         return _build_gemv(), None
     except KernelUnavailable as e:
