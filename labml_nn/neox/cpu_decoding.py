@@ -325,9 +325,8 @@ TORCH_LIBRARY(neox_cpu, m) {
 }
 """
 
+# The whole file, as the compiler sees it, and the name of its build (PyTorch's folder for it and the library file)
 GEMV_SOURCE = _KERNEL_HEADERS + _KERNEL_SUMS + _KERNEL_ROW + _KERNEL_GROUPS + _KERNEL_OP
-
-
 KERNEL_NAME = "neox_cpu_gemv"
 
 
@@ -357,7 +356,7 @@ def _build_gemv():
     try:
         # The source goes into PyTorch's build folder for the kernel, rewritten only when it changed (PyTorch
         # rebuilds when the source does). `load`, not `load_inline`: the latter adds `torch/extension.h`, which
-        # needs Python's C headers (`python3-dev`), which many machines lack
+        # needs Python's C headers (`python3-dev`), which many machines lack.
         folder = Path(cpp_extension._get_build_directory(KERNEL_NAME, verbose=False))
         source = folder / f"{KERNEL_NAME}.cpp"
         if not (folder / f"{KERNEL_NAME}.so").exists():
