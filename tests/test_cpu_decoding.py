@@ -195,6 +195,8 @@ def test_layers_use_the_kernel_for_few_rows_without_gradients_only():
     with torch.no_grad():
         for rows in (1, 5, MAX_KERNEL_ROWS, MAX_KERNEL_ROWS + 1):
             layer(torch.randn(rows, 64))
+        # No rows at all: the same empty result as nn.Linear's, without the kernel
+        assert layer(torch.randn(0, 64)).shape == (0, 32)
     assert calls == [1, 5, MAX_KERNEL_ROWS]
     # With gradients the layer runs differentiable ops, and gradients reach the weight
     layer(torch.randn(1, 64)).sum().backward()

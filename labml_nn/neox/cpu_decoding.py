@@ -459,8 +459,8 @@ class DecodingLinear(nn.Linear):
         if x.dtype != self.weight.dtype:
             return F.linear(x, self.weight, self.bias)
         # The kernel has no backward pass: it only runs without gradients (generation, evaluation)
-        if (self._gemv is not None and rows <= MAX_KERNEL_ROWS and n_in % 8 == 0 and not torch.is_grad_enabled()
-                and self.weight.is_contiguous()):
+        if (self._gemv is not None and 0 < rows <= MAX_KERNEL_ROWS and n_in % 8 == 0 and not torch.is_grad_enabled()
+                and self.weight.is_contiguous() and (self.bias is None or self.bias.is_contiguous())):
             return self._gemv(x.reshape(rows, n_in), self.weight, self.bias).view(*x.shape[:-1], n_out)
         if not self._use_halves or rows > MAX_BMM_TOKENS:
             return F.linear(x, self.weight, self.bias)
