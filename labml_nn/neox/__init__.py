@@ -14,9 +14,10 @@ The package is built in layers, each page leaning only on the ones before it:
   that runs them. It depends on nothing else of ours, so the two files can be copied into other code.
 * `checkpoint/` reads and merges the checkpoint files, one part of the model at a time (`checkpoint/parts.py`);
   `loader.py`'s `LayerLoader` turns them into `model.py`'s modules, one layer at a time.
-* `tokenizer.py` and `generation.py` sample text from the model (`cpu_decoding.py` makes that fast on a CPU);
-  `llm_int8.py` quantizes it to half the memory; `training/` (a dataset of text windows, the choice of what
-  trains, the training loop) trains and fine-tunes it; `evaluation/` scores it on LAMBADA with lm-eval.
+* `tokenizer.py` and `generation.py` sample text from the model (`cpu_decoding.py` makes that fast on a CPU,
+  with the kernel of `cpu_gemv.py`); `llm_int8.py` quantizes it to half the memory; `training/` (a dataset of
+  text windows, the choice of what trains, the training loop) trains and fine-tunes it; `evaluation/` scores it
+  on LAMBADA with lm-eval.
 * `cli.py` holds what every command line shares (the `--checkpoint`, `--device` and `--dtype` options, errors).
 
 Notation used on every page: `B` batch, `T` sequence length, `H` heads, `D` head dimension, `C = H * D` the
