@@ -16,7 +16,7 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
-from labml_nn.neox import cpu_gemv  # noqa: E402
+from labml_nn.neox import cpu_decoding, cpu_gemv  # noqa: E402
 from labml_nn.neox.cpu_decoding import MAX_BMM_TOKENS, DecodingLinear, prepare_for_cpu_decoding  # noqa: E402
 from labml_nn.neox.cpu_gemv import MAX_KERNEL_ROWS, KernelUnavailable, cpu_gemv_kernel  # noqa: E402
 from labml_nn.neox.generation import generate  # noqa: E402
@@ -205,6 +205,8 @@ def test_layers_use_the_kernel_for_few_rows_without_gradients_only():
 
 def test_without_the_kernel_preparing_says_why_or_raises_when_asked_for_it(monkeypatch, capsys):
     monkeypatch.setattr(cpu_gemv, "gemv_or_reason", lambda: (None, "there is no C++ compiler (test)"))
+    # As for a large model, where the kernel is wanted by default
+    monkeypatch.setattr(cpu_decoding, "BUILD_KERNEL_BYTES", 0)
     model = our_model_from_hf(make_tiny_hf_model(seed=27))
     ids = random_ids(96, batch=1, length=5)
     expected = generate(model, ids, 4, eos_token_id=None)

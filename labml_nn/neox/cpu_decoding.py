@@ -118,9 +118,9 @@ def column_major(weight: torch.Tensor) -> torch.Tensor:
     return weight.t().contiguous().t()
 
 
-# By default the kernel is built (about 10 s, once per machine) only for a model whose fp32 weights that it would
-# multiply take at least this much memory: there it pays for itself within the first hundred tokens or so. A smaller
-# model (the demo) uses it when it has already been built.
+# By default the kernel is used (and built, about 10 s, once per machine) only for a model whose fp32 weights that
+# it would multiply take at least this much memory: there it pays for itself within the first hundred tokens or so.
+# A smaller model (the demo) decodes in seconds without it and never waits for a compiler.
 BUILD_KERNEL_BYTES = 100 * 2 ** 20
 
 
@@ -215,10 +215,10 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None,
     * gets its weight stored column by column (neither: one thread, no kernel).
 
     `kernel`: use the matrix-vector kernel of `cpu_gemv.py` for products of up to `MAX_KERNEL_ROWS` rows. By
-    default it is used when it is already built on this machine, or when the weights it would multiply take at least
-    `BUILD_KERNEL_BYTES` and it can be built here (about 10 s, once); when it cannot, a line on stderr says why and
-    the rest works as without it. `kernel=True` builds it whatever the model's size and raises `KernelUnavailable`
-    when it cannot; `kernel=False` never uses it.
+    default it is used when the weights it would multiply take at least `BUILD_KERNEL_BYTES` and it can be built
+    here (about 10 s, once); when it cannot, a line on stderr says why and the rest works as without it.
+    `kernel=True` builds it whatever the model's size and raises `KernelUnavailable` when it cannot; `kernel=False`
+    never uses it.
 
     `halves`: multiply the products of up to `MAX_BMM_TOKENS` rows that the kernel does not take by the two halves
     of the weight at once; by default when PyTorch uses more than one thread. Layers with an odd number of rows
@@ -235,7 +235,7 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None,
               for name, layer in list(parent.named_children()) if _fits(layer)]
     gemv = None
     n_bytes = sum(layer.weight.numel() * layer.weight.element_size() for *_, layer in layers)
-    if kernel or (kernel is None and (n_bytes >= BUILD_KERNEL_BYTES or cpu_gemv.is_built())):
+    if kernel or (kernel is None and n_bytes >= BUILD_KERNEL_BYTES):
         gemv, reason = cpu_gemv.gemv_or_reason()
         if gemv is None and kernel:
             raise KernelUnavailable(f"the CPU matrix-vector kernel is not available: {reason}")

@@ -29,7 +29,6 @@ import platform
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -276,22 +275,6 @@ def _first_error(log: str) -> str:
     lines = [line.strip() for line in log.strip().splitlines() if line.strip()] or ["(no message)"]
     errors = [line for line in lines if "error" in line.lower() and not line.startswith("Error building")]
     return (errors[0] if errors else lines[-1])[:300]
-
-
-def _built_library() -> Optional[Path]:
-    # Where PyTorch keeps the build (a private helper of `cpp_extension`, so anything may go wrong): whether it is
-    # there decides whether a small model uses the kernel by default
-    try:
-        from torch.utils import cpp_extension
-        return Path(cpp_extension._get_build_directory(KERNEL_NAME, verbose=False), f"{KERNEL_NAME}.so")
-    except Exception:
-        return None
-
-
-def is_built() -> bool:
-    """Whether the kernel has been built on this machine (with this PyTorch), so that loading it is quick."""
-    built = _built_library()
-    return built is not None and built.exists()
 
 
 # The outcome, the op or the reason it is missing, is kept for the process: a failed build is not retried
