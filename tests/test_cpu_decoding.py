@@ -158,8 +158,10 @@ def test_a_readout_without_parameters_still_runs():
 
 # ## The kernel
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13, MAX_KERNEL_ROWS])
-@pytest.mark.parametrize("n_out,n_in", [(8, 8), (13, 48), (40, 24), (96, 3072)])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13, 20, MAX_KERNEL_ROWS])
+# Shapes with a tail of rows (13, 36, 1004: not a multiple of 8), an odd number of chunks of 8 inputs (40),
+# long rows (3072) and enough groups of rows for both threads and for prefetching ahead (1004)
+@pytest.mark.parametrize("n_out,n_in", [(8, 8), (13, 48), (36, 40), (40, 24), (96, 3072), (1004, 64)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_kernel_equals_the_float64_product(rows, n_out, n_in, bias):
     gemv = kernel_or_skip()
@@ -170,6 +172,10 @@ def test_kernel_equals_the_float64_product(rows, n_out, n_in, bias):
     # fp32 sums of up to 3072 products of size ~1/sqrt(n): errors of a few 1e-7 (F.linear's are the same size)
     assert (gemv(x, w, b).double() - expected).abs().max().item() < 1e-5
     assert (F.linear(x, w, b).double() - expected).abs().max().item() < 1e-5
+
+
+def test_the_kernels_row_limit_is_the_one_python_uses():
+    assert f"constexpr int64_t kMaxRows = {MAX_KERNEL_ROWS};" in cpu_gemv.GEMV_SOURCE
 
 
 @pytest.mark.parametrize("x,w,b", [

@@ -30,14 +30,14 @@ the memory:
 | `nn.Linear` as loaded, weights `[out, in]` row by row, 2 threads | 13.5 GB/s | 8.8 GB/s |
 | the same weights stored column by column, 2 threads | 18.5 GB/s | 8.0 GB/s |
 | as loaded, the two halves of the rows as one `torch.bmm`, 2 threads | 24.6 GB/s | 12.8 GB/s |
-| **our kernel** (`cpu_gemv.py`), as loaded, 2 threads | **27.7 GB/s** | **13.3 GB/s** |
+| **our kernel** (`cpu_gemv.py`), as loaded, 2 threads | **27.7 GB/s** | **20.4 GB/s** |
 | `nn.Linear` as loaded, 1 thread | 13.8 GB/s | 7.1 GB/s |
 | column by column, 1 thread | 18.5 GB/s | 7.0 GB/s |
-| **our kernel**, as loaded, 1 thread | **19.3 GB/s** | **8.7 GB/s** |
+| **our kernel**, as loaded, 1 thread | **19.3 GB/s** | **12.0 GB/s** |
 | (reading memory with `sum()`, the floor) | 27-33 GB/s (2 threads), 21-22 (1) | |
 
-(The kernel's rows were measured a day after the others; in that run the two halves read 20.8 and 11.7 GB/s at
-two threads and column-major MKL 18.5 at one: the machine varies by 10-20% from hour to hour.)
+(The kernel's rows were measured on later days than the others; in its first run the two halves read 20.8 and
+11.7 GB/s at two threads and column-major MKL 18.5 at one: the machine varies by 10-20% from hour to hour.)
 
 MKL leaves two things on the table.
 
@@ -48,8 +48,10 @@ MKL leaves two things on the table.
 
 Our kernel (`cpu_gemv.py`, C++ compiled on the user's machine) takes both: it shares each weight's rows among the
 threads, reads them as they were loaded, and at batch 8 reads each weight from memory once for all eight rows of
-input. `prepare_for_cpu_decoding` uses it for up to `MAX_KERNEL_ROWS` rows of input. Where it cannot be built (no
-C++ compiler, not Linux on x86-64), two ways around MKL's limits built from PyTorch's own ops take its place:
+input, in tiles that keep the cores' multiply-add units busier than MKL's products of a few rows do on this AMD
+machine (77-109 against 48-71 GFLOP/s at 16-32 rows). `prepare_for_cpu_decoding` uses it for up to
+`MAX_KERNEL_ROWS` rows of input. Where it cannot be built (no C++ compiler, not Linux on x86-64), two ways around
+MKL's limits built from PyTorch's own ops take its place:
 
 * **The halves, with two threads or more.** `torch.bmm` over a batch of two matrices gives each core one of
   them. So we multiply by the two halves of each weight's rows, $W = [W_a; W_b]$, as one `bmm` of
@@ -75,9 +77,9 @@ its whole weight.
 * **Other ready-made products.** numpy's (OpenBLAS, its own thread pool) reads 22-24 GB/s at batch 1 and 8 GB/s at
   batch 8, and its threads then compete with PyTorch's; MKL's matrix-matrix product with the input padded to two
   rows reads 23 GB/s at batch 1 and falls to 9.5 GB/s from 5 rows on.
-* **Inside our kernel**, reading two rows of the weight at once, more accumulators, prefetching the next rows by
-  hand, handing out rows to threads as they free up, and AVX-512's wider registers were slower or within noise
-  (the first is explained in `cpu_gemv.py`).
+* **Inside our kernel**, handing out rows to threads as they free up and AVX-512's wider registers were within
+  noise; what did help (tiles of four weight rows by three input rows, prefetching by hand) is explained in
+  `cpu_gemv.py`.
 * **fp16 and bf16 weights** are left alone: MKL's half-precision matrix-vector product is about 10 times slower on
   the transposed layout. On a GPU, cuBLAS reads both layouts at full speed, so GPU weights are left alone too.
 * **A busy machine.** A product split over two cores waits for the slower of them. In whole generations with other

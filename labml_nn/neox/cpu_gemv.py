@@ -11,11 +11,21 @@ y = gemv(x, weight, bias)    # x [N, I], weight [O, I], bias [O] or None -> [N, 
 
 It is compiled on the user's machine the first time it is needed (about 10 s; PyTorch keeps the build in
 `~/.cache/torch_extensions`, or `$TORCH_EXTENSIONS_DIR`, and later processes load it in a fraction of a second).
-It reads the weight as loaded, `[out, in]` row by row, so nothing is copied. On the 2-core test machine, over the
-49 products of a step, it reads 27.7 GB/s at batch 1 with two threads (the `bmm` halves: 20.8 in the same run),
-23.0 at batch 4 (13.8), 13.3 at batch 8 (11.7) and 10.5 at batch 12 (9.8); with one thread, 19.3 GB/s at batch 1
-(column-major MKL: 18.5) and 8.7 at batch 8 (6.0). At 16 rows the two are level, and above that `F.linear` takes
-over.
+It reads the weight as loaded, `[out, in]` row by row, so nothing is copied.
+
+On the 2-core test machine, over the 49 products of a Pythia-160M step (504 MB), in one process against the first
+version of this kernel (one row of the weight at a time, no prefetching):
+
+| read speed, GB/s | batch 1 | batch 2 | batch 4 | batch 8 | batch 16 |
+|---|---|---|---|---|---|
+| this kernel, 2 threads | 27.7 | 26.8 | 25.4 | 20.4 | 13.2 |
+| the first version, 2 threads | 28.3 | 26.0 | 19.1 | 12.2 | 7.7 |
+| this kernel, 1 thread | 19.3 | 17.8 | 15.3 | 12.0 | |
+| the first version, 1 thread | 20.0 | 15.4 | 10.2 | 7.1 | |
+
+(Medians of 11 rounds; reading the same memory with `sum()` gives 29-43 GB/s with 2 threads and 18-24 with one,
+depending on the hour.) At batch 1 a product is bound by memory and both versions read at nearly its speed; from
+batch 4 on, it is bound by how fast one core can multiply and add, which is what the tiles below are about.
 
 The kernel needs Linux on x86-64 with AVX2 (every x86 CPU since 2013-2015), a C++ compiler and `ninja` (a
 dependency of this package); without them `prepare_for_cpu_decoding` falls back to the halves and says why.
@@ -32,9 +42,10 @@ from pathlib import Path
 
 import torch
 
-# The most rows of input the kernel takes (decoding at batch 16 or less); above that a product is a
-# matrix-matrix product, MKL's GEMM is bound by arithmetic and already uses every core
-MAX_KERNEL_ROWS = 16
+# The most rows of input the kernel takes (`kMaxRows` in the C++): decoding at batch 32 or less. On the test
+# machine the kernel multiplies faster than MKL's matrix-matrix product up to about 48 rows (at 32 rows, 109 against
+# 71 GFLOP/s; at 64, level); above 32 a product is left to MKL, which is the better choice on most machines there
+MAX_KERNEL_ROWS = 32
 
 # ## The kernel, piece by piece
 #
@@ -47,7 +58,10 @@ _KERNEL_HEADERS = r"""
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
+#include <algorithm>
 #include <vector>
+
+constexpr int64_t kMaxRows = 32;  // rows of x at most: MAX_KERNEL_ROWS
 """
 
 # **Adding up the lanes.** A vector register holds 8 numbers (AVX2's `__m256`). The products below leave each
@@ -73,102 +87,135 @@ static inline float sum1(__m256 v) {
 }
 """
 
-# **One row of the weight times up to four rows of $x$.** The row `w` is read once, from start to end, 8 numbers
-# at a time, and each chunk is multiplied into every row of $x$ with a fused multiply-add. $x$ has been
-# interleaved by chunks of 8, `[I/8, N, 8]`, so the $N$ vectors that a chunk of `w` meets are side by side.
+# **Four rows of the weight times up to three rows of $x$.** This is the kernel's core, a *tile*: the `R` rows of
+# `w` and the `NB` rows of $x$ are read together, 8 numbers at a time, and every chunk of a row of `w` is multiplied
+# into every row of $x$ with a fused multiply-add into its own accumulator. $x$ has been interleaved by chunks of 8,
+# `[I/8, NB, 8]`, so the `NB` vectors that a chunk of `w` meets are side by side.
 #
-# A multiply-add into an accumulator must wait for the previous one into the same accumulator (4 cycles), so
-# several accumulators keep several in flight: with one row of $x$, four accumulators take the chunks in turn; with
-# two rows, two each; with four, the rows themselves are enough. More than four rows would need more registers
-# than AVX2's sixteen.
-_KERNEL_ROW = r"""
-// One row `w` of W times the N <= 4 rows of x, interleaved [I/8, N, 8]:
-// out[n] holds 8 partial sums of row n's product
-template <int N>
-static inline void row_times_x(const float* __restrict w, const float* __restrict x,
-                               int64_t I, __m256* out) {
-  constexpr int U = N >= 4 ? 1 : 4 / N;  // accumulators per row of x
-  __m256 acc[N][U];
+# Why four by three. A core can start two multiply-adds per cycle, but it can load only about two vectors per
+# cycle, and each multiply-add into an accumulator must wait for the previous one into the same accumulator (4
+# cycles). With one row of `w` and four of $x$, each chunk of $x$ is loaded for a single multiply-add and only four
+# are in flight: the first version of this kernel ran at one multiply-add per cycle, half the core. Four rows of `w`
+# by three of $x$ load 7 vectors for 12 multiply-adds, and keep 12 in flight, in 12 accumulators plus the 4 chunks
+# of `w`: all sixteen of AVX2's registers. With fewer rows (the last rows of $x$, or of a weight that is not a
+# multiple of 8 rows) several accumulators per pair `U` take the chunks in turn, to keep about 8 in flight.
+#
+# **Prefetching.** Reading four rows at once is four streams through memory, and the processor's own prefetcher
+# follows them badly: on the test machine, at batch 1 with two threads, these tiles read 24 GB/s from memory where
+# one row at a time reads 36, and at batch 4 they gained little over the first version. So the tile asks for the memory it will need next itself: while it works on these rows it prefetches a slice of
+# the rows eight ahead into the second-level cache (`_MM_HINT_T1`), one stream, in order, spread evenly over its
+# steps so that memory stays busy all the time rather than in bursts. By the time the tile gets there, its rows are
+# in the cache.
+_KERNEL_TILE = r"""
+// R <= 4 rows `w` of W (a row every I numbers) times NB <= 3 rows of x, interleaved [I/8, NB, 8]:
+// out[n0 + n][r0 + r] gets 8 partial sums of the product of row n and row r. Meanwhile the `lines` cache
+// lines from `ahead` on are prefetched, spread evenly over the steps.
+template <int R, int NB>
+static inline void tile(const float* __restrict w, int64_t I, const float* __restrict x, __m256 (*out)[8],
+                        int r0, int n0, const char* ahead, int64_t lines) {
+  constexpr int U = R * NB >= 8 ? 1 : (8 / (R * NB) > 4 ? 4 : 8 / (R * NB));  // accumulators per pair
+  __m256 acc[R][NB][U];
 #pragma GCC unroll 4
-  for (int n = 0; n < N; ++n)
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 3
+    for (int n = 0; n < NB; ++n)
 #pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) acc[n][u] = _mm256_setzero_ps();
-  int64_t c = 0;  // chunk of 8 numbers
-  const int64_t chunks = I / 8;
-  for (; c + U <= chunks; c += U) {
+      for (int u = 0; u < U; ++u) acc[r][n][u] = _mm256_setzero_ps();
+  const int64_t chunks = I / 8, steps = chunks / U;
+  int64_t owed = 0;  // prefetches owed, in units of 1/steps: `lines` in all by the last step
+  for (int64_t s = 0; s < steps; ++s) {
+    for (owed += lines; owed >= steps; owed -= steps, ahead += 64) _mm_prefetch(ahead, _MM_HINT_T1);
 #pragma GCC unroll 4
     for (int u = 0; u < U; ++u) {
-      __m256 wv = _mm256_loadu_ps(w + (c + u) * 8);
+      const int64_t c = s * U + u;
+      __m256 wv[R];
 #pragma GCC unroll 4
-      for (int n = 0; n < N; ++n) {
-        __m256 xv = _mm256_loadu_ps(x + ((c + u) * N + n) * 8);
-        acc[n][u] = _mm256_fmadd_ps(wv, xv, acc[n][u]);
+      for (int r = 0; r < R; ++r) wv[r] = _mm256_loadu_ps(w + r * I + c * 8);
+#pragma GCC unroll 3
+      for (int n = 0; n < NB; ++n) {
+        const __m256 xv = _mm256_loadu_ps(x + (c * NB + n) * 8);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) acc[r][n][u] = _mm256_fmadd_ps(wv[r], xv, acc[r][n][u]);
       }
     }
   }
-  for (; c < chunks; ++c) {  // the last chunks, fewer than U
-    __m256 wv = _mm256_loadu_ps(w + c * 8);
+  for (int64_t c = steps * U; c < chunks; ++c) {  // the last chunks, fewer than U
 #pragma GCC unroll 4
-    for (int n = 0; n < N; ++n)
-      acc[n][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (c * N + n) * 8), acc[n][0]);
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w + r * I + c * 8);
+#pragma GCC unroll 3
+      for (int n = 0; n < NB; ++n)
+        acc[r][n][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (c * NB + n) * 8), acc[r][n][0]);
+    }
   }
 #pragma GCC unroll 4
-  for (int n = 0; n < N; ++n) {
-    __m256 a = acc[n][0];
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 3
+    for (int n = 0; n < NB; ++n) {
+      __m256 a = acc[r][n][0];
 #pragma GCC unroll 4
-    for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[n][u]);
-    out[n] = a;
+      for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[r][n][u]);
+      out[n0 + n][r0 + r] = a;
+    }
+}
+
+// The tile for a block of NB = 1, 2 or 3 rows of x
+template <int R>
+static inline void tile_for(int NB, const float* w, int64_t I, const float* x, __m256 (*out)[8], int r0, int n0,
+                            const char* ahead, int64_t lines) {
+  switch (NB) {
+    case 1: tile<R, 1>(w, I, x, out, r0, n0, ahead, lines); break;
+    case 2: tile<R, 2>(w, I, x, out, r0, n0, ahead, lines); break;
+    default: tile<R, 3>(w, I, x, out, r0, n0, ahead, lines); break;
   }
 }
 """
 
-# **Groups of eight rows of the weight, blocks of four rows of $x$.** The weight's rows are taken eight at a time,
-# so that `sum8` turns each row of $x$'s eight results into one vector store. With more than four rows of $x$, $x$
-# is cut into blocks of up to four, and each block makes a pass over the group: the first pass reads the group's
-# rows from memory, the others read them again from the first- or second-level cache (8 rows are 24 KB for
-# $I = 768$, 96 KB for $I = 3072$), so the weight still leaves memory once per product.
-#
-# Why one row of the weight at a time, when reading two rows at once would let each load of $x$ serve both? On
-# the test machine that was much slower from memory (15.9 against 24.1 GB/s at batch 4): two streams instead of one
-# for the prefetcher to follow. In the passes that read from the cache it made no difference.
+# **Groups of eight rows of the weight, blocks of three rows of $x$.** The weight's rows are taken eight at a time,
+# so that `sum8` turns each row of $x$'s eight results into one vector store. Each half of a group, four rows, is a
+# tile for every block of $x$ in turn: the first block reads the four rows from memory (or rather from the cache,
+# where the prefetches put them), the others read them again from the cache (four rows are 12 KB for $I = 768$, 48
+# KB for $I = 3072$), so the weight still leaves memory once per product. Each block prefetches its share of the next rows, so that the prefetches are spread over
+# all the blocks' work (prefetching the whole next tile during the first block was slower: memory was busy in
+# bursts). With a single row of $x$ there is nothing to share a load of $x$ with, so the group's rows go one at a
+# time instead, a single stream that the processor's prefetcher follows by itself (with one thread, 20 against 18
+# GB/s for the tiles). The last rows of a weight whose rows are not a multiple of 8 go one at a time too, summed
+# with `sum1`, without prefetching.
 _KERNEL_GROUPS = r"""
-// The rows `w` (8 of them, or fewer at the end of W) times the NX rows of one block of x: into rows
-// n0... of `part` (8 partial-sum vectors per output) or, for a short group, straight into y
-template <int NX>
-static void block_pass(const float* w, int rows, const float* x, int n0, int64_t I,
-                       __m256 (*part)[8], float* y, int64_t O, int64_t o, const float* bias) {
-  __m256 out[4];
-  for (int r = 0; r < rows; ++r) {
-    row_times_x<NX>(w + r * I, x, I, out);
-    for (int n = 0; n < NX; ++n) {
-      if (rows == 8) part[n0 + n][r] = out[n];
-      else y[(n0 + n) * O + o + r] = sum1(out[n]) + (bias ? bias[o + r] : 0.f);
-    }
-  }
-}
+struct Block { int n0, nb; const float* x; };  // rows n0 .. n0 + nb - 1 of x, interleaved
 
-// Groups g0 <= g < g1 of 8 rows of W times the N rows of x, in blocks of up to 4 rows
-static void groups(const float* W, const std::vector<const float*>& blocks, int64_t N,
-                   const float* bias, float* y, int64_t O, int64_t I, int64_t g0, int64_t g1) {
-  __m256 part[16][8];
+// Groups g0 <= g < g1 of 8 rows of W [O, I] times every block of x, into y [N, O], plus the bias
+static void groups(const float* W, int64_t O, int64_t I, const std::vector<Block>& blocks, int64_t N,
+                   const float* bias, float* y, int64_t g0, int64_t g1) {
+  __m256 part[kMaxRows][8];
+  const int64_t K = static_cast<int64_t>(blocks.size());
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t o = g * 8;
-    const int rows = static_cast<int>(std::min<int64_t>(8, O - o));
-    for (size_t k = 0; k < blocks.size(); ++k) {
-      const int n0 = static_cast<int>(4 * k);
-      const float* w = W + o * I;
-      switch (std::min<int64_t>(4, N - n0)) {
-        case 1: block_pass<1>(w, rows, blocks[k], n0, I, part, y, O, o, bias); break;
-        case 2: block_pass<2>(w, rows, blocks[k], n0, I, part, y, O, o, bias); break;
-        case 3: block_pass<3>(w, rows, blocks[k], n0, I, part, y, O, o, bias); break;
-        default: block_pass<4>(w, rows, blocks[k], n0, I, part, y, O, o, bias); break;
+    if (O - o < 8) {  // the last few rows
+      for (int64_t r = 0; o + r < O; ++r) {
+        for (const Block& b : blocks) tile_for<1>(b.nb, W + (o + r) * I, I, b.x, part, 0, b.n0, nullptr, 0);
+        for (int64_t n = 0; n < N; ++n) y[n * O + o + r] = sum1(part[n][0]) + (bias ? bias[o + r] : 0.f);
+      }
+      continue;
+    }
+    if (N == 1) {  // one row of x: the rows one after another, a single stream
+      for (int r = 0; r < 8; ++r) tile<1, 1>(W + (o + r) * I, I, blocks[0].x, part, r, 0, nullptr, 0);
+    } else {
+      for (int half = 0; half < 2; ++half) {
+        const float* w = W + (o + 4 * half) * I;
+        // The same four rows of the next group (none after the last), 4 I numbers, one slice per block
+        const int64_t next = o + 4 * half + 8;
+        const int64_t lines = next < O ? std::min<int64_t>(4, O - next) * I * 4 / 64 : 0;
+        const char* ahead = reinterpret_cast<const char*>(W + std::min(next, O) * I);
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t first = lines * k / K, last = lines * (k + 1) / K;
+          tile_for<4>(blocks[k].nb, w, I, blocks[k].x, part, 4 * half, blocks[k].n0, ahead + 64 * first,
+                      last - first);
+        }
       }
     }
-    if (rows == 8) {
-      const __m256 b = bias ? _mm256_loadu_ps(bias + o) : _mm256_setzero_ps();
-      for (int64_t n = 0; n < N; ++n)
-        _mm256_storeu_ps(y + n * O + o, _mm256_add_ps(sum8(part[n]), b));
-    }
+    const __m256 b = bias ? _mm256_loadu_ps(bias + o) : _mm256_setzero_ps();
+    for (int64_t n = 0; n < N; ++n) _mm256_storeu_ps(y + n * O + o, _mm256_add_ps(sum8(part[n]), b));
   }
 }
 """
@@ -179,7 +226,7 @@ static void groups(const float* W, const std::vector<const float*>& blocks, int6
 # as every other op. Each thread gets one contiguous range of rows, one stream through memory. (Handing out smaller
 # ranges as threads free up made no difference on the test machine.)
 _KERNEL_OP = r"""
-// y = x W^T + b for x [N, I] with N <= 16, W [O, I] and b [O], all fp32, contiguous, on the CPU
+// y = x W^T + b for x [N, I] with N <= kMaxRows, W [O, I] and b [O], all fp32, contiguous, on the CPU
 at::Tensor gemv(const at::Tensor& x_in, const at::Tensor& weight,
                 const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x_in.dim() == 2 && weight.dim() == 2 && x_in.size(1) == weight.size(1),
@@ -189,28 +236,28 @@ at::Tensor gemv(const at::Tensor& x_in, const at::Tensor& weight,
   TORCH_CHECK(x_in.device().is_cpu() && weight.device().is_cpu() && weight.is_contiguous(),
               "gemv: CPU tensors and a contiguous weight expected");
   const int64_t N = x_in.size(0), I = x_in.size(1), O = weight.size(0);
-  TORCH_CHECK(N >= 1 && N <= 16 && I % 8 == 0,
-              "gemv: 1 to 16 rows of x and a multiple of 8 inputs expected");
+  TORCH_CHECK(N >= 1 && N <= kMaxRows && I % 8 == 0,
+              "gemv: 1 to ", kMaxRows, " rows of x and a multiple of 8 inputs expected");
   const float* b = nullptr;
   if (bias) {
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == O,
                 "gemv: a contiguous fp32 bias [O] expected");
     b = bias->const_data_ptr<float>();
   }
-  // Blocks of up to 4 rows of x, each interleaved by chunks of 8 numbers: [n, I] -> [I/8, n, 8]
+  // Blocks of up to 3 rows of x, each interleaved by chunks of 8 numbers: [nb, I] -> [I/8, nb, 8]
   const auto x = x_in.contiguous();
   std::vector<at::Tensor> kept;
-  std::vector<const float*> blocks;
-  for (int64_t n0 = 0; n0 < N; n0 += 4) {
-    const int64_t n = std::min<int64_t>(4, N - n0);
-    kept.push_back(x.narrow(0, n0, n).view({n, I / 8, 8}).transpose(0, 1).contiguous());
-    blocks.push_back(kept.back().const_data_ptr<float>());
+  std::vector<Block> blocks;
+  for (int64_t n0 = 0; n0 < N; n0 += 3) {
+    const int64_t nb = std::min<int64_t>(3, N - n0);
+    kept.push_back(x.narrow(0, n0, nb).view({nb, I / 8, 8}).transpose(0, 1).contiguous());
+    blocks.push_back({static_cast<int>(n0), static_cast<int>(nb), kept.back().const_data_ptr<float>()});
   }
   auto y = at::empty({N, O}, x.options());
   const float* wp = weight.const_data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, (O + 7) / 8, 16, [&](int64_t g0, int64_t g1) {
-    groups(wp, blocks, N, b, yp, O, I, g0, g1);
+    groups(wp, O, I, blocks, N, b, yp, g0, g1);
   });
   return y;
 }
@@ -221,7 +268,7 @@ TORCH_LIBRARY(neox_cpu, m) {
 """
 
 # The whole file, as the compiler sees it, and the name of its build (PyTorch's folder for it and the library file)
-GEMV_SOURCE = _KERNEL_HEADERS + _KERNEL_SUMS + _KERNEL_ROW + _KERNEL_GROUPS + _KERNEL_OP
+GEMV_SOURCE = _KERNEL_HEADERS + _KERNEL_SUMS + _KERNEL_TILE + _KERNEL_GROUPS + _KERNEL_OP
 KERNEL_NAME = "neox_cpu_gemv"
 
 
