@@ -17,7 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from labml_nn.neox import cpu_decoding, cpu_gemv  # noqa: E402
-from labml_nn.neox.cpu_decoding import MAX_BMM_TOKENS, DecodingLinear, prepare_for_cpu_decoding  # noqa: E402
+from labml_nn.neox.cpu_decoding import (HUGE_PAGE, MAX_BMM_TOKENS, DecodingLinear,  # noqa: E402
+                                         prepare_for_cpu_decoding)
 from labml_nn.neox.cpu_gemv import MAX_KERNEL_ROWS, KernelUnavailable, cpu_gemv_kernel  # noqa: E402
 from labml_nn.neox.generation import generate  # noqa: E402
 from labml_nn.neox.model import KVCache  # noqa: E402
@@ -118,6 +119,61 @@ def test_without_halves_or_kernel_weights_are_stored_column_by_column_and_the_ch
         cache = KVCache(6)
         steps = torch.cat([model(ids[:, t:t + 1], cache) for t in range(6)], dim=1)
         assert (steps - expected).abs().max().item() < 1e-5
+
+
+def test_large_weights_go_onto_huge_pages_once_with_the_same_values_and_parameters(monkeypatch):
+    # Whether the system backs the copy with 2 MB pages is its business; the copy is made as if it offered them
+    monkeypatch.setattr(cpu_decoding, "huge_pages_available", lambda: True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.GELU(), nn.Linear(1024, 8))  # a 4 MB weight and a 32 KB one
+    params = list(model.parameters())
+    values = {k: v.clone() for k, v in model.state_dict().items()}
+    small_at = model[2].weight.data_ptr()
+    x = torch.randn(3, 1024)
+    with torch.no_grad():
+        expected = model(x)
+        prepare_for_cpu_decoding(model, halves=True, kernel=False)
+        big = model[0].weight
+        assert big.data_ptr() % HUGE_PAGE == 0 and big.is_contiguous() and model[2].weight.data_ptr() == small_at
+        # The weight's storage is the weight (a state dict saves it, not the whole map)
+        assert big.untyped_storage().nbytes() == big.numel() * big.element_size()
+        assert list(model.parameters()) == params and all(p is q for p, q in zip(model.parameters(), params))
+        assert all(torch.equal(v, values[k]) for k, v in model.state_dict().items())
+        assert (model(x) - expected).abs().max().item() < 1e-5
+        # Once: preparing again copies nothing
+        at = big.data_ptr()
+        prepare_for_cpu_decoding(model, halves=True, kernel=False)
+        assert big.data_ptr() == at
+        # Stored column by column, the transposed layout goes onto huge pages
+        prepare_for_cpu_decoding(model, halves=False, kernel=False)
+        assert big.t().is_contiguous() and big.data_ptr() % HUGE_PAGE == 0 and torch.equal(big, values["0.weight"])
+    # Or not at all, when asked
+    model = nn.Sequential(nn.Linear(1024, 1024))
+    at = model[0].weight.data_ptr()
+    prepare_for_cpu_decoding(model, halves=True, kernel=False, huge_pages=False)
+    assert model[0].weight.data_ptr() == at
+    # Still trainable
+    model = prepare_for_cpu_decoding(nn.Sequential(nn.Linear(1024, 1024)), halves=True, kernel=False)
+    model(x).square().mean().backward()
+    assert model[0].weight.grad is not None
+
+
+def _huge_page_kb(address: int) -> int:
+    # The `AnonHugePages` of the memory map holding `address`, from /proc/self/smaps
+    found = False
+    for line in open("/proc/self/smaps"):
+        if "-" in line.split()[0] and ":" not in line.split()[0]:
+            start, end = (int(a, 16) for a in line.split()[0].split("-"))
+            found = start <= address < end
+        elif found and line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.skipif(not cpu_decoding.huge_pages_available(), reason="this system offers no transparent huge pages")
+def test_on_a_system_that_offers_them_the_copy_is_backed_by_huge_pages():
+    t = cpu_decoding.on_huge_pages(torch.randn(1024, 1024))
+    assert t.data_ptr() % HUGE_PAGE == 0 and _huge_page_kb(t.data_ptr()) >= 2048
 
 
 def test_half_precision_weights_are_left_alone():

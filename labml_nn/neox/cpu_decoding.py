@@ -92,13 +92,17 @@ its whole weight.
 
 ## Memory
 
-The kernel and the halves copy nothing: a prepared model holds exactly the memory it held before. Storing a weight
-column by column (one thread without the kernel, or `halves=False, kernel=False`) makes a copy of it; we re-lay
-one weight at a time and drop the old storage before the next, so the extra memory is the largest single weight
-(the readout, 154 MB in Pythia-160M fp32, 0.8 GB in the 20B model), not a second copy of the model.
+A prepared model holds the memory it held before. The kernel and the halves read the weights as they are; what
+is copied is copied one weight at a time, dropping the old storage (or, for a weight memory-mapped from a
+checkpoint, unmapping it) before the next: each large weight onto huge pages (below), and each weight stored
+column by column (one thread without the kernel, or `halves=False, kernel=False`). So the extra memory while
+preparing is the largest single weight (the readout, 154 MB in Pythia-160M fp32, 0.8 GB in the 20B model), not a
+second copy of the model.
 """
 
+import mmap
 import sys
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -113,11 +117,38 @@ from labml_nn.neox.cpu_gemv import MAX_KERNEL_ROWS, KernelUnavailable
 MAX_BMM_TOKENS = 16
 
 
-def column_major(weight: torch.Tensor) -> torch.Tensor:
+# ### Huge pages
+#
+# A product reads its weight from memory in order, and the processor translates every address it reads through its
+# page tables. With the usual 4 KB pages, a 504 MB step crosses 123,000 pages, and the hardware prefetcher, which
+# does not follow a stream across a page boundary, starts again at each. Linux's *transparent huge pages* map 2 MB
+# at once; where the system offers them (`/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`),
+# we copy each large weight into memory that asks for them (`madvise(MADV_HUGEPAGE)`). On the test machine,
+# alternating rounds in one process, the products read 5-15% faster from huge pages (batch 1: 27-29 against 24-27
+# GB/s; batch 8: 22-23 against 18-22; a plain `sum()`: 30-32 against 26-30).
+HUGE_PAGE = 2 ** 21
+
+
+def huge_pages_available() -> bool:
+    """Whether this system backs memory with transparent huge pages on request (Linux, not turned off)."""
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+    return hasattr(mmap, "MADV_HUGEPAGE") and "[never]" not in mode
+
+
+def on_huge_pages(t: torch.Tensor) -> torch.Tensor:
     r"""
-    The same `[out, in]` values stored column by column: `W.t()` is contiguous.
+    A contiguous copy of the CPU tensor `t` in memory that asks for huge pages: a private anonymous memory map of
+    its size plus 2 MB, advised `MADV_HUGEPAGE`, of which the tensor takes the part that starts on a 2 MB boundary. The
+    tensor holds the map (`torch.frombuffer` keeps a reference to it); the map is freed with the tensor's storage.
     """
-    return weight.t().contiguous().t()
+    n_bytes = t.numel() * t.element_size()
+    memory = mmap.mmap(-1, n_bytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE)  # (shared memory has its own setting)
+    memory.madvise(mmap.MADV_HUGEPAGE)
+    start = -torch.frombuffer(memory, dtype=torch.uint8).data_ptr() % HUGE_PAGE
+    return torch.frombuffer(memory, dtype=t.dtype, count=t.numel(), offset=start).view(t.shape).copy_(t)
 
 
 # By default the kernel is used (and built, about 10 s, once per machine) only for a model whose fp32 weights that
@@ -163,17 +194,20 @@ class DecodingLinear(nn.Linear):
         w = self.weight.view(2, n_out // 2, n_in).transpose(1, 2)
         return w, None if self.bias is None else self.bias.view(2, 1, n_out // 2)
 
+    # (Each `self.weight` goes through `nn.Module.__getattr__`, about a microsecond on the test machine, and a
+    # decoding step calls 49 of these layers: the parameters are looked up once.)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n_out, n_in = self.weight.shape
+        weight, bias = self.weight, self.bias
+        n_out, n_in = weight.shape
         rows = x.numel() // n_in
-        if x.dtype != self.weight.dtype:
-            return F.linear(x, self.weight, self.bias)
+        if x.dtype != weight.dtype:
+            return F.linear(x, weight, bias)
         # The kernel has no backward pass: it only runs without gradients (generation, evaluation)
         if (self._gemv is not None and 0 < rows <= MAX_KERNEL_ROWS and n_in % 8 == 0 and not torch.is_grad_enabled()
-                and self.weight.is_contiguous() and (self.bias is None or self.bias.is_contiguous())):
-            return self._gemv(x.reshape(rows, n_in), self.weight, self.bias).view(*x.shape[:-1], n_out)
+                and weight.is_contiguous() and (bias is None or bias.is_contiguous())):
+            return self._gemv(x.reshape(rows, n_in), weight, bias).view(*x.shape[:-1], n_out)
         if not self._use_halves or rows > MAX_BMM_TOKENS:
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x, weight, bias)
         w_halves, b_halves = self._halves()
         # `[..., in]` $\rightarrow$ `[2, N, in]`, the same rows for both halves (a view)
         x_rows = x.reshape(1, rows, n_in).expand(2, rows, n_in)
@@ -205,8 +239,8 @@ def _as_class(linear: nn.Linear, cls: type) -> nn.Linear:
 # Outside inference mode even when called inside it, so that re-laid weights stay usable for training
 @torch.inference_mode(False)
 @torch.no_grad()
-def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None,
-                             kernel: Optional[bool] = None) -> nn.Module:
+def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None, kernel: Optional[bool] = None,
+                             huge_pages: bool = True) -> nn.Module:
     r"""
     ## The step
 
@@ -226,6 +260,10 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None,
     of the weight at once; by default when PyTorch uses more than one thread. Layers with an odd number of rows
     never use the halves.
 
+    `huge_pages`: copy each weight of 2 MB or more onto huge pages, where the system offers them
+    (`huge_pages_available()`), one weight at a time. `False` leaves the weights where they are (except for the
+    column-major copies).
+
     Other layers (half precision, GPU, LLM.int8, quantized) are left as they are. Calling it twice with the same
     choices does nothing more; calling it with other choices changes every layer to them.
 
@@ -244,16 +282,22 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None,
         if gemv is None:
             print(f"prepare_for_cpu_decoding: decoding without the CPU matrix-vector kernel, since {reason}",
                   file=sys.stderr)
+    huge_pages = huge_pages and huge_pages_available()
     for parent, name, layer in layers:
         weight = layer.weight
         use_halves = halves and weight.shape[0] % 2 == 0
         row_major = use_halves or gemv is not None
+        # The layout the products read, `[out, in]` or `[in, out]`, which must be contiguous, and, for a large
+        # weight, on huge pages (once: a weight already copied there is left alone)
+        layout = weight.data if row_major else weight.data.t()
+        to_huge_pages = (huge_pages and layout.numel() * layout.element_size() >= HUGE_PAGE
+                         and getattr(layer, "_huge_pages_at", None) != (weight.data_ptr(), row_major))
+        copy = on_huge_pages(layout) if to_huge_pages else None if layout.is_contiguous() else layout.contiguous()
         # Assigning `.data` keeps the `Parameter` object; the old storage is freed (or, for a weight
         # memory-mapped from a checkpoint, unmapped) before the next weight is copied
-        if row_major and not weight.is_contiguous():
-            weight.data = weight.data.contiguous()
-        if not row_major and not weight.t().is_contiguous():
-            weight.data = column_major(weight.data)
+        if copy is not None:
+            weight.data = copy if row_major else copy.t()
+            layer._huge_pages_at = (weight.data_ptr(), row_major) if to_huge_pages else None
         layer = _as_class(layer, DecodingLinear if row_major else nn.Linear)
         if row_major:
             layer._gemv, layer._use_halves = gemv, use_halves

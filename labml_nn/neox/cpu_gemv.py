@@ -250,6 +250,10 @@ at::Tensor gemv(const at::Tensor& x_in, const at::Tensor& weight,
   std::vector<Block> blocks;
   for (int64_t n0 = 0; n0 < N; n0 += 3) {
     const int64_t nb = std::min<int64_t>(3, N - n0);
+    if (nb == 1) {  // a single row is its own interleaving
+      blocks.push_back({static_cast<int>(n0), 1, x.const_data_ptr<float>() + n0 * I});
+      continue;
+    }
     kept.push_back(x.narrow(0, n0, nb).view({nb, I / 8, 8}).transpose(0, 1).contiguous());
     blocks.push_back({static_cast<int>(n0), static_cast<int>(nb), kept.back().const_data_ptr<float>()});
   }
