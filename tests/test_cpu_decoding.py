@@ -121,25 +121,28 @@ def test_without_halves_or_kernel_weights_are_stored_column_by_column_and_the_ch
         assert (steps - expected).abs().max().item() < 1e-5
 
 
-def test_large_weights_go_onto_huge_pages_once_with_the_same_values_and_parameters(monkeypatch):
+def test_weights_go_onto_huge_pages_once_with_the_same_values_and_parameters(monkeypatch, tmp_path):
     # Whether the system backs the copy with 2 MB pages is its business; the copy is made as if it offered them
     monkeypatch.setattr(cpu_decoding, "huge_pages_available", lambda: True)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(1024, 1024), nn.GELU(), nn.Linear(1024, 8))  # a 4 MB weight and a 32 KB one
     params = list(model.parameters())
     values = {k: v.clone() for k, v in model.state_dict().items()}
-    small_at = model[2].weight.data_ptr()
     x = torch.randn(3, 1024)
     with torch.no_grad():
         expected = model(x)
         prepare_for_cpu_decoding(model, halves=True, kernel=False)
-        big = model[0].weight
-        assert big.data_ptr() % HUGE_PAGE == 0 and big.is_contiguous() and model[2].weight.data_ptr() == small_at
-        # The weight's storage is the weight (a state dict saves it, not the whole map)
-        assert big.untyped_storage().nbytes() == big.numel() * big.element_size()
-        assert list(model.parameters()) == params and all(p is q for p, q in zip(model.parameters(), params))
+        big, small = model[0].weight, model[2].weight
+        # One map, from a 2 MB boundary, cut into one storage per weight, each exactly the weight
+        assert big.data_ptr() % HUGE_PAGE == 0 and small.data_ptr() == big.data_ptr() + big.numel() * 4
+        assert [w.untyped_storage().nbytes() for w in (big, small)] == [w.numel() * 4 for w in (big, small)]
+        assert all(p is q for p, q in zip(model.parameters(), params)) and len(list(model.parameters())) == 4
         assert all(torch.equal(v, values[k]) for k, v in model.state_dict().items())
         assert (model(x) - expected).abs().max().item() < 1e-5
+        # So a state dict saves as it did before (safetensors refuses tensors that share memory)
+        from safetensors.torch import load_file, save_file
+        save_file(model.state_dict(), tmp_path / "model.safetensors")
+        assert all(torch.equal(v, values[k]) for k, v in load_file(tmp_path / "model.safetensors").items())
         # Once: preparing again copies nothing
         at = big.data_ptr()
         prepare_for_cpu_decoding(model, halves=True, kernel=False)
@@ -147,11 +150,12 @@ def test_large_weights_go_onto_huge_pages_once_with_the_same_values_and_paramete
         # Stored column by column, the transposed layout goes onto huge pages
         prepare_for_cpu_decoding(model, halves=False, kernel=False)
         assert big.t().is_contiguous() and big.data_ptr() % HUGE_PAGE == 0 and torch.equal(big, values["0.weight"])
-    # Or not at all, when asked
-    model = nn.Sequential(nn.Linear(1024, 1024))
-    at = model[0].weight.data_ptr()
-    prepare_for_cpu_decoding(model, halves=True, kernel=False, huge_pages=False)
-    assert model[0].weight.data_ptr() == at
+    # Or not at all, when asked, or when the weights do not fill a huge page
+    for model, huge_pages in ((nn.Sequential(nn.Linear(1024, 1024)), False),
+                              (nn.Sequential(nn.Linear(512, 512)), True)):
+        at = model[0].weight.data_ptr()
+        prepare_for_cpu_decoding(model, halves=True, kernel=False, huge_pages=huge_pages)
+        assert model[0].weight.data_ptr() == at
     # Still trainable
     model = prepare_for_cpu_decoding(nn.Sequential(nn.Linear(1024, 1024)), halves=True, kernel=False)
     model(x).square().mean().backward()

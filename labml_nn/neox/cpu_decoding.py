@@ -123,9 +123,15 @@ MAX_BMM_TOKENS = 16
 # page tables. With the usual 4 KB pages, a 504 MB step crosses 123,000 pages, and the hardware prefetcher, which
 # does not follow a stream across a page boundary, starts again at each. Linux's *transparent huge pages* map 2 MB
 # at once; where the system offers them (`/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`),
-# we copy each large weight into memory that asks for them (`madvise(MADV_HUGEPAGE)`). On the test machine,
-# alternating rounds in one process, the products read 5-15% faster from huge pages (batch 1: 27-29 against 24-27
-# GB/s; batch 8: 22-23 against 18-22; a plain `sum()`: 30-32 against 26-30).
+# we copy the weights into memory that asks for them (`madvise(MADV_HUGEPAGE)`). On the test machine, reading 491
+# MB in one process, alternating: a plain `sum()` 54 against 39 GB/s with two threads and 29 against 21 with one,
+# and our kernel at batch 1 50 against 34 and 28 against 20 (best of 7; the machine's speed also varies by
+# 10-30% from hour to hour).
+#
+# A 2 MB page can only back a whole 2 MB-aligned range of one memory map. So all the weights go into one map, cut
+# into one tensor per weight (`torch.frombuffer` at successive offsets: each weight has a storage of its own, as
+# before, which `torch.save` and safetensors save as they would any other), rather than a map per weight, whose
+# ends would stay on small pages.
 HUGE_PAGE = 2 ** 21
 
 
@@ -138,17 +144,33 @@ def huge_pages_available() -> bool:
     return hasattr(mmap, "MADV_HUGEPAGE") and "[never]" not in mode
 
 
-def on_huge_pages(t: torch.Tensor) -> torch.Tensor:
+class HugePages:
     r"""
-    A contiguous copy of the CPU tensor `t` in memory that asks for huge pages: a private anonymous memory map of
-    its size plus 2 MB, advised `MADV_HUGEPAGE`, of which the tensor takes the part that starts on a 2 MB boundary. The
-    tensor holds the map (`torch.frombuffer` keeps a reference to it); the map is freed with the tensor's storage.
+    `n_bytes` of memory that asks for huge pages, from which `copy(t)` cuts contiguous copies of tensors, in turn:
+    a private anonymous memory map (shared memory has a setting of its own) advised `MADV_HUGEPAGE`, used from its
+    first 2 MB boundary. Memory is only taken as the copies are written, and the map is freed with the last tensor
+    cut from it (`torch.frombuffer` keeps a reference to it).
     """
-    n_bytes = t.numel() * t.element_size()
-    memory = mmap.mmap(-1, n_bytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE)  # (shared memory has its own setting)
-    memory.madvise(mmap.MADV_HUGEPAGE)
-    start = -torch.frombuffer(memory, dtype=torch.uint8).data_ptr() % HUGE_PAGE
-    return torch.frombuffer(memory, dtype=t.dtype, count=t.numel(), offset=start).view(t.shape).copy_(t)
+
+    def __init__(self, n_bytes: int):
+        self.memory = mmap.mmap(-1, n_bytes + 2 * HUGE_PAGE, flags=mmap.MAP_PRIVATE)
+        self.memory.madvise(mmap.MADV_HUGEPAGE)
+        self.offset = -torch.frombuffer(self.memory, dtype=torch.uint8).data_ptr() % HUGE_PAGE
+
+    def copy(self, t: torch.Tensor) -> torch.Tensor:
+        out = torch.frombuffer(self.memory, dtype=t.dtype, count=t.numel(), offset=self.offset)
+        self.offset += self.size_of(t)
+        return out.view(t.shape).copy_(t)
+
+    # The bytes a copy of `t` takes here: its own, up to the next cache line, where the next copy starts
+    @staticmethod
+    def size_of(t: torch.Tensor) -> int:
+        return -(-t.numel() * t.element_size() // 64) * 64
+
+
+def on_huge_pages(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of `t` on huge pages."""
+    return HugePages(t.numel() * t.element_size()).copy(t)
 
 
 # By default the kernel is used (and built, about 10 s, once per machine) only for a model whose fp32 weights that
@@ -260,9 +282,9 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None, ke
     of the weight at once; by default when PyTorch uses more than one thread. Layers with an odd number of rows
     never use the halves.
 
-    `huge_pages`: copy each weight of 2 MB or more onto huge pages, where the system offers them
-    (`huge_pages_available()`), one weight at a time. `False` leaves the weights where they are (except for the
-    column-major copies).
+    `huge_pages`: copy the weights onto huge pages, one weight at a time, where the system offers them
+    (`huge_pages_available()`) and they take at least one (2 MB). `False` leaves the weights where they are (except
+    for the column-major copies).
 
     Other layers (half precision, GPU, LLM.int8, quantized) are left as they are. Calling it twice with the same
     choices does nothing more; calling it with other choices changes every layer to them.
@@ -282,22 +304,27 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None, ke
         if gemv is None:
             print(f"prepare_for_cpu_decoding: decoding without the CPU matrix-vector kernel, since {reason}",
                   file=sys.stderr)
-    huge_pages = huge_pages and huge_pages_available()
+    # Each weight in the layout its products read, `[out, in]` (kernel, halves) or `[in, out]` (column by column),
+    # and whether it goes onto huge pages (unless it is there already, in that layout)
+    plans = []
     for parent, name, layer in layers:
-        weight = layer.weight
-        use_halves = halves and weight.shape[0] % 2 == 0
+        use_halves = halves and layer.weight.shape[0] % 2 == 0
         row_major = use_halves or gemv is not None
-        # The layout the products read, `[out, in]` or `[in, out]`, which must be contiguous, and, for a large
-        # weight, on huge pages (once: a weight already copied there is left alone)
+        move = huge_pages and getattr(layer, "_huge_pages_at", None) != (layer.weight.data_ptr(), row_major)
+        plans.append((parent, name, layer, use_halves, row_major, move))
+    # One map for all the weights that move, if they fill at least one huge page
+    n_moving = sum(HugePages.size_of(layer.weight) for _, _, layer, _, _, move in plans if move)
+    pages = HugePages(n_moving) if n_moving >= HUGE_PAGE and huge_pages_available() else None
+    for parent, name, layer, use_halves, row_major, move in plans:
+        weight = layer.weight
         layout = weight.data if row_major else weight.data.t()
-        to_huge_pages = (huge_pages and layout.numel() * layout.element_size() >= HUGE_PAGE
-                         and getattr(layer, "_huge_pages_at", None) != (weight.data_ptr(), row_major))
-        copy = on_huge_pages(layout) if to_huge_pages else None if layout.is_contiguous() else layout.contiguous()
+        move = move and pages is not None
+        copy = pages.copy(layout) if move else None if layout.is_contiguous() else layout.contiguous()
         # Assigning `.data` keeps the `Parameter` object; the old storage is freed (or, for a weight
         # memory-mapped from a checkpoint, unmapped) before the next weight is copied
         if copy is not None:
             weight.data = copy if row_major else copy.t()
-            layer._huge_pages_at = (weight.data_ptr(), row_major) if to_huge_pages else None
+            layer._huge_pages_at = (weight.data_ptr(), row_major) if move else None
         layer = _as_class(layer, DecodingLinear if row_major else nn.Linear)
         if row_major:
             layer._gemv, layer._use_halves = gemv, use_halves

@@ -102,10 +102,10 @@ static inline float sum1(__m256 v) {
 #
 # **Prefetching.** Reading four rows at once is four streams through memory, and the processor's own prefetcher
 # follows them badly: on the test machine, at batch 1 with two threads, these tiles read 24 GB/s from memory where
-# one row at a time reads 36, and at batch 4 they gained little over the first version. So the tile asks for the memory it will need next itself: while it works on these rows it prefetches a slice of
-# the rows eight ahead into the second-level cache (`_MM_HINT_T1`), one stream, in order, spread evenly over its
-# steps so that memory stays busy all the time rather than in bursts. By the time the tile gets there, its rows are
-# in the cache.
+# one row at a time reads 36, and at batch 4 they gained little over the first version. So the tile asks for the
+# memory it will need next itself: while it works on these rows it prefetches a slice of the rows eight ahead into
+# the second-level cache (`_MM_HINT_T1`), one stream, in order, spread evenly over its steps so that memory stays
+# busy all the time rather than in bursts. By the time the tile gets there, its rows are in the cache.
 _KERNEL_TILE = r"""
 // R <= 4 rows `w` of W (a row every I numbers) times NB <= 3 rows of x, interleaved [I/8, NB, 8]:
 // out[n0 + n][r0 + r] gets 8 partial sums of the product of row n and row r. Meanwhile the `lines` cache
@@ -175,12 +175,12 @@ static inline void tile_for(int NB, const float* w, int64_t I, const float* x, _
 # so that `sum8` turns each row of $x$'s eight results into one vector store. Each half of a group, four rows, is a
 # tile for every block of $x$ in turn: the first block reads the four rows from memory (or rather from the cache,
 # where the prefetches put them), the others read them again from the cache (four rows are 12 KB for $I = 768$, 48
-# KB for $I = 3072$), so the weight still leaves memory once per product. Each block prefetches its share of the next rows, so that the prefetches are spread over
-# all the blocks' work (prefetching the whole next tile during the first block was slower: memory was busy in
-# bursts). With a single row of $x$ there is nothing to share a load of $x$ with, so the group's rows go one at a
-# time instead, a single stream that the processor's prefetcher follows by itself (with one thread, 20 against 18
-# GB/s for the tiles). The last rows of a weight whose rows are not a multiple of 8 go one at a time too, summed
-# with `sum1`, without prefetching.
+# KB for $I = 3072$), so the weight still leaves memory once per product. Each block prefetches its share of the
+# next rows, so that the prefetches are spread over all the blocks' work (prefetching the whole next tile during the
+# first block was slower: memory was busy in bursts). With a single row of $x$ there is nothing to share a load of
+# $x$ with, so the group's rows go one at a time instead, a single stream that the processor's prefetcher follows by
+# itself (with one thread, 20 against 18 GB/s for the tiles). The last rows of a weight whose rows are not a
+# multiple of 8 go one at a time too, summed with `sum1`, without prefetching.
 _KERNEL_GROUPS = r"""
 struct Block { int n0, nb; const float* x; };  // rows n0 .. n0 + nb - 1 of x, interleaved
 
@@ -222,9 +222,9 @@ static void groups(const float* W, int64_t O, int64_t I, const std::vector<Block
 
 # **The op.** `gemv(x, weight, bias)` checks its inputs (a wrong call is an error that starts with `gemv:`, not a
 # crash), interleaves $x$ block by block, and shares the groups of rows among the threads with `at::parallel_for`:
-# PyTorch's own OpenMP pool, so the kernel uses the cores `torch.set_num_threads` gives it and waits in the same pool
-# as every other op. Each thread gets one contiguous range of rows, one stream through memory. (Handing out smaller
-# ranges as threads free up made no difference on the test machine.)
+# PyTorch's own OpenMP pool, so the kernel uses the cores `torch.set_num_threads` gives it and waits in the same
+# pool as every other op. Each thread gets one contiguous range of rows, one stream through memory. (Handing out
+# smaller ranges as threads free up made no difference on the test machine.)
 _KERNEL_OP = r"""
 // y = x W^T + b for x [N, I] with N <= kMaxRows, W [O, I] and b [O], all fp32, contiguous, on the CPU
 at::Tensor gemv(const at::Tensor& x_in, const at::Tensor& weight,
