@@ -17,11 +17,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from labml_nn.neox import cpu_decoding, cpu_gemv  # noqa: E402
-from labml_nn.neox.cpu_decoding import (HUGE_PAGE, MAX_BMM_TOKENS, DecodingLinear,  # noqa: E402
+from labml_nn.neox.cpu_decoding import (HUGE_PAGE, MAX_BMM_TOKENS, DecodingAttention, DecodingLinear,  # noqa: E402
                                          prepare_for_cpu_decoding)
 from labml_nn.neox.cpu_gemv import MAX_KERNEL_ROWS, KernelUnavailable, cpu_gemv_kernel  # noqa: E402
-from labml_nn.neox.generation import generate  # noqa: E402
-from labml_nn.neox.model import KVCache  # noqa: E402
+from labml_nn.neox.generation import generate, left_pad  # noqa: E402
+from labml_nn.neox.model import Attention, KVCache  # noqa: E402
 from helpers import TOLERANCE, make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
 
 
@@ -281,3 +281,72 @@ def test_without_the_kernel_preparing_says_why_or_raises_when_asked_for_it(monke
     prepare_for_cpu_decoding(model, halves=True)
     assert "without the CPU matrix-vector kernel, since there is no C++ compiler" in capsys.readouterr().err
     assert torch.equal(generate(model, ids, 4, eos_token_id=None), expected)
+
+
+# ## The attention of one new token
+
+@pytest.mark.parametrize("batch,heads,keys,d_head", [(1, 12, 1, 64), (1, 12, 7, 64), (3, 4, 9, 8), (8, 12, 192, 64),
+                                                     (2, 3, 33, 96), (2, 2, 17, 256)])
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_attention_equals_the_float64_attention(batch, heads, keys, d_head, padded):
+    kernel_or_skip()
+    attention = cpu_gemv.decode_attention_kernel()
+    torch.manual_seed(batch * 100 + keys)
+    # Keys and values as the cache holds them, views of longer buffers; the query a strided view, as in the model
+    k, v = (torch.randn(batch, heads, keys + 5, d_head)[:, :, :keys] for _ in range(2))
+    q = (3 * torch.randn(batch, 1, heads, 3, d_head))[:, :, :, 0].transpose(1, 2)
+    first = torch.randint(0, keys, (batch,)) if padded else None
+    mask = None if first is None else (torch.arange(keys)[None, :] >= first[:, None])[:, None, None, :]
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
+    assert (attention(q, k, v, first).double() - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("q,k,first", [
+    (torch.randn(1, 2, 2, 8), torch.randn(1, 2, 5, 8), None),       # two queries
+    (torch.randn(1, 2, 1, 12), torch.randn(1, 2, 5, 12), None),     # D not a multiple of 8
+    (torch.randn(1, 2, 1, 8).half(), torch.randn(1, 2, 5, 8).half(), None),
+    (torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8), torch.tensor([5])),  # no key left
+    (torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8), torch.tensor([0, 0])),
+    (torch.randn(1, 2, 1, 8), torch.randn(1, 2, 8, 5).transpose(2, 3), None),  # rows of D not contiguous
+])
+def test_decode_attention_refuses_what_it_cannot_compute(q, k, first):
+    kernel_or_skip()
+    with pytest.raises(RuntimeError, match="decode_attention:"):
+        cpu_gemv.decode_attention_kernel()(q, k, k.clone() if k.is_contiguous() else k, first)
+
+
+def test_prepared_attention_uses_the_kernel_for_one_new_token_without_gradients_only():
+    kernel_or_skip()
+    model = prepare_for_cpu_decoding(our_model_from_hf(make_tiny_hf_model(seed=28)), kernel=True)
+    attention = model[1].attention
+    assert isinstance(attention, DecodingAttention)
+    calls = []
+    attention._attention = lambda q, *args, real=attention._attention: calls.append(q.shape[2]) or real(q, *args)
+    ids = random_ids(96, batch=2, length=6)
+    with torch.no_grad():
+        cache = KVCache(8)
+        model(ids, cache)                  # the prompt: PyTorch's attention
+        model(ids[:, :1], cache)           # one new token: the kernel
+    assert calls == [1]
+    model(ids[:, :1], KVCache(2)).sum().backward()  # with gradients: PyTorch's attention
+    assert calls == [1]
+    # Without the kernel, the plain module again
+    prepare_for_cpu_decoding(model, kernel=False)
+    assert type(model[1].attention) is Attention and "_attention" not in vars(model[1].attention)
+
+
+@pytest.mark.parametrize("parallel_residual", [True, False])
+def test_prepared_model_decodes_uneven_prompts_as_the_plain_model(parallel_residual):
+    kernel_or_skip()
+    plain = our_model_from_hf(make_tiny_hf_model(seed=29, use_parallel_residual=parallel_residual))
+    prepared = prepare_for_cpu_decoding(copy.deepcopy(plain), kernel=True)
+    ids, padding = left_pad([[5, 6, 7], list(range(10, 21)), [30, 31, 32, 33, 34, 35, 36]], pad_id=1)
+    steps = {}
+    with torch.no_grad():
+        for name, model in (("plain", plain), ("prepared", prepared)):
+            cache = KVCache(ids.shape[1] + 4, padding=padding)
+            model(ids, cache)
+            steps[name] = torch.cat([model(torch.full((3, 1), t), cache) for t in (40, 41, 42, 43)], dim=1)
+    assert (steps["prepared"] - steps["plain"]).abs().max().item() < 1e-5
+    assert torch.equal(generate(prepared, ids, 12, eos_token_id=None, padding=padding),
+                       generate(plain, ids, 12, eos_token_id=None, padding=padding))

@@ -111,6 +111,7 @@ from torch import nn
 
 from labml_nn.neox import cpu_gemv
 from labml_nn.neox.cpu_gemv import MAX_KERNEL_ROWS, KernelUnavailable
+from labml_nn.neox.model import Attention
 
 # Above this many rows (tokens times batch) a product is a matrix-matrix product that MKL's GEMM already spreads
 # over every core; the halves only help the memory-bound products of decoding.
@@ -238,6 +239,29 @@ class DecodingLinear(nn.Linear):
         return y.transpose(0, 1).reshape(*x.shape[:-1], n_out)
 
 
+class DecodingAttention(Attention):
+    r"""
+    ## Attention for decoding
+
+    An `Attention` (the same modules, parameters and state dict) whose `attend` sends one new token per row, in
+    fp32 on the CPU and without gradients, through the kernel's `decode_attention` (`cpu_gemv.py`), which reads
+    the cache at memory speed; everything else (the prompt, training, half precision) goes to
+    `scaled_dot_product_attention` as before. With one query, the mask is only each row's left padding: the row
+    attends to the keys from its first real token on.
+    """
+
+    # Set by `prepare_for_cpu_decoding`: the kernel's `decode_attention`
+    _attention = None
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int,
+               padding: Optional[torch.Tensor] = None) -> torch.Tensor:
+        d_head = q.shape[-1]
+        if (self._attention is not None and q.shape[2] == 1 and q.dtype == torch.float32 and q.device.type == "cpu"
+                and d_head % 8 == 0 and d_head <= 256 and not torch.is_grad_enabled()):
+            return self._attention(q, k, v, None if padding is None else padding.long())
+        return super().attend(q, k, v, offset, padding)
+
+
 # Only fp32 weights on a CPU with more than one row and column (a `[1, n]` weight is a dot product, whatever its
 # layout)
 def _fits(layer: nn.Module) -> bool:
@@ -246,13 +270,14 @@ def _fits(layer: nn.Module) -> bool:
             and weight.dtype == torch.float32 and weight.dim() == 2 and min(weight.shape) > 1)
 
 
-def _as_class(linear: nn.Linear, cls: type) -> nn.Linear:
-    # The same layer as an `nn.Linear` or a `DecodingLinear`, holding the very same `Parameter` objects (an
-    # optimizer or a caller holding them still sees the model's parameters), built without allocating weights
+def _as_class(linear: nn.Module, cls: type) -> nn.Module:
+    # The same layer as an `nn.Linear` or a `DecodingLinear` (or an `Attention` or a `DecodingAttention`), holding
+    # the very same `Parameter` objects and submodules (an optimizer or a caller holding them still sees the model's
+    # parameters), built without allocating weights
     if type(linear) is cls:
         return linear
     layer = cls.__new__(cls)
-    kept = ("_kept", "_halves", "_gemv", "_use_halves")
+    kept = ("_kept", "_halves", "_gemv", "_use_halves", "_attention")
     layer.__dict__.update({k: v for k, v in linear.__dict__.items() if not k.startswith(kept)})
     layer._parameters = dict(linear._parameters)
     return layer
@@ -329,4 +354,14 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None, ke
         if row_major:
             layer._gemv, layer._use_halves = gemv, use_halves
         setattr(parent, name, layer)
+    # Attention decodes with the kernel's `decode_attention` where the kernel is used and the layer is fp32 on the
+    # CPU (its `query_key_value` was prepared above)
+    for parent in list(model.modules()):
+        for name, layer in list(parent.named_children()):
+            if isinstance(layer, Attention):
+                use = gemv is not None and _fits(layer.query_key_value)
+                layer = _as_class(layer, DecodingAttention if use else Attention)
+                if use:
+                    layer._attention = torch.ops.neox_cpu.decode_attention
+                setattr(parent, name, layer)
     return model

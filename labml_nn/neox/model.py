@@ -278,14 +278,20 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
 
-        # PyTorch's `scaled_dot_product_attention` computes the formula above in one fused kernel; the fused
-        # kernels accumulate $QK^\top$ and the softmax in fp32 even for fp16 inputs, which keeps the 20B model's
-        # attention accurate in half precision. The scale is $1/\sqrt{D}$, its default.
-        out = F.scaled_dot_product_attention(q, k, v, **self._mask(offset, n_tokens, x.device, padding))
+        out = self.attend(q, k, v, offset, padding)
 
         # `[B, H, T, D]` $\rightarrow$ `[B, T, H, D]` $\rightarrow$ `[B, T, C]`
         out = out.transpose(1, 2).reshape(batch_size, n_tokens, -1)
         return self.dense(out)
+
+    # The formula above, for `T` queries in slots `offset ..` and the keys and values before and with them, all
+    # `[B, H, ., D]`. PyTorch's `scaled_dot_product_attention` computes it in one fused kernel; the fused kernels
+    # accumulate $QK^\top$ and the softmax in fp32 even for fp16 inputs, which keeps the 20B model's attention
+    # accurate in half precision. The scale is $1/\sqrt{D}$, its default. (`cpu_decoding.py` replaces this
+    # method, for decoding on a CPU.)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int,
+               padding: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, **self._mask(offset, q.shape[2], q.device, padding))
 
     @staticmethod
     def _mask(offset: int, n_tokens: int, device: torch.device, padding: Optional[torch.Tensor] = None) -> dict:
