@@ -9,9 +9,11 @@ decoding on a CPU fast:
 model = prepare_for_cpu_decoding(model)
 ```
 
-It changes **how** the fp32 weights are multiplied, never **what** is computed: the same parameter names, the same
-shapes `[out, in]`, the same values (the state dict holds the same numbers, so a prepared model can still be saved,
-fine-tuned or evaluated), and greedy tokens identical to the unprepared model's. `generate` never does this by
+It changes **how** the fp32 weights are multiplied and where they sit in memory, never **what** is computed: the
+same parameter names, the same shapes `[out, in]`, the same values (the state dict holds the same numbers, so a
+prepared model can still be saved, fine-tuned or evaluated), and greedy tokens identical to the unprepared model's.
+Three things change: the linear layers multiply through our kernel (`cpu_gemv.py`), attention for one new token
+reads the cache through it too (`DecodingAttention`), and the weights move onto huge pages (below). `generate` never does this by
 itself: a function that silently changes how its caller's model runs is a side effect the caller cannot see.
 `samples/generate.py` calls it when it runs on a CPU.
 
@@ -294,8 +296,10 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None, ke
     Prepare `model` (a `NeoXModel`, or any module) for decoding on a CPU, in place, and return it. Each fp32
     `nn.Linear` on the CPU either
 
-    * becomes a `DecodingLinear`, its weight left where it is, when the kernel is used or with `halves`; or
-    * gets its weight stored column by column (neither: one thread, no kernel).
+    * becomes a `DecodingLinear`, its weight row by row as loaded, when the kernel is used or with `halves`; or
+    * gets its weight stored column by column (neither: one thread, no kernel);
+
+    and, where the kernel is used, each fp32 `Attention` on the CPU becomes a `DecodingAttention`.
 
     `kernel`: use the matrix-vector kernel of `cpu_gemv.py` for products of up to `MAX_KERNEL_ROWS` rows. By
     default it is used when the weights it would multiply take at least `BUILD_KERNEL_BYTES` and it can be built

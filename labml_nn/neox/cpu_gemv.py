@@ -1,12 +1,16 @@
 r"""
-# A matrix-vector product for decoding on a CPU
+# Matrix-vector products for decoding on a CPU
 
 `prepare_for_cpu_decoding` (`cpu_decoding.py`, which says why MKL's products are slow here) sends the products
-of decoding, up to `MAX_KERNEL_ROWS` rows of input, through this small C++ kernel of ours. It can be used alone:
+of decoding through this small C++ kernel of ours: those of the linear layers, up to `MAX_KERNEL_ROWS` rows of
+input, and those of attention for one new token (its query times the cached keys, its softmax times the cached
+values). Both can be used alone:
 
 ```python
 gemv = cpu_gemv_kernel()
 y = gemv(x, weight, bias)    # x [N, I], weight [O, I], bias [O] or None -> [N, O], all fp32
+attention = decode_attention_kernel()
+out = attention(q, k, v, first)  # q [B, H, 1, D], k and v [B, H, S, D], first [B] or None -> [B, H, 1, D]
 ```
 
 It is compiled on the user's machine the first time it is needed (about 10 s; PyTorch keeps the build in
