@@ -157,7 +157,10 @@ class HugePages:
 
     def __init__(self, n_bytes: int):
         self.memory = mmap.mmap(-1, n_bytes + 2 * HUGE_PAGE, flags=mmap.MAP_PRIVATE)
-        self.memory.madvise(mmap.MADV_HUGEPAGE)
+        try:
+            self.memory.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel that refuses the advice gives small pages: the copies still work
+            pass
         self.offset = -torch.frombuffer(self.memory, dtype=torch.uint8).data_ptr() % HUGE_PAGE
 
     def copy(self, t: torch.Tensor) -> torch.Tensor:
