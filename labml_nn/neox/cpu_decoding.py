@@ -13,9 +13,9 @@ It changes **how** the fp32 weights are multiplied and where they sit in memory,
 same parameter names, the same shapes `[out, in]`, the same values (the state dict holds the same numbers, so a
 prepared model can still be saved, fine-tuned or evaluated), and greedy tokens identical to the unprepared model's.
 Three things change: the linear layers multiply through our kernel (`cpu_gemv.py`), attention for one new token
-reads the cache through it too (`DecodingAttention`), and the weights move onto huge pages (below). `generate` never does this by
-itself: a function that silently changes how its caller's model runs is a side effect the caller cannot see.
-`samples/generate.py` calls it when it runs on a CPU.
+reads the cache through it too (`DecodingAttention`), and the weights move onto huge pages (below). `generate`
+never does this by itself: a function that silently changes how its caller's model runs is a side effect the
+caller cannot see. `samples/generate.py` calls it when it runs on a CPU.
 
 ## Where a decoding step's time goes
 
@@ -96,7 +96,7 @@ its whole weight.
 
 A prepared model holds the memory it held before. The kernel and the halves read the weights as they are; what
 is copied is copied one weight at a time, dropping the old storage (or, for a weight memory-mapped from a
-checkpoint, unmapping it) before the next: each large weight onto huge pages (below), and each weight stored
+checkpoint, unmapping it) before the next: the weights onto huge pages (below), and each weight stored
 column by column (one thread without the kernel, or `halves=False, kernel=False`). So the extra memory while
 preparing is the largest single weight (the readout, 154 MB in Pythia-160M fp32, 0.8 GB in the 20B model), not a
 second copy of the model.

@@ -278,6 +278,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
 
+        # Each query against the keys and values it may see, `[B, H, T, D]` (`attend`, below)
         out = self.attend(q, k, v, offset, padding)
 
         # `[B, H, T, D]` $\rightarrow$ `[B, T, H, D]` $\rightarrow$ `[B, T, C]`
