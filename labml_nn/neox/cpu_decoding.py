@@ -127,9 +127,9 @@ MAX_BMM_TOKENS = 16
 # does not follow a stream across a page boundary, starts again at each. Linux's *transparent huge pages* map 2 MB
 # at once; where the system offers them (`/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`),
 # we copy the weights into memory that asks for them (`madvise(MADV_HUGEPAGE)`). On the test machine, reading 491
-# MB in one process, alternating: a plain `sum()` 54 against 39 GB/s with two threads and 29 against 21 with one,
-# and our kernel at batch 1 50 against 34 and 28 against 20 (best of 7; the machine's speed also varies by
-# 10-30% from hour to hour).
+# MB from huge pages against small ones, alternating in one process (best of 7): a plain `sum()`, 54 against 39
+# GB/s with two threads and 29 against 21 with one; our kernel at batch 1, 50 against 34 and 28 against 20. (The
+# machine's speed also varies by 10-30% from hour to hour.)
 #
 # A 2 MB page can only back a whole 2 MB-aligned range of one memory map. So all the weights go into one map, cut
 # into one tensor per weight (`torch.frombuffer` at successive offsets: each weight has a storage of its own, as
