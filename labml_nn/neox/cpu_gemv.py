@@ -451,7 +451,7 @@ def _build_gemv():
         folder = Path(cpp_extension._get_build_directory(KERNEL_NAME, verbose=False))
         source = folder / f"{KERNEL_NAME}.cpp"
         if not (folder / f"{KERNEL_NAME}.so").exists():
-            print("Compiling the CPU matrix-vector kernel (once on this machine, about 10 s)...", file=sys.stderr,
+            print("Compiling our CPU kernels for decoding (once on this machine, about 10 s)...", file=sys.stderr,
                   flush=True)
         if not source.exists() or source.read_text() != GEMV_SOURCE:
             partial = source.with_suffix(f".{os.getpid()}.tmp")
