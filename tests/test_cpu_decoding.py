@@ -350,3 +350,15 @@ def test_prepared_model_decodes_uneven_prompts_as_the_plain_model(parallel_resid
     assert (steps["prepared"] - steps["plain"]).abs().max().item() < 1e-5
     assert torch.equal(generate(prepared, ids, 12, eos_token_id=None, padding=padding),
                        generate(plain, ids, 12, eos_token_id=None, padding=padding))
+
+
+def test_a_prepared_model_pickles_and_finds_the_kernel_again(tmp_path):
+    kernel_or_skip()
+    model = prepare_for_cpu_decoding(our_model_from_hf(make_tiny_hf_model(seed=30)), kernel=True)
+    ids = random_ids(96, batch=2, length=6)
+    expected = generate(model, ids, 8, eos_token_id=None)
+    torch.save(model, tmp_path / "model.pt")
+    for copied in (torch.load(tmp_path / "model.pt", weights_only=False), copy.deepcopy(model)):
+        assert isinstance(copied[1].attention, DecodingAttention) and copied[1].attention._attention is not None
+        assert copied[1].mlp.dense_h_to_4h._gemv is not None
+        assert torch.equal(generate(copied, ids, 8, eos_token_id=None), expected)

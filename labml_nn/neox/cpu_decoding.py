@@ -185,7 +185,27 @@ def on_huge_pages(t: torch.Tensor) -> torch.Tensor:
 BUILD_KERNEL_BYTES = 100 * 2 ** 20
 
 
-class DecodingLinear(nn.Linear):
+class _WithKernelOps:
+    # Python cannot pickle the kernel's ops, so a prepared layer pickles (`torch.save(model)`, `copy.deepcopy`)
+    # without them, with a mark where one was, and finds them again when unpickled (building the kernel if this
+    # machine has not yet; where it cannot be built, the layer runs as if prepared with `kernel=False`)
+    _ops = {"_gemv": "gemv", "_attention": "decode_attention"}
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        for name in self._ops:
+            if state.get(name) is not None:
+                state[name] = True
+        return state
+
+    def __setstate__(self, state):
+        for name, op in self._ops.items():
+            if state.get(name) is True:
+                state[name] = getattr(torch.ops.neox_cpu, op) if cpu_gemv.gemv_or_reason()[0] is not None else None
+        super().__setstate__(state)
+
+
+class DecodingLinear(_WithKernelOps, nn.Linear):
     r"""
     ## A linear layer for decoding
 
@@ -244,7 +264,7 @@ class DecodingLinear(nn.Linear):
         return y.transpose(0, 1).reshape(*x.shape[:-1], n_out)
 
 
-class DecodingAttention(Attention):
+class DecodingAttention(_WithKernelOps, Attention):
     r"""
     ## Attention for decoding
 
