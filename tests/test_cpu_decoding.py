@@ -362,3 +362,13 @@ def test_a_prepared_model_pickles_and_finds_the_kernel_again(tmp_path):
         assert isinstance(copied[1].attention, DecodingAttention) and copied[1].attention._attention is not None
         assert copied[1].mlp.dense_h_to_4h._gemv is not None
         assert torch.equal(generate(copied, ids, 8, eos_token_id=None), expected)
+
+
+def test_a_prepared_model_moved_off_the_cpu_no_longer_calls_the_kernels():
+    kernel_or_skip()
+    model = prepare_for_cpu_decoding(our_model_from_hf(make_tiny_hf_model(seed=31)), kernel=True).to("meta")
+    with torch.no_grad():
+        cache = KVCache(4)
+        model(random_ids(96, batch=2, length=3).to("meta"), cache)
+        # One new token: on a GPU this is where the kernels would have been called with the wrong tensors
+        assert model(random_ids(96, batch=2, length=1).to("meta"), cache).shape == (2, 1, 96)

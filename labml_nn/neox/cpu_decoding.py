@@ -250,9 +250,10 @@ class DecodingLinear(_WithKernelOps, nn.Linear):
         rows = x.numel() // n_in
         if x.dtype != weight.dtype:
             return F.linear(x, weight, bias)
-        # The kernel has no backward pass: it only runs without gradients (generation, evaluation)
+        # The kernel has no backward pass and works on the CPU: it only runs without gradients (generation,
+        # evaluation), on CPU tensors (a prepared model may be moved to a GPU later)
         if (self._gemv is not None and 0 < rows <= MAX_KERNEL_ROWS and n_in % 8 == 0 and not torch.is_grad_enabled()
-                and weight.is_contiguous() and (bias is None or bias.is_contiguous())):
+                and weight.device.type == "cpu" and weight.is_contiguous() and (bias is None or bias.is_contiguous())):
             return self._gemv(x.reshape(rows, n_in), weight, bias).view(*x.shape[:-1], n_out)
         if not self._use_halves or rows > MAX_BMM_TOKENS:
             return F.linear(x, weight, bias)
