@@ -17,11 +17,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from labml_nn.neox import cpu_decoding, cpu_gemv  # noqa: E402
-from labml_nn.neox.cpu_decoding import (HUGE_PAGE, MAX_BMM_TOKENS, DecodingAttention, DecodingLinear,  # noqa: E402
+from labml_nn.neox.cpu_decoding import (HUGE_PAGE, MAX_BMM_TOKENS, DecodingAttention, DecodingFFN,  # noqa: E402
+                                         DecodingLinear,
                                          prepare_for_cpu_decoding)
-from labml_nn.neox.cpu_gemv import MAX_KERNEL_ROWS, KernelUnavailable, cpu_gemv_kernel  # noqa: E402
+from labml_nn.neox.cpu_gemv import ACTIVATIONS, MAX_KERNEL_ROWS, KernelUnavailable, cpu_gemv_kernel  # noqa: E402
 from labml_nn.neox.generation import generate, left_pad  # noqa: E402
-from labml_nn.neox.model import Attention, KVCache  # noqa: E402
+from labml_nn.neox.model import FFN, Attention, KVCache  # noqa: E402
 from helpers import TOLERANCE, make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
 
 
@@ -53,16 +54,19 @@ def test_generate_leaves_the_callers_tensors_as_they_were():
 
 
 @pytest.mark.parametrize("halves,kernel", [(True, False), (False, False), (True, True), (False, True)])
-@pytest.mark.parametrize("parallel_residual", [True, False])
-def test_prepared_model_computes_the_same_logits_and_greedy_tokens(halves, kernel, parallel_residual):
+# The parallel and the sequential residual; the tanh GELU ("gelu_fast") and the exact one
+@pytest.mark.parametrize("parallel_residual,hidden_act", [(True, "gelu_fast"), (False, "gelu_fast"), (True, "gelu")])
+def test_prepared_model_computes_the_same_logits_and_greedy_tokens(halves, kernel, parallel_residual, hidden_act):
     if kernel:
         kernel_or_skip()
-    hf = make_tiny_hf_model(seed=22, use_parallel_residual=parallel_residual)
+    hf = make_tiny_hf_model(seed=22, use_parallel_residual=parallel_residual, hidden_act=hidden_act)
     plain = our_model_from_hf(hf)
     prepared = prepare_for_cpu_decoding(copy.deepcopy(plain), halves=halves, kernel=kernel)
     linears = [m for m in prepared.modules() if isinstance(m, DecodingLinear)]
     assert bool(linears) == (halves or kernel)
     assert all((m._gemv is not None) == kernel and m._use_halves == halves for m in linears)
+    # Where the FFN's first layer is a `DecodingLinear`, it applies the GELU
+    assert all(type(m.mlp) is (DecodingFFN if (halves or kernel) else FFN) for m in prepared[1:-2])
     ids = random_ids(96, batch=3, length=10)
     with torch.no_grad():
         # A full pass (the prompt path) and a cached one token at a time (the decoding path)
@@ -234,6 +238,23 @@ def test_kernel_equals_the_float64_product(rows, n_out, n_in, bias):
     assert (F.linear(x, w, b).double() - expected).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("activation,approximate", [("gelu", "none"), ("gelu_tanh", "tanh")])
+def test_the_kernels_gelu_equals_the_float64_gelu(activation, approximate):
+    gemv = kernel_or_skip()
+    # Outputs set through the bias alone (x and the weight are zero): a fine grid over [-20, 20], 400,001 numbers, so
+    # the last row is one of the tail rows the kernel treats one at a time
+    values = torch.linspace(-20, 20, 400_001)
+    got = gemv(torch.zeros(1, 8), torch.zeros(len(values), 8), values, ACTIVATIONS[activation])[0]
+    expected = F.gelu(values.double(), approximate=approximate)
+    # PyTorch's own fp32 GELU is within 1.3e-6 of float64 here; the kernel's within 6e-7
+    assert (got.double() - expected).abs().max().item() < 1e-6
+    # And after a product, for several rows and a tail of rows
+    torch.manual_seed(3)
+    x, w, b = torch.randn(5, 64), torch.randn(37, 64) / 4, torch.randn(37)
+    expected = F.gelu(F.linear(x.double(), w.double(), b.double()), approximate=approximate)
+    assert (gemv(x, w, b, ACTIVATIONS[activation]).double() - expected).abs().max().item() < 1e-5
+
+
 def test_the_kernels_row_limit_is_the_one_python_uses():
     assert f"constexpr int64_t kMaxRows = {MAX_KERNEL_ROWS};" in cpu_gemv.GEMV_SOURCE
 
@@ -250,6 +271,12 @@ def test_kernel_refuses_what_it_cannot_compute(x, w, b):
     gemv = kernel_or_skip()
     with pytest.raises(RuntimeError, match="gemv:"):
         gemv(x, w, b)
+
+
+def test_kernel_refuses_an_unknown_activation():
+    gemv = kernel_or_skip()
+    with pytest.raises(RuntimeError, match="gemv: activation"):
+        gemv(torch.randn(1, 8), torch.randn(8, 8), None, 3)
 
 
 def test_layers_use_the_kernel_for_few_rows_without_gradients_only():
@@ -285,34 +312,93 @@ def test_without_the_kernel_preparing_says_why_or_raises_when_asked_for_it(monke
 
 # ## The attention of one new token
 
-@pytest.mark.parametrize("batch,heads,keys,d_head", [(1, 12, 1, 64), (1, 12, 7, 64), (3, 4, 9, 8), (8, 12, 192, 64),
-                                                     (2, 3, 33, 96), (2, 2, 17, 256)])
+def _angles64(position, d_rotary, base=10000.0):
+    # The angles of RoPE in float64, position * base^(-2i/d) for i < d/2
+    return position[..., None].double() * base ** (-2 * torch.arange(d_rotary // 2, dtype=torch.float64) / d_rotary)
+
+
+def _rotate64(x, position, d_rotary):
+    # RoPE in float64 from its formula: features i and i + d/2 rotated together
+    half, angle = d_rotary // 2, _angles64(position, d_rotary)[:, None, :]
+    x1, x2 = x[..., :half], x[..., half:d_rotary]
+    return torch.cat((x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin(), x[..., d_rotary:]), -1)
+
+
+def _tables(length, d_rotary):
+    # The op's tables `[L, d]` (each angle twice, as `RotaryEmbedding` lays them out), from float64 angles
+    angles = _angles64(torch.arange(length), d_rotary)
+    angles = torch.cat((angles, angles), -1)
+    return angles.cos().float(), angles.sin().float()
+
+
+# `slot` is where the new token goes, so there are `slot + 1` keys; `d_rotary` 0 (no rotary) to D (all of it)
+@pytest.mark.parametrize("batch,heads,slot,d_head,d_rotary", [
+    (1, 12, 0, 64, 16), (1, 12, 6, 64, 16), (3, 4, 8, 8, 2), (8, 12, 191, 64, 16), (2, 3, 32, 96, 24),
+    (2, 2, 16, 256, 64), (2, 2, 5, 16, 0), (1, 2, 9, 32, 32)])
 @pytest.mark.parametrize("padded", [False, True])
-def test_decode_attention_equals_the_float64_attention(batch, heads, keys, d_head, padded):
+def test_attention_step_equals_the_float64_attention(batch, heads, slot, d_head, d_rotary, padded):
     kernel_or_skip()
-    attention = cpu_gemv.decode_attention_kernel()
-    torch.manual_seed(batch * 100 + keys)
-    # Keys and values as the cache holds them, views of longer buffers; the query a strided view, as in the model
-    k, v = (torch.randn(batch, heads, keys + 5, d_head)[:, :, :keys] for _ in range(2))
-    q = (3 * torch.randn(batch, 1, heads, 3, d_head))[:, :, :, 0].transpose(1, 2)
-    first = torch.randint(0, keys, (batch,)) if padded else None
-    mask = None if first is None else (torch.arange(keys)[None, :] >= first[:, None])[:, None, None, :]
-    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
-    assert (attention(q, k, v, first).double() - expected).abs().max().item() < 1e-5
+    step = cpu_gemv.attention_step_kernel()
+    torch.manual_seed(batch * 100 + slot)
+    qkv = 3 * torch.randn(batch, 1, heads * 3 * d_head)
+    # The cache holds earlier keys and values in slots before `slot`, and room after it
+    k_cache, v_cache = torch.randn(2, batch, heads, slot + 4, d_head).unbind(0)
+    before_k, before_v = k_cache.clone(), v_cache.clone()
+    # Each row's first real slot: 0, or anywhere up to `slot`, or after it (a row still on its padding)
+    first = torch.randint(0, slot + 1, (batch,)) if padded else None
+    if padded and batch > 1:
+        first[-1] = slot + 1
+    cos, sin = _tables(slot + 3, d_rotary)
+    out = step(qkv, k_cache, v_cache, slot, cos, sin, first)
+
+    # Float64: each row's position, rotated query and key, the cache with the new slot, attention over its keys
+    starts = torch.zeros(batch, dtype=torch.long) if first is None else first.clamp(max=slot)
+    position = (slot - starts).double()
+    q, k, v = qkv.double().view(batch, heads, 3, d_head).unbind(2)
+    q, k = _rotate64(q, position, d_rotary), _rotate64(k, position, d_rotary)
+    keys, values = before_k[:, :, :slot + 1].double().clone(), before_v[:, :, :slot + 1].double().clone()
+    keys[:, :, slot], values[:, :, slot] = k, v
+    mask = (torch.arange(slot + 1)[None, :] >= starts[:, None])[:, None, None, :]
+    expected = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask)
+    assert out.shape == (batch, 1, heads * d_head)
+    assert (out.double() - expected.reshape(batch, 1, -1)).abs().max().item() < 1e-5
+    # The new key and value are in the cache, and nothing else there changed
+    assert (k_cache[:, :, slot].double() - k).abs().max().item() < 1e-5
+    assert torch.equal(v_cache[:, :, slot], v.float())
+    others = torch.arange(slot + 4) != slot
+    assert torch.equal(k_cache[:, :, others], before_k[:, :, others])
+    assert torch.equal(v_cache[:, :, others], before_v[:, :, others])
 
 
-@pytest.mark.parametrize("q,k,first", [
-    (torch.randn(1, 2, 2, 8), torch.randn(1, 2, 5, 8), None),       # two queries
-    (torch.randn(1, 2, 1, 12), torch.randn(1, 2, 5, 12), None),     # D not a multiple of 8
-    (torch.randn(1, 2, 1, 8).half(), torch.randn(1, 2, 5, 8).half(), None),
-    (torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8), torch.tensor([5])),  # no key left
-    (torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8), torch.tensor([0, 0])),
-    (torch.randn(1, 2, 1, 8), torch.randn(1, 2, 8, 5).transpose(2, 3), None),  # rows of D not contiguous
+def _step_args(batch=1, heads=2, t_max=5, d_head=8, d_rotary=4):
+    qkv = torch.randn(batch, 1, 3 * heads * d_head)
+    cos, sin = _tables(t_max, d_rotary)
+    return [qkv, torch.zeros(batch, heads, t_max, d_head), torch.zeros(batch, heads, t_max, d_head), 2, cos, sin, None]
+
+
+def _changed(args, **changes):
+    names = ["qkv", "k_cache", "v_cache", "slot", "cos", "sin", "first"]
+    return [changes.get(name, arg) for name, arg in zip(names, args)]
+
+
+@pytest.mark.parametrize("change", [
+    lambda a: _changed(a, qkv=a[0][:, :, :-1]),                          # qkv not 3 H D wide
+    lambda a: _changed(a, qkv=torch.randn(1, 2, 48)),                    # two new tokens
+    lambda a: _changed(a, qkv=torch.randn(1, 1, 96)[:, :, ::2]),         # not contiguous
+    lambda a: _changed(a, qkv=a[0].half()),
+    lambda a: _changed(a, slot=5),                                        # past the cache's end
+    lambda a: _changed(a, slot=-1),
+    lambda a: _changed(a, v_cache=torch.zeros(1, 2, 6, 8)),              # caches differ
+    lambda a: _changed(a, cos=a[4][:2], sin=a[5][:2]),                   # tables shorter than the slot
+    lambda a: _changed(a, cos=a[4][:, :3], sin=a[5][:, :3]),             # d odd
+    lambda a: _changed(a, first=torch.tensor([0, 0])),                   # one per row
+    lambda a: _changed(a, first=torch.tensor([-1])),
+    lambda a: _step_args(d_head=12, d_rotary=4),                         # D not a multiple of 8
 ])
-def test_decode_attention_refuses_what_it_cannot_compute(q, k, first):
+def test_attention_step_refuses_what_it_cannot_compute(change):
     kernel_or_skip()
-    with pytest.raises(RuntimeError, match="decode_attention:"):
-        cpu_gemv.decode_attention_kernel()(q, k, k.clone() if k.is_contiguous() else k, first)
+    with pytest.raises(RuntimeError, match="attention_step:"):
+        cpu_gemv.attention_step_kernel()(*change(_step_args()))
 
 
 def test_prepared_attention_uses_the_kernel_for_one_new_token_without_gradients_only():
@@ -321,7 +407,8 @@ def test_prepared_attention_uses_the_kernel_for_one_new_token_without_gradients_
     attention = model[1].attention
     assert isinstance(attention, DecodingAttention)
     calls = []
-    attention._attention = lambda q, *args, real=attention._attention: calls.append(q.shape[2]) or real(q, *args)
+    real = attention._attention_step
+    attention._attention_step = lambda qkv, *args: calls.append(qkv.shape[1]) or real(qkv, *args)
     ids = random_ids(96, batch=2, length=6)
     with torch.no_grad():
         cache = KVCache(8)
@@ -332,7 +419,7 @@ def test_prepared_attention_uses_the_kernel_for_one_new_token_without_gradients_
     assert calls == [1]
     # Without the kernel, the plain module again
     prepare_for_cpu_decoding(model, kernel=False)
-    assert type(model[1].attention) is Attention and "_attention" not in vars(model[1].attention)
+    assert type(model[1].attention) is Attention and "_attention_step" not in vars(model[1].attention)
 
 
 @pytest.mark.parametrize("parallel_residual", [True, False])
@@ -359,7 +446,7 @@ def test_a_prepared_model_pickles_and_finds_the_kernel_again(tmp_path):
     expected = generate(model, ids, 8, eos_token_id=None)
     torch.save(model, tmp_path / "model.pt")
     for copied in (torch.load(tmp_path / "model.pt", weights_only=False), copy.deepcopy(model)):
-        assert isinstance(copied[1].attention, DecodingAttention) and copied[1].attention._attention is not None
+        assert isinstance(copied[1].attention, DecodingAttention) and copied[1].attention._attention_step is not None
         assert copied[1].mlp.dense_h_to_4h._gemv is not None
         assert torch.equal(generate(copied, ids, 8, eos_token_id=None), expected)
 

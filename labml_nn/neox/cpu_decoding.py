@@ -12,10 +12,11 @@ model = prepare_for_cpu_decoding(model)
 It changes **how** the fp32 weights are multiplied and where they sit in memory, never **what** is computed: the
 same parameter names, the same shapes `[out, in]`, the same values (the state dict holds the same numbers, so a
 prepared model can still be saved, fine-tuned or evaluated), and greedy tokens identical to the unprepared model's.
-Three things change: the linear layers multiply through our kernel (`cpu_gemv.py`), attention for one new token
-reads the cache through it too (`DecodingAttention`), and the weights move onto huge pages (below). `generate`
-never does this by itself: a function that silently changes how its caller's model runs is a side effect the
-caller cannot see. `samples/generate.py` calls it when it runs on a CPU.
+Four things change: the linear layers multiply through our kernel (`cpu_gemv.py`), the FFN's GELU is applied by the
+kernel as it writes the first product (`DecodingFFN`), attention for one new token is one call of the kernel
+(`DecodingAttention`), and the weights move onto huge pages (below). `generate` never does this by itself: a
+function that silently changes how its caller's model runs is a side effect the caller cannot see.
+`samples/generate.py` calls it when it runs on a CPU.
 
 ## Where a decoding step's time goes
 
@@ -112,8 +113,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from labml_nn.neox import cpu_gemv
-from labml_nn.neox.cpu_gemv import MAX_KERNEL_ROWS, KernelUnavailable
-from labml_nn.neox.model import Attention
+from labml_nn.neox.cpu_gemv import ACTIVATIONS, MAX_KERNEL_ROWS, KernelUnavailable
+from labml_nn.neox.model import FFN, Attention, KVCache
 
 # Above this many rows (tokens times batch) a product is a matrix-matrix product that MKL's GEMM already spreads
 # over every core; the halves only help the memory-bound products of decoding.
@@ -189,7 +190,7 @@ class _WithKernelOps:
     # Python cannot pickle the kernel's ops, so a prepared layer pickles (`torch.save(model)`, `copy.deepcopy`)
     # without them, with a mark where one was, and finds them again when unpickled (building the kernel if this
     # machine has not yet; where it cannot be built, the layer runs as if prepared with `kernel=False`)
-    _ops = {"_gemv": "gemv", "_attention": "decode_attention"}
+    _ops = {"_gemv": "gemv", "_attention_step": "attention_step"}
 
     def __getstate__(self):
         state = dict(super().__getstate__())
@@ -242,50 +243,78 @@ class DecodingLinear(_WithKernelOps, nn.Linear):
         w = self.weight.view(2, n_out // 2, n_in).transpose(1, 2)
         return w, None if self.bias is None else self.bias.view(2, 1, n_out // 2)
 
-    # (Each `self.weight` goes through `nn.Module.__getattr__`, about a microsecond on the test machine, and a
-    # decoding step calls 49 of these layers: the parameters are looked up once.)
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # `activation` ("none", or a GELU: "gelu", "gelu_tanh") is applied to the result: by the kernel as it writes
+    # it, or else by `F.gelu`. (Each `self.weight` goes through `nn.Module.__getattr__`, about a microsecond on the
+    # test machine, and a decoding step calls 49 of these layers: the parameters are looked up once.)
+    def forward(self, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
         weight, bias = self.weight, self.bias
         n_out, n_in = weight.shape
         rows = x.numel() // n_in
-        if x.dtype != weight.dtype:
-            return F.linear(x, weight, bias)
         # The kernel has no backward pass and works on the CPU: it only runs without gradients (generation,
         # evaluation), on CPU tensors (a prepared model may be moved to a GPU later)
         if (self._gemv is not None and 0 < rows <= MAX_KERNEL_ROWS and n_in % 8 == 0 and not torch.is_grad_enabled()
-                and weight.device.type == "cpu" and weight.is_contiguous() and (bias is None or bias.is_contiguous())):
-            return self._gemv(x.reshape(rows, n_in), weight, bias).view(*x.shape[:-1], n_out)
-        if not self._use_halves or rows > MAX_BMM_TOKENS:
-            return F.linear(x, weight, bias)
-        w_halves, b_halves = self._halves()
-        # `[..., in]` $\rightarrow$ `[2, N, in]`, the same rows for both halves (a view)
-        x_rows = x.reshape(1, rows, n_in).expand(2, rows, n_in)
-        y = torch.bmm(x_rows, w_halves) if b_halves is None else torch.baddbmm(b_halves, x_rows, w_halves)
-        # `[2, N, out/2]` $\rightarrow$ `[N, 2, out/2]` $\rightarrow$ `[..., out]` (no copy for one row)
-        return y.transpose(0, 1).reshape(*x.shape[:-1], n_out)
+                and x.dtype == weight.dtype and weight.device.type == "cpu" and weight.is_contiguous()
+                and (bias is None or bias.is_contiguous())):
+            y = self._gemv(x.reshape(rows, n_in), weight, bias, ACTIVATIONS[activation])
+            return y.view(*x.shape[:-1], n_out)
+        if not self._use_halves or rows > MAX_BMM_TOKENS or x.dtype != weight.dtype:
+            y = F.linear(x, weight, bias)
+        else:
+            w_halves, b_halves = self._halves()
+            # `[..., in]` $\rightarrow$ `[2, N, in]`, the same rows for both halves (a view)
+            x_rows = x.reshape(1, rows, n_in).expand(2, rows, n_in)
+            y = torch.bmm(x_rows, w_halves) if b_halves is None else torch.baddbmm(b_halves, x_rows, w_halves)
+            # `[2, N, out/2]` $\rightarrow$ `[N, 2, out/2]` $\rightarrow$ `[..., out]` (no copy for one row)
+            y = y.transpose(0, 1).reshape(*x.shape[:-1], n_out)
+        return y if activation == "none" else F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+
+
+class DecodingFFN(FFN):
+    r"""
+    ## The FFN for decoding
+
+    An `FFN` (the same modules, parameters and state dict) whose first linear layer, a `DecodingLinear`, applies
+    the GELU itself: with the kernel, as it writes its outputs. Inside a decoding step PyTorch's GELU costs 40-50 us a
+    layer on the test machine (`cpu_gemv.py` says why); in the kernel, nothing measurable.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gelu = "gelu_tanh" if self.approximate == "tanh" else "gelu"
+        return self.dense_4h_to_h(self.dense_h_to_4h(x, gelu))
 
 
 class DecodingAttention(_WithKernelOps, Attention):
     r"""
     ## Attention for decoding
 
-    An `Attention` (the same modules, parameters and state dict) whose `attend` sends one new token per row, in
-    fp32 on the CPU and without gradients, through the kernel's `decode_attention` (`cpu_gemv.py`), which reads
-    the cache at memory speed; everything else (the prompt, training, half precision) goes to
-    `scaled_dot_product_attention` as before. With one query, the mask is only each row's left padding: the row
-    attends to the keys from its first real token on.
+    An `Attention` (the same modules, parameters and state dict) whose `forward`, for one new token per row with a
+    cache, in fp32 on the CPU and without gradients, does everything between its two linear layers in one call of
+    the kernel's `attention_step` (`cpu_gemv.py`): the rotary embeddings of the query and the key, writing the key
+    and the value into the cache, and attention over the row's keys, read at memory speed. Everything else (the
+    prompt, training, half precision) runs `Attention.forward` as before.
+
+    That one call replaces some 30 small PyTorch ops a layer, about 70 us of a decoding step's fixed cost per layer
+    on the test machine (`benchmarks/RESULTS.md`).
     """
 
-    # Set by `prepare_for_cpu_decoding`: the kernel's `decode_attention`
-    _attention = None
+    # Set by `prepare_for_cpu_decoding`: the kernel's `attention_step`
+    _attention_step = None
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int,
-               padding: Optional[torch.Tensor] = None) -> torch.Tensor:
-        d_head = q.shape[-1]
-        if (self._attention is not None and q.shape[2] == 1 and q.dtype == torch.float32 and q.device.type == "cpu"
-                and d_head % 8 == 0 and d_head <= 256 and not torch.is_grad_enabled()):
-            return self._attention(q, k, v, None if padding is None else padding.long())
-        return super().attend(q, k, v, offset, padding)
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        batch_size, n_tokens, _ = x.shape
+        if (self._attention_step is None or cache is None or n_tokens != 1 or x.dtype != torch.float32
+                or x.device.type != "cpu" or self.d_head % 8 != 0 or self.d_head > 256 or torch.is_grad_enabled()):
+            return super().forward(x, cache)
+        # `[B, 1, 3C]`, head by head its query, key and value
+        qkv = self.query_key_value(x).contiguous()
+        # The cache's buffers `[B, H, T_max, D]`, made (on the first step) like a view of the new keys
+        keys = qkv.view(batch_size, 1, self.n_heads, 3, self.d_head)[:, :, :, 1].transpose(1, 2)
+        k_buffer, v_buffer = cache.buffers(self.layer_idx, keys)
+        cos, sin = self.rotary_emb.tables(cache.offset + 1, x.device)
+        padding = cache.padding_on(x.device)
+        out = self._attention_step(qkv, k_buffer, v_buffer, cache.offset, cos, sin,
+                                   None if padding is None else padding.long())
+        return self.dense(out)
 
 
 # Only fp32 weights on a CPU with more than one row and column (a `[1, n]` weight is a dot product, whatever its
@@ -297,13 +326,13 @@ def _fits(layer: nn.Module) -> bool:
 
 
 def _as_class(linear: nn.Module, cls: type) -> nn.Module:
-    # The same layer as an `nn.Linear` or a `DecodingLinear` (or an `Attention` or a `DecodingAttention`), holding
-    # the very same `Parameter` objects and submodules (an optimizer or a caller holding them still sees the model's
-    # parameters), built without allocating weights
+    # The same layer as an `nn.Linear` or a `DecodingLinear` (an `Attention` or a `DecodingAttention`, an `FFN` or a
+    # `DecodingFFN`), holding the very same `Parameter` objects and submodules (an optimizer or a caller holding them
+    # still sees the model's parameters), built without allocating weights
     if type(linear) is cls:
         return linear
     layer = cls.__new__(cls)
-    kept = ("_kept", "_halves", "_gemv", "_use_halves", "_attention")
+    kept = ("_kept", "_halves", "_gemv", "_use_halves", "_attention_step")
     layer.__dict__.update({k: v for k, v in linear.__dict__.items() if not k.startswith(kept)})
     layer._parameters = dict(linear._parameters)
     return layer
@@ -382,14 +411,18 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None, ke
         if row_major:
             layer._gemv, layer._use_halves = gemv, use_halves
         setattr(parent, name, layer)
-    # Attention decodes with the kernel's `decode_attention` where the kernel is used and the layer is fp32 on the
-    # CPU (its `query_key_value` was prepared above)
+    # Attention decodes with the kernel's `attention_step` where the kernel is used and the layer is fp32 on the
+    # CPU (its `query_key_value` was prepared above); an FFN whose first layer is a `DecodingLinear` has it apply
+    # the GELU
     for parent in list(model.modules()):
         for name, layer in list(parent.named_children()):
             if isinstance(layer, Attention):
                 use = gemv is not None and _fits(layer.query_key_value)
                 layer = _as_class(layer, DecodingAttention if use else Attention)
                 if use:
-                    layer._attention = torch.ops.neox_cpu.decode_attention
+                    layer._attention_step = torch.ops.neox_cpu.attention_step
                 setattr(parent, name, layer)
+            elif type(layer) in (FFN, DecodingFFN):
+                use = type(layer.dense_h_to_4h) is DecodingLinear
+                setattr(parent, name, _as_class(layer, DecodingFFN if use else FFN))
     return model

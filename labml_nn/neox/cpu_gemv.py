@@ -3,14 +3,16 @@ r"""
 
 `prepare_for_cpu_decoding` (`cpu_decoding.py`, which says why MKL's products are slow here) sends the products
 of decoding through this small C++ kernel of ours: those of the linear layers, up to `MAX_KERNEL_ROWS` rows of
-input, and those of attention for one new token (its query times the cached keys, its softmax times the cached
-values). Both can be used alone:
+input (with the FFN's GELU applied as the outputs are written), and the whole of attention for one new token (rotary embeddings, the cache's new slot, its query times the
+cached keys, its softmax times the cached values). Both can be used alone:
 
 ```python
 gemv = cpu_gemv_kernel()
 y = gemv(x, weight, bias)    # x [N, I], weight [O, I], bias [O] or None -> [N, O], all fp32
-attention = decode_attention_kernel()
-out = attention(q, k, v, first)  # q [B, H, 1, D], k and v [B, H, S, D], first [B] or None -> [B, H, 1, D]
+h = gemv(x, weight, bias, ACTIVATIONS["gelu"])   # GELU(x W^T + b), in the same pass
+step = attention_step_kernel()
+# qkv [B, 1, 3C] from query_key_value; the cache's k and v buffers [B, H, T_max, D]; the rotary tables
+out = step(qkv, k_cache, v_cache, slot, cos, sin, first)   # -> [B, 1, C]
 ```
 
 It is compiled on the user's machine the first time it is needed (about 10 s; PyTorch keeps the build in
@@ -51,6 +53,10 @@ import torch
 # 71 GFLOP/s; at 64, level); above 32 a product is left to MKL, which is the better choice on most machines there
 MAX_KERNEL_ROWS = 32
 
+# What the kernel can apply to the products as it writes them (`activation`, `Activation` in the C++), by the
+# names of `NeoXConfig.activation`: nothing, the exact GELU, or its tanh approximation
+ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
+
 # ## The kernel, piece by piece
 #
 # The source is one C++ file, kept here in pieces so that each sits beside its explanation. It includes only
@@ -64,9 +70,11 @@ _KERNEL_HEADERS = r"""
 #include <torch/library.h>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 constexpr int64_t kMaxRows = 32;  // rows of x at most: MAX_KERNEL_ROWS
+enum Activation : int64_t { kNone = 0, kGelu = 1, kGeluTanh = 2 };  // as in ACTIVATIONS
 """
 
 # **Adding up the lanes.** A vector register holds 8 numbers (AVX2's `__m256`). The products below leave each
@@ -189,9 +197,10 @@ static inline void tile_for(int NB, const float* w, int64_t I, const float* x, _
 _KERNEL_GROUPS = r"""
 struct Block { int n0, nb; const float* x; };  // rows n0 .. n0 + nb - 1 of x, interleaved
 
-// Groups g0 <= g < g1 of 8 rows of W [O, I] times every block of x, into y [N, O], plus the bias
+// Groups g0 <= g < g1 of 8 rows of W [O, I] times every block of x, into y [N, O], plus the bias, through the
+// activation `act`
 static void groups(const float* W, int64_t O, int64_t I, const std::vector<Block>& blocks, int64_t N,
-                   const float* bias, float* y, int64_t g0, int64_t g1) {
+                   const float* bias, int64_t act, float* y, int64_t g0, int64_t g1) {
   __m256 part[kMaxRows][8];
   const int64_t K = static_cast<int64_t>(blocks.size());
   for (int64_t g = g0; g < g1; ++g) {
@@ -199,7 +208,8 @@ static void groups(const float* W, int64_t O, int64_t I, const std::vector<Block
     if (O - o < 8) {  // the last few rows
       for (int64_t r = 0; o + r < O; ++r) {
         for (const Block& b : blocks) tile_for<1>(b.nb, W + (o + r) * I, I, b.x, part, 0, b.n0, nullptr, 0);
-        for (int64_t n = 0; n < N; ++n) y[n * O + o + r] = sum1(part[n][0]) + (bias ? bias[o + r] : 0.f);
+        for (int64_t n = 0; n < N; ++n)
+          y[n * O + o + r] = activate1(sum1(part[n][0]) + (bias ? bias[o + r] : 0.f), act);
       }
       continue;
     }
@@ -220,20 +230,22 @@ static void groups(const float* W, int64_t O, int64_t I, const std::vector<Block
       }
     }
     const __m256 b = bias ? _mm256_loadu_ps(bias + o) : _mm256_setzero_ps();
-    for (int64_t n = 0; n < N; ++n) _mm256_storeu_ps(y + n * O + o, _mm256_add_ps(sum8(part[n]), b));
+    for (int64_t n = 0; n < N; ++n) _mm256_storeu_ps(y + n * O + o, activate8(_mm256_add_ps(sum8(part[n]), b), act));
   }
 }
 """
 
-# **The op.** `gemv(x, weight, bias)` checks its inputs (a wrong call is an error that starts with `gemv:`, not a
-# crash), interleaves $x$ block by block, and shares the groups of rows among the threads with `at::parallel_for`:
-# PyTorch's own OpenMP pool, so the kernel uses the cores `torch.set_num_threads` gives it and waits in the same
-# pool as every other op. Each thread gets one contiguous range of rows, one stream through memory. (Handing out
-# smaller ranges as threads free up made no difference on the test machine.)
+# **The op.** `gemv(x, weight, bias, activation)` checks its inputs (a wrong call is an error that starts with
+# `gemv:`, not a crash; `activation` is one of `ACTIVATIONS`, GELU is below), interleaves $x$ block by block, and
+# shares the groups of rows among the threads with `at::parallel_for`: PyTorch's own OpenMP pool, so the kernel
+# uses the cores `torch.set_num_threads` gives it and waits in the same pool as every other op. Each thread gets one
+# contiguous range of rows, one stream through memory. (Handing out smaller ranges as threads free up made no
+# difference on the test machine.)
 _KERNEL_OP = r"""
-// y = x W^T + b for x [N, I] with N <= kMaxRows, W [O, I] and b [O], all fp32, contiguous, on the CPU
+// y = act(x W^T + b) for x [N, I] with N <= kMaxRows, W [O, I] and b [O], all fp32, contiguous, on the CPU;
+// act: kNone, kGelu or kGeluTanh
 at::Tensor gemv(const at::Tensor& x_in, const at::Tensor& weight,
-                const std::optional<at::Tensor>& bias) {
+                const std::optional<at::Tensor>& bias, int64_t activation) {
   TORCH_CHECK(x_in.dim() == 2 && weight.dim() == 2 && x_in.size(1) == weight.size(1),
               "gemv: x [N, I] and weight [O, I] expected");
   TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat,
@@ -243,6 +255,8 @@ at::Tensor gemv(const at::Tensor& x_in, const at::Tensor& weight,
   const int64_t N = x_in.size(0), I = x_in.size(1), O = weight.size(0);
   TORCH_CHECK(N >= 1 && N <= kMaxRows && I % 8 == 0,
               "gemv: 1 to ", kMaxRows, " rows of x and a multiple of 8 inputs expected");
+  TORCH_CHECK(activation >= kNone && activation <= kGeluTanh, "gemv: activation 0 (none), 1 (GELU) or 2 (tanh "
+              "GELU) expected");
   const float* b = nullptr;
   if (bias) {
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == O,
@@ -266,29 +280,26 @@ at::Tensor gemv(const at::Tensor& x_in, const at::Tensor& weight,
   const float* wp = weight.const_data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, (O + 7) / 8, 16, [&](int64_t g0, int64_t g1) {
-    groups(wp, O, I, blocks, N, b, yp, g0, g1);
+    groups(wp, O, I, blocks, N, b, activation, yp, g0, g1);
   });
   return y;
 }
 
 """
 
-# ## Attention for one new token
+# ## GELU, as the outputs are written
 #
-# A decoding step's attention is two more matrix-vector products per head: the new query times the cached keys,
-# $s = K q / \sqrt{D}$, `[S, D]` by `[D]`, and the softmax of the scores times the cached values, $V^\top p$.
-# Like the weights, the cache is read once per step and used for one multiply-add per number, so attention too is
-# bound by memory: at batch 8 with 192 cached tokens, Pythia-160M's cache is 113 MB, a fifth of the weights.
-# PyTorch's fused attention is written for many queries at a time; for a single one, reading a cache that the
-# weights have just pushed out of the caches, it read 10-14 GB/s on the test machine, and took 5-9 ms of a 40 ms
-# step at batch 8 (87 us a layer at batch 1, one thread, against the ~30 us that reading its 0.8 MB takes).
+# The FFN's first product is followed by its GELU (`FFN` on `model.py`'s page). As PyTorch's op, inside a decoding
+# step, GELU took 40-50 us a layer on the test machine for 3,072 numbers, where the same op called twice in a row
+# takes 8-12: between two calls the step streams some 40 MB of weights through the caches, which evicts the op's
+# code and data. A quarter of a millisecond to half of one per step of Pythia-160M. So the kernel applies it itself,
+# to each vector of 8 outputs as it stores them (`activation` 1 or 2), at no cost that we could measure.
 #
-# **The exponential.** The softmax needs $e^x$ for every score, and AVX2 has no instruction for it. `exp8` computes
-# it for 8 numbers at once the classic way (Cephes' `expf`): $x = n \ln 2 + r$ with $n$ a whole number and
-# $|r| \le \ln 2 / 2$ ($\ln 2$ split in two constants, so that $n \ln 2$ is exact), $e^r$ by a polynomial of
-# degree 7, and $2^n$ written straight into the exponent bits. It is as accurate as `expf` (a float's last bit or
-# so). It is only used for $x \le 0$, the scores minus their maximum, clamped at $-87$ where $e^x$ leaves the
-# normal floats.
+# **The exponential.** GELU needs $e^x$, as does the softmax of attention below, and AVX2 has no instruction for it.
+# `exp8` computes it for 8 numbers at once the classic way (Cephes' `expf`): $x = n \ln 2 + r$ with $n$ a whole
+# number and $|r| \le \ln 2 / 2$ ($\ln 2$ split in two constants, so that $n \ln 2$ is exact), $e^r$ by a
+# polynomial of degree 7, and $2^n$ written straight into the exponent bits. It is as accurate as `expf` (a float's
+# last bit or so). It is only used for $x \le 0$, clamped at $-87$ where $e^x$ leaves the normal floats.
 _KERNEL_EXP = r"""
 // e^x for 8 numbers x <= 0
 static inline __m256 exp8(__m256 x) {
@@ -308,6 +319,63 @@ static inline __m256 exp8(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
 }
 """
+
+
+# **GELU of 8 numbers.** The exact GELU is $x \Phi(x) = \frac{x}{2}\big(1 + \operatorname{erf}(x / \sqrt 2)\big)$.
+# For $z = |x| / \sqrt 2$, formula 7.1.26 of Abramowitz and Stegun gives
+# $1 - \operatorname{erf}(z) \approx c = (a_1 t + a_2 t^2 + a_3 t^3 + a_4 t^4 + a_5 t^5)\, e^{-z^2}$ with
+# $t = 1 / (1 + p z)$, within $1.5 \times 10^{-7}$. So $\Phi(x) = 1 - c/2$ for $x \ge 0$ and $c/2$ for $x < 0$: a
+# negative $x$, whose GELU is small, gets it from $c$ itself, without the cancellation in $1 + \operatorname{erf}$.
+# The tanh approximation needs $\tanh u = \operatorname{sign}(u)\,(1 - e^{-2|u|}) / (1 + e^{-2|u|})$ for
+# $u = \sqrt{2/\pi}\,(x + 0.044715\,x^3)$. Both call `exp8` on numbers $\le 0$ only. `activate1` is the same for
+# one number, with the C library's `erf` and `tanh` (for the last rows of a weight).
+_KERNEL_GELU = r"""
+static inline __m256 gelu8(__m256 x) {
+  const __m256 z = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), x), _mm256_set1_ps(0.70710678118654752f));
+  const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), z,
+                                                                      _mm256_set1_ps(1.f)));
+  __m256 poly = _mm256_set1_ps(1.061405429f);
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-1.453152027f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
+  const __m256 half_c = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(poly, t), _mm256_set1_ps(0.5f)),
+                                      exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, z))));
+  const __m256 phi = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.f), half_c), half_c,
+                                      _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+  return _mm256_mul_ps(x, phi);
+}
+
+static inline __m256 gelu_tanh8(__m256 x) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.79788456080286536f),
+                                 _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), x), _mm256_mul_ps(x, x), x));
+  const __m256 e = exp8(_mm256_mul_ps(_mm256_set1_ps(-2.f), _mm256_andnot_ps(sign, u)));  // e^{-2|u|}
+  const __m256 tanh_abs = _mm256_div_ps(_mm256_sub_ps(_mm256_set1_ps(1.f), e), _mm256_add_ps(_mm256_set1_ps(1.f), e));
+  const __m256 tanh_u = _mm256_or_ps(tanh_abs, _mm256_and_ps(u, sign));
+  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(_mm256_set1_ps(1.f), tanh_u));
+}
+
+static inline __m256 activate8(__m256 x, int64_t act) {
+  return act == kGelu ? gelu8(x) : act == kGeluTanh ? gelu_tanh8(x) : x;
+}
+
+static inline float activate1(float x, int64_t act) {
+  if (act == kGelu) return 0.5f * x * (1.f + std::erf(x * 0.70710678118654752f));
+  if (act == kGeluTanh) return 0.5f * x * (1.f + std::tanh(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+  return x;
+}
+"""
+
+# ## Attention for one new token
+#
+# A decoding step's attention is two more matrix-vector products per head: the new query times the cached keys,
+# $s = K q / \sqrt{D}$, `[S, D]` by `[D]`, and the softmax of the scores times the cached values, $V^\top p$.
+# Like the weights, the cache is read once per step and used for one multiply-add per number, so attention too is
+# bound by memory: at batch 8 with 192 cached tokens, Pythia-160M's cache is 113 MB, a fifth of the weights.
+# PyTorch's fused attention is written for many queries at a time; for a single one, reading a cache that the
+# weights have just pushed out of the caches, it read 10-14 GB/s on the test machine, and took 5-9 ms of a 40 ms
+# step at batch 8 (87 us a layer at batch 1, one thread, against the ~30 us that reading its 0.8 MB takes).
 
 # **One head.** For a row $b$ and head $h$, over the keys `first .. S - 1` that the row may see (a row with left
 # padding starts at its first real token), in three passes over a buffer of $S$ scores:
@@ -361,46 +429,77 @@ static void one_head(const float* q, const float* k, const float* v, int64_t row
 }
 """
 
-# **The op.** `decode_attention(q, k, v, first)` takes the tensors as the model has them: the query `[B, H, 1, D]`
-# and the cache's keys and values `[B, H, S, D]`, views of its buffers (any strides, as long as each row of $D$
-# numbers is contiguous), and `first` `[B]`, each row's first real slot (its left padding), or none. The heads
-# are shared among the threads, a few each.
+# **Rotary embeddings.** The new token's query and key are rotated by the angles of its position $m$ (the formula
+# is on `RotaryEmbedding`'s page): the first $d$ features in pairs $(i, i + d/2)$, the rest copied as they are.
+# `c` and `s` are the rows of the tables of $\cos m\theta$ and $\sin m\theta$ for position $m$.
+_KERNEL_ROTARY = r"""
+static inline void rotate(const float* x, const float* c, const float* s, int64_t d, int64_t D, float* out) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    out[i] = x[i] * c[i] - x[i + half] * s[i];
+    out[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+  }
+  std::memcpy(out + d, x + d, (D - d) * sizeof(float));
+}
+"""
+
+# **The op.** `attention_step(qkv, k_cache, v_cache, slot, cos, sin, first)` is all of a decoding step's attention
+# between the two linear layers, for one new token per row, in one call: where `Attention.forward` takes some 30
+# small PyTorch ops a layer (views, the rotary embeddings' slices and products, the cache's copies, the attention
+# itself, each a few microseconds), it takes one. It reads `qkv` `[B, 1, 3C]` as `query_key_value` made it, head
+# by head `[H, 3, D]`; rotates the query and the key of each head by the angles of the token's position, row $b$'s
+# position being its slot minus its left padding `first[b]`; writes the key and the value into slot `slot` of the
+# cache's buffers `[B, H, T_max, D]` (`KVCache.buffers`); and attends over the row's keys `first[b] .. slot`
+# with `one_head`. The result is `[B, 1, C]`, the heads side by side, ready for `dense`. The heads are shared
+# among the threads, a few each; each writes and reads only its own rows of the cache.
 _KERNEL_ATTENTION_OP = r"""
-// softmax(q k^T / sqrt(D)) v for one query per row and head: q [B, H, 1, D], k and v [B, H, S, D],
-// first [B] (int64) or none: row b attends to the keys first[b] .. S - 1. -> [B, H, 1, D]
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const std::optional<at::Tensor>& first) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() && q.size(2) == 1 &&
-              q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
-              "decode_attention: q [B, H, 1, D], k and v [B, H, S, D] expected");
-  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
-              q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(),
-              "decode_attention: fp32 CPU tensors expected");
-  const int64_t B = k.size(0), H = k.size(1), S = k.size(2), D = k.size(3);
-  TORCH_CHECK(S >= 1 && D % 8 == 0 && D <= 256 && q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1 &&
-              k.strides() == v.strides(),
-              "decode_attention: at least one key, D a multiple of 8 up to 256, rows of D contiguous, "
-              "and k and v laid out alike expected");
-  std::vector<int64_t> starts(B, 0);
+// Attention for one new token per row: qkv [B, 1, 3HD] (head by head: query, key, value), the cache's buffers
+// k_cache and v_cache [B, H, T_max, D], the token's slot, the rotary tables cos and sin [L, d], and first [B]
+// (int64) or none: row b's first real slot. -> [B, 1, HD]
+at::Tensor attention_step(const at::Tensor& qkv, const at::Tensor& k_cache, const at::Tensor& v_cache, int64_t slot,
+                          const at::Tensor& cos, const at::Tensor& sin, const std::optional<at::Tensor>& first) {
+  for (const auto* t : {&qkv, &k_cache, &v_cache, &cos, &sin})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu(), "attention_step: fp32 CPU tensors expected");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes() && k_cache.strides() == v_cache.strides() &&
+              k_cache.stride(3) == 1, "attention_step: k_cache and v_cache [B, H, T_max, D] expected, laid out "
+              "alike, rows of D contiguous");
+  const int64_t B = k_cache.size(0), H = k_cache.size(1), T_max = k_cache.size(2), D = k_cache.size(3);
+  TORCH_CHECK(D % 8 == 0 && D <= 256, "attention_step: D a multiple of 8 up to 256 expected");
+  TORCH_CHECK(qkv.dim() == 3 && qkv.size(0) == B && qkv.size(1) == 1 && qkv.size(2) == 3 * H * D &&
+              qkv.is_contiguous(), "attention_step: qkv [B, 1, 3HD] contiguous expected, B, H, D as in the cache");
+  TORCH_CHECK(slot >= 0 && slot < T_max, "attention_step: slot outside the cache");
+  TORCH_CHECK(cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.size(0) > slot && cos.size(1) % 2 == 0 &&
+              cos.size(1) <= D && cos.is_contiguous() && sin.is_contiguous(),
+              "attention_step: rotary tables cos and sin [L, d] expected, contiguous, L > slot, d even, d <= D");
+  // Row b attends to the keys start[b] .. slot, from the position of its first real token; a row that is still
+  // padding at `slot` sees only its own slot, at position 0, as in `Attention._mask`
+  std::vector<int64_t> start(B, 0);
   if (first) {
     TORCH_CHECK(first->scalar_type() == at::kLong && first->dim() == 1 && first->size(0) == B,
-                "decode_attention: first [B] (int64) expected");
+                "attention_step: first [B] (int64) expected");
     const auto f = first->contiguous();
     for (int64_t b = 0; b < B; ++b) {
-      starts[b] = f.const_data_ptr<int64_t>()[b];
-      TORCH_CHECK(starts[b] >= 0 && starts[b] < S, "decode_attention: first[b] must leave at least one key");
+      TORCH_CHECK(f.const_data_ptr<int64_t>()[b] >= 0, "attention_step: first[b] must not be negative");
+      start[b] = std::min(f.const_data_ptr<int64_t>()[b], slot);
     }
   }
-  auto out = at::empty({B, H, 1, D}, q.options().memory_format(at::MemoryFormat::Contiguous));
-  const float *qp = q.const_data_ptr<float>(), *kp = k.const_data_ptr<float>(), *vp = v.const_data_ptr<float>();
-  float* op = out.data_ptr<float>();
+  auto out = at::empty({B, 1, H * D}, qkv.options());
+  const float *x = qkv.const_data_ptr<float>(), *c = cos.const_data_ptr<float>(), *s = sin.const_data_ptr<float>();
+  float *kp = k_cache.data_ptr<float>(), *vp = v_cache.data_ptr<float>(), *op = out.data_ptr<float>();
+  const int64_t d = cos.size(1), row = k_cache.stride(2);
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> p(S);
+    std::vector<float> p(slot + 1);
+    float q[256];
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / H, h = i % H;
-      one_head(qp + b * q.stride(0) + h * q.stride(1), kp + b * k.stride(0) + h * k.stride(1),
-               vp + b * v.stride(0) + h * v.stride(1), k.stride(2), starts[b], S, D, scale, p.data(), op + i * D);
+      const int64_t b = i / H, h = i % H, m = slot - start[b];
+      const float* head = x + (b * H + h) * 3 * D;
+      float* k = kp + b * k_cache.stride(0) + h * k_cache.stride(1);
+      float* v = vp + b * v_cache.stride(0) + h * v_cache.stride(1);
+      rotate(head, c + m * d, s + m * d, d, D, q);
+      rotate(head + D, c + m * d, s + m * d, d, D, k + slot * row);
+      std::memcpy(v + slot * row, head + 2 * D, D * sizeof(float));
+      one_head(q, k, v, row, start[b], slot + 1, D, scale, p.data(), op + i * D);
     }
   });
   return out;
@@ -410,14 +509,15 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 # Both ops are registered under `torch.ops.neox_cpu`.
 _KERNEL_REGISTER = r"""
 TORCH_LIBRARY(neox_cpu, m) {
-  m.def("gemv(Tensor x, Tensor weight, Tensor? bias) -> Tensor", &gemv);
-  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? first) -> Tensor", &decode_attention);
+  m.def("gemv(Tensor x, Tensor weight, Tensor? bias, int activation=0) -> Tensor", &gemv);
+  m.def("attention_step(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int slot, Tensor cos, Tensor sin, "
+        "Tensor? first) -> Tensor", &attention_step);
 }
 """
 
 # The whole file, as the compiler sees it, and the name of its build (PyTorch's folder for it and the library file)
-GEMV_SOURCE = (_KERNEL_HEADERS + _KERNEL_SUMS + _KERNEL_TILE + _KERNEL_GROUPS + _KERNEL_OP + _KERNEL_EXP
-               + _KERNEL_HEAD + _KERNEL_ATTENTION_OP + _KERNEL_REGISTER)
+GEMV_SOURCE = (_KERNEL_HEADERS + _KERNEL_SUMS + _KERNEL_TILE + _KERNEL_EXP + _KERNEL_GELU + _KERNEL_GROUPS
+               + _KERNEL_OP + _KERNEL_HEAD + _KERNEL_ROTARY + _KERNEL_ATTENTION_OP + _KERNEL_REGISTER)
 KERNEL_NAME = "neox_cpu_gemv"
 
 
@@ -485,8 +585,9 @@ def gemv_or_reason():
 
 def cpu_gemv_kernel():
     r"""
-    The kernel, `gemv(x [N, I], weight [O, I], bias [O] or None) -> [N, O]`, built the first time it is asked for
-    on this machine. Raises `KernelUnavailable` with the reason when it cannot be built here.
+    The kernel, `gemv(x [N, I], weight [O, I], bias [O] or None, activation=0) -> [N, O]` (`activation` from
+    `ACTIVATIONS`), built the first time it is asked for on this machine. Raises `KernelUnavailable` with the reason
+    when it cannot be built here.
     """
     op, reason = gemv_or_reason()
     if op is None:
@@ -494,11 +595,12 @@ def cpu_gemv_kernel():
     return op
 
 
-def decode_attention_kernel():
+def attention_step_kernel():
     r"""
-    The attention of one new token, `decode_attention(q [B, H, 1, D], k [B, H, S, D], v [B, H, S, D],
-    first [B] or None) -> [B, H, 1, D]`, fp32, from the same build as `cpu_gemv_kernel()`. Raises
-    `KernelUnavailable` with the reason when it cannot be built here.
+    A decoding step's attention for one new token per row, `attention_step(qkv [B, 1, 3C], k_cache [B, H, T_max, D],
+    v_cache [B, H, T_max, D], slot, cos [L, d], sin [L, d], first [B] or None) -> [B, 1, C]`, fp32, from the same
+    build as `cpu_gemv_kernel()`; it writes the new key and value into the cache. Raises `KernelUnavailable` with
+    the reason when it cannot be built here.
     """
     cpu_gemv_kernel()
-    return torch.ops.neox_cpu.decode_attention
+    return torch.ops.neox_cpu.attention_step

@@ -120,7 +120,7 @@ class RotaryEmbedding(nn.Module):
     # The tables of $\cos m\theta$ and $\sin m\theta$ for positions $m$ up to at least `end`. They are built once
     # for 2048 positions, doubled when a longer sequence arrives, and rebuilt when the device changes. The angles
     # $m \theta_i$ are `[positions, d/2]`; each is repeated for both features of its pair, `[positions, d]`.
-    def _tables(self, end: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    def tables(self, end: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         cached = self._cos_sin
         if cached is None or cached[0].shape[0] < end or cached[0].device != device:
             length = max(end, 2048 if cached is None else 2 * cached[0].shape[0])
@@ -141,7 +141,7 @@ class RotaryEmbedding(nn.Module):
         if d == 0:
             return x
         n_tokens = x.shape[1]
-        cos, sin = self._tables(offset + n_tokens, x.device)
+        cos, sin = self.tables(offset + n_tokens, x.device)
         if padding is None:
             # `[T, 1, ..., 1, d]` to broadcast over the dimensions after $T$, in the dtype of `x` (as gpt-neox and
             # transformers do)
@@ -204,6 +204,17 @@ class KVCache:
         Store the keys and values `[B, H, T, D]` of `T` new slots for layer `layer_idx`, and return those of all
         slots so far, `[B, H, offset + T, D]` (views of the buffer, not copies).
         """
+        end = self.offset + k.shape[2]
+        k_buffer, v_buffer = self.buffers(layer_idx, k)
+        k_buffer[:, :, self.offset:end] = k
+        v_buffer[:, :, self.offset:end] = v
+        return k_buffer[:, :, :end], v_buffer[:, :, :end]
+
+    def buffers(self, layer_idx: int, k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        r"""
+        The whole key and value buffers of layer `layer_idx`, `[B, H, T_max, D]`, made like the new keys `k`
+        `[B, H, T, D]` (dtype, device) on first use, once it is checked that `T` more slots fit.
+        """
         batch_size, n_heads, n_new, d_head = k.shape
         end = self.offset + n_new
         if end > self.max_len:
@@ -211,13 +222,11 @@ class KVCache:
                              f"create the KVCache with a larger max_len")
         if layer_idx not in self._buffers:
             shape = (batch_size, n_heads, self.max_len, d_head)
-            self._buffers[layer_idx] = (k.new_empty(shape), v.new_empty(shape))
+            self._buffers[layer_idx] = (k.new_empty(shape), k.new_empty(shape))
         k_buffer, v_buffer = self._buffers[layer_idx]
         if k_buffer.shape[0] != batch_size:
             raise ValueError(f"the KV cache was filled with batch size {k_buffer.shape[0]}, not {batch_size}")
-        k_buffer[:, :, self.offset:end] = k
-        v_buffer[:, :, self.offset:end] = v
-        return k_buffer[:, :, :end], v_buffer[:, :, :end]
+        return k_buffer, v_buffer
 
     # `padding` on the device of a layer, or `None` when no row is padded
     def padding_on(self, device: torch.device) -> Optional[torch.Tensor]:
