@@ -18,11 +18,12 @@ pytest.importorskip("transformers")
 
 from labml_nn.neox import cpu_decoding, cpu_gemv  # noqa: E402
 from labml_nn.neox.cpu_decoding import (HUGE_PAGE, MAX_BMM_TOKENS, DecodingAttention, DecodingFFN,  # noqa: E402
-                                         DecodingLinear,
+                                         DecodingLayer, DecodingLinear,
                                          prepare_for_cpu_decoding)
 from labml_nn.neox.cpu_gemv import ACTIVATIONS, MAX_KERNEL_ROWS, KernelUnavailable, cpu_gemv_kernel  # noqa: E402
 from labml_nn.neox.generation import generate, left_pad  # noqa: E402
-from labml_nn.neox.model import FFN, Attention, KVCache  # noqa: E402
+from labml_nn.neox.config import NeoXConfig  # noqa: E402
+from labml_nn.neox.model import FFN, Attention, KVCache, TransformerLayer  # noqa: E402
 from helpers import TOLERANCE, make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
 
 
@@ -401,25 +402,63 @@ def test_attention_step_refuses_what_it_cannot_compute(change):
         cpu_gemv.attention_step_kernel()(*change(_step_args()))
 
 
-def test_prepared_attention_uses_the_kernel_for_one_new_token_without_gradients_only():
+def test_prepared_layers_use_the_kernel_for_one_new_token_without_gradients_only():
     kernel_or_skip()
     model = prepare_for_cpu_decoding(our_model_from_hf(make_tiny_hf_model(seed=28)), kernel=True)
-    attention = model[1].attention
-    assert isinstance(attention, DecodingAttention)
+    layer = model[1]
+    assert type(layer) is DecodingLayer and type(layer.attention) is DecodingAttention
     calls = []
-    real = attention._attention_step
-    attention._attention_step = lambda qkv, *args: calls.append(qkv.shape[1]) or real(qkv, *args)
+    real_layer, real_attention = layer._layer_step, layer.attention._attention_step
+    layer._layer_step = lambda x, *args: calls.append(("layer", x.shape[1])) or real_layer(x, *args)
+    layer.attention._attention_step = lambda qkv, *args: calls.append(("attention", qkv.shape[1])) or \
+        real_attention(qkv, *args)
     ids = random_ids(96, batch=2, length=6)
     with torch.no_grad():
         cache = KVCache(8)
-        model(ids, cache)                  # the prompt: PyTorch's attention
-        model(ids[:, :1], cache)           # one new token: the kernel
-    assert calls == [1]
-    model(ids[:, :1], KVCache(2)).sum().backward()  # with gradients: PyTorch's attention
-    assert calls == [1]
-    # Without the kernel, the plain module again
+        model(ids, cache)                  # the prompt: the modules, PyTorch's attention
+        model(ids[:, :1], cache)           # one new token: the whole layer in the kernel
+        assert calls == [("layer", 1)]
+        layer._layer_step = None           # without it, the modules, attention in the kernel
+        model(ids[:, :1], cache)
+        assert calls == [("layer", 1), ("attention", 1)]
+    model(ids[:, :1], KVCache(2)).sum().backward()  # with gradients: the modules, PyTorch's attention
+    assert len(calls) == 2
+    # Without the kernel, the plain modules again
     prepare_for_cpu_decoding(model, kernel=False)
-    assert type(model[1].attention) is Attention and "_attention_step" not in vars(model[1].attention)
+    assert type(model[1]) is TransformerLayer and type(model[1].attention) is Attention
+    assert "_attention_step" not in vars(model[1].attention) and "_layer_step" not in vars(model[1])
+
+
+# `layer_step` computes each residual form as `TransformerLayer` does: against the plain layer in float64, with
+# layer norms that are not the identity, batch 3, one row with left padding, over several steps
+@pytest.mark.parametrize("parallel_residual,tied_layernorms,activation", [
+    (True, False, "gelu"), (True, True, "gelu_tanh"), (False, False, "gelu")])
+def test_layer_step_equals_the_float64_layer(parallel_residual, tied_layernorms, activation):
+    kernel_or_skip()
+    config = NeoXConfig(n_layers=1, d_model=64, n_heads=4, n_vocab=96, n_ctx=64, rotary_pct=0.25,
+                        parallel_residual=parallel_residual, tied_layernorms=tied_layernorms, activation=activation)
+    torch.manual_seed(7)
+    plain = TransformerLayer(config, 0).eval()
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name and name.endswith("weight")
+                    else 0.1 * torch.randn_like(p))
+    reference = copy.deepcopy(plain).double()
+    prepared = prepare_for_cpu_decoding(nn.Sequential(plain), kernel=True)[0]
+    assert type(prepared) is DecodingLayer
+    padding = torch.tensor([0, 3, 1])
+    caches = [KVCache(12, padding=padding) for _ in range(2)]
+    with torch.no_grad():
+        prompt = torch.randn(3, 5, 64)
+        for model, cache, dtype in ((prepared, caches[0], torch.float32), (reference, caches[1], torch.float64)):
+            model(prompt.to(dtype), cache)
+            cache.advance(5)
+        for _ in range(4):
+            x = torch.randn(3, 1, 64)
+            got, expected = prepared(x, caches[0]), reference(x.double(), caches[1])
+            for cache in caches:
+                cache.advance(1)
+            assert (got.double() - expected).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("parallel_residual", [True, False])

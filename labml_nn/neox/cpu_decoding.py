@@ -113,8 +113,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from labml_nn.neox import cpu_gemv
-from labml_nn.neox.cpu_gemv import ACTIVATIONS, MAX_KERNEL_ROWS, KernelUnavailable
-from labml_nn.neox.model import FFN, Attention, KVCache
+from labml_nn.neox.cpu_gemv import ACTIVATIONS, MAX_KERNEL_ROWS, RESIDUALS, KernelUnavailable
+from labml_nn.neox.model import FFN, Attention, KVCache, TransformerLayer
 
 # Above this many rows (tokens times batch) a product is a matrix-matrix product that MKL's GEMM already spreads
 # over every core; the halves only help the memory-bound products of decoding.
@@ -190,7 +190,7 @@ class _WithKernelOps:
     # Python cannot pickle the kernel's ops, so a prepared layer pickles (`torch.save(model)`, `copy.deepcopy`)
     # without them, with a mark where one was, and finds them again when unpickled (building the kernel if this
     # machine has not yet; where it cannot be built, the layer runs as if prepared with `kernel=False`)
-    _ops = {"_gemv": "gemv", "_attention_step": "attention_step"}
+    _ops = {"_gemv": "gemv", "_attention_step": "attention_step", "_layer_step": "layer_step"}
 
     def __getstate__(self):
         state = dict(super().__getstate__())
@@ -269,20 +269,6 @@ class DecodingLinear(_WithKernelOps, nn.Linear):
         return y if activation == "none" else F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
 
 
-class DecodingFFN(FFN):
-    r"""
-    ## The FFN for decoding
-
-    An `FFN` (the same modules, parameters and state dict) whose first linear layer, a `DecodingLinear`, applies
-    the GELU itself: with the kernel, as it writes its outputs. Inside a decoding step PyTorch's GELU costs 40-50 us a
-    layer on the test machine (`cpu_gemv.py` says why); in the kernel, nothing measurable.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gelu = "gelu_tanh" if self.approximate == "tanh" else "gelu"
-        return self.dense_4h_to_h(self.dense_h_to_4h(x, gelu))
-
-
 class DecodingAttention(_WithKernelOps, Attention):
     r"""
     ## Attention for decoding
@@ -307,14 +293,66 @@ class DecodingAttention(_WithKernelOps, Attention):
             return super().forward(x, cache)
         # `[B, 1, 3C]`, head by head its query, key and value
         qkv = self.query_key_value(x).contiguous()
-        # The cache's buffers `[B, H, T_max, D]`, made (on the first step) like a view of the new keys
-        keys = qkv.view(batch_size, 1, self.n_heads, 3, self.d_head)[:, :, :, 1].transpose(1, 2)
+        return self.dense(self._attention_step(qkv, *self.step_inputs(x, cache)))
+
+    # What the kernel's `attention_step` (and `layer_step`) take besides the new token: the cache's buffers
+    # `[B, H, T_max, D]` (made on the first step, like the new keys `[B, H, 1, D]` would be), the new slot, the
+    # rotary tables, and each row's first real slot (or `None`)
+    def step_inputs(self, x: torch.Tensor, cache: KVCache) -> tuple:
+        keys = x.view(x.shape[0], 1, self.n_heads, self.d_head).transpose(1, 2)
         k_buffer, v_buffer = cache.buffers(self.layer_idx, keys)
         cos, sin = self.rotary_emb.tables(cache.offset + 1, x.device)
         padding = cache.padding_on(x.device)
-        out = self._attention_step(qkv, k_buffer, v_buffer, cache.offset, cos, sin,
-                                   None if padding is None else padding.long())
-        return self.dense(out)
+        return k_buffer, v_buffer, cache.offset, cos, sin, None if padding is None else padding.long()
+
+
+class DecodingFFN(FFN):
+    r"""
+    ## The FFN for decoding
+
+    An `FFN` (the same modules, parameters and state dict) whose first linear layer, a `DecodingLinear`, applies
+    the GELU itself: with the kernel, as it writes its outputs. Inside a decoding step PyTorch's GELU costs 40-50 us a
+    layer on the test machine (`cpu_gemv.py` says why); in the kernel, nothing measurable.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(self.dense_h_to_4h(x, self.activation))
+
+    # The GELU by the kernel's name for it (`ACTIVATIONS`)
+    @property
+    def activation(self) -> str:
+        return "gelu_tanh" if self.approximate == "tanh" else "gelu"
+
+
+class DecodingLayer(_WithKernelOps, TransformerLayer):
+    r"""
+    ## A transformer layer for decoding
+
+    A `TransformerLayer` (the same modules, parameters and state dict) whose `forward`, for one new token per row
+    with a cache, in fp32 on the CPU and without gradients, is one call of the kernel's `layer_step`: the layer norms,
+    the four products, attention and the residual sum (`cpu_gemv.py`). `prepare_for_cpu_decoding` makes one where all
+    the layer's parts were prepared for the kernel: its linear layers `DecodingLinear`s with the kernel, its attention
+    a `DecodingAttention`, its FFN a `DecodingFFN`. Everything else (the prompt, training, half precision) runs
+    `TransformerLayer.forward`, whose prepared modules still use the kernel one by one.
+    """
+
+    # Set by `prepare_for_cpu_decoding`: the kernel's `layer_step`
+    _layer_step = None
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        batch_size, n_tokens, _ = x.shape
+        norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
+        if (self._layer_step is None or cache is None or n_tokens != 1 or batch_size > MAX_KERNEL_ROWS
+                or x.dtype != torch.float32 or x.device.type != "cpu" or norm1.weight.device.type != "cpu"
+                or torch.is_grad_enabled()):
+            return super().forward(x, cache)
+        attention, mlp = self.attention, self.mlp
+        linears = (attention.query_key_value, attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h)
+        residual = "sequential" if not self.parallel_residual else "parallel_tied" if self.tied_layernorms \
+            else "parallel"
+        return self._layer_step(x.contiguous(), [norm1.weight, norm1.bias, norm2.weight, norm2.bias],
+                                [layer.weight for layer in linears], [layer.bias for layer in linears], norm1.eps,
+                                RESIDUALS[residual], ACTIVATIONS[mlp.activation], *attention.step_inputs(x, cache))
 
 
 # Only fp32 weights on a CPU with more than one row and column (a `[1, n]` weight is a dot product, whatever its
@@ -325,6 +363,20 @@ def _fits(layer: nn.Module) -> bool:
             and weight.dtype == torch.float32 and weight.dim() == 2 and min(weight.shape) > 1)
 
 
+# Whether `layer_step` can compute this layer: every part prepared for the kernel, fp32 layer norms with the same
+# epsilon, and sizes the kernel takes
+def _whole_layer_fits(layer: TransformerLayer) -> bool:
+    attention, mlp = layer.attention, layer.mlp
+    linears = (attention.query_key_value, attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h)
+    norms = (layer.input_layernorm, layer.post_attention_layernorm)
+    return (type(attention) is DecodingAttention and attention._attention_step is not None
+            and type(mlp) is DecodingFFN and all(type(m) is DecodingLinear and m._gemv is not None for m in linears)
+            and all(type(m) is nn.LayerNorm and m.weight is not None and m.bias is not None
+                    and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu" for m in norms)
+            and norms[0].eps == norms[1].eps and attention.d_head % 8 == 0 and attention.d_head <= 256
+            and mlp.dense_h_to_4h.weight.shape[0] % 8 == 0)
+
+
 def _as_class(linear: nn.Module, cls: type) -> nn.Module:
     # The same layer as an `nn.Linear` or a `DecodingLinear` (an `Attention` or a `DecodingAttention`, an `FFN` or a
     # `DecodingFFN`), holding the very same `Parameter` objects and submodules (an optimizer or a caller holding them
@@ -332,7 +384,7 @@ def _as_class(linear: nn.Module, cls: type) -> nn.Module:
     if type(linear) is cls:
         return linear
     layer = cls.__new__(cls)
-    kept = ("_kept", "_halves", "_gemv", "_use_halves", "_attention_step")
+    kept = ("_kept", "_halves", "_gemv", "_use_halves", "_attention_step", "_layer_step")
     layer.__dict__.update({k: v for k, v in linear.__dict__.items() if not k.startswith(kept)})
     layer._parameters = dict(linear._parameters)
     return layer
@@ -425,4 +477,13 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None, ke
             elif type(layer) in (FFN, DecodingFFN):
                 use = type(layer.dense_h_to_4h) is DecodingLinear
                 setattr(parent, name, _as_class(layer, DecodingFFN if use else FFN))
+    # And a transformer layer whose parts all use the kernel is one call of its `layer_step`
+    for parent in list(model.modules()):
+        for name, layer in list(parent.named_children()):
+            if type(layer) in (TransformerLayer, DecodingLayer):
+                use = gemv is not None and _whole_layer_fits(layer)
+                layer = _as_class(layer, DecodingLayer if use else TransformerLayer)
+                if use:
+                    layer._layer_step = torch.ops.neox_cpu.layer_step
+                setattr(parent, name, layer)
     return model

@@ -57,6 +57,10 @@ MAX_KERNEL_ROWS = 32
 # names of `NeoXConfig.activation`: nothing, the exact GELU, or its tanh approximation
 ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
 
+# The residual connections `layer_step` can compute (`Residual` in the C++): `TransformerLayer`'s sequential one,
+# its parallel one, and the parallel one with tied layer norms
+RESIDUALS = {"sequential": 0, "parallel": 1, "parallel_tied": 2}
+
 # ## The kernel, piece by piece
 #
 # The source is one C++ file, kept here in pieces so that each sits beside its explanation. It includes only
@@ -242,8 +246,30 @@ static void groups(const float* W, int64_t O, int64_t I, const std::vector<Block
 # contiguous range of rows, one stream through memory. (Handing out smaller ranges as threads free up made no
 # difference on the test machine.)
 _KERNEL_OP = r"""
-// y = act(x W^T + b) for x [N, I] with N <= kMaxRows, W [O, I] and b [O], all fp32, contiguous, on the CPU;
-// act: kNone, kGelu or kGeluTanh
+// y = act(x W^T + b) into y [N, O], for x [N, I] with N <= kMaxRows, W [O, I] and b [O] (or null)
+static void product(const float* x, int64_t N, int64_t I, const float* W, int64_t O, const float* bias, int64_t act,
+                    float* y) {
+  // Blocks of up to 3 rows of x, each interleaved by chunks of 8 numbers: [nb, I] -> [I/8, nb, 8]
+  std::vector<std::vector<float>> kept;
+  std::vector<Block> blocks;
+  kept.reserve((N + 2) / 3);
+  for (int64_t n0 = 0; n0 < N; n0 += 3) {
+    const int64_t nb = std::min<int64_t>(3, N - n0);
+    if (nb == 1) {  // a single row is its own interleaving
+      blocks.push_back({static_cast<int>(n0), 1, x + n0 * I});
+      continue;
+    }
+    kept.emplace_back(nb * I);
+    float* out = kept.back().data();
+    for (int64_t c = 0; c < I / 8; ++c)
+      for (int64_t n = 0; n < nb; ++n) std::memcpy(out + (c * nb + n) * 8, x + (n0 + n) * I + c * 8, 8 * sizeof(float));
+    blocks.push_back({static_cast<int>(n0), static_cast<int>(nb), out});
+  }
+  at::parallel_for(0, (O + 7) / 8, 16, [&](int64_t g0, int64_t g1) { groups(W, O, I, blocks, N, bias, act, y, g0, g1); });
+}
+
+// The op: y = act(x W^T + b) for x [N, I], W [O, I] and b [O], all fp32, contiguous, on the CPU; act: kNone, kGelu
+// or kGeluTanh
 at::Tensor gemv(const at::Tensor& x_in, const at::Tensor& weight,
                 const std::optional<at::Tensor>& bias, int64_t activation) {
   TORCH_CHECK(x_in.dim() == 2 && weight.dim() == 2 && x_in.size(1) == weight.size(1),
@@ -263,25 +289,9 @@ at::Tensor gemv(const at::Tensor& x_in, const at::Tensor& weight,
                 "gemv: a contiguous fp32 bias [O] expected");
     b = bias->const_data_ptr<float>();
   }
-  // Blocks of up to 3 rows of x, each interleaved by chunks of 8 numbers: [nb, I] -> [I/8, nb, 8]
   const auto x = x_in.contiguous();
-  std::vector<at::Tensor> kept;
-  std::vector<Block> blocks;
-  for (int64_t n0 = 0; n0 < N; n0 += 3) {
-    const int64_t nb = std::min<int64_t>(3, N - n0);
-    if (nb == 1) {  // a single row is its own interleaving
-      blocks.push_back({static_cast<int>(n0), 1, x.const_data_ptr<float>() + n0 * I});
-      continue;
-    }
-    kept.push_back(x.narrow(0, n0, nb).view({nb, I / 8, 8}).transpose(0, 1).contiguous());
-    blocks.push_back({static_cast<int>(n0), static_cast<int>(nb), kept.back().const_data_ptr<float>()});
-  }
   auto y = at::empty({N, O}, x.options());
-  const float* wp = weight.const_data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, (O + 7) / 8, 16, [&](int64_t g0, int64_t g1) {
-    groups(wp, O, I, blocks, N, b, activation, yp, g0, g1);
-  });
+  product(x.const_data_ptr<float>(), N, I, weight.const_data_ptr<float>(), O, b, activation, y.data_ptr<float>());
   return y;
 }
 
@@ -453,71 +463,189 @@ static inline void rotate(const float* x, const float* c, const float* s, int64_
 # with `one_head`. The result is `[B, 1, C]`, the heads side by side, ready for `dense`. The heads are shared
 # among the threads, a few each; each writes and reads only its own rows of the cache.
 _KERNEL_ATTENTION_OP = r"""
-// Attention for one new token per row: qkv [B, 1, 3HD] (head by head: query, key, value), the cache's buffers
-// k_cache and v_cache [B, H, T_max, D], the token's slot, the rotary tables cos and sin [L, d], and first [B]
-// (int64) or none: row b's first real slot. -> [B, 1, HD]
-at::Tensor attention_step(const at::Tensor& qkv, const at::Tensor& k_cache, const at::Tensor& v_cache, int64_t slot,
-                          const at::Tensor& cos, const at::Tensor& sin, const std::optional<at::Tensor>& first) {
-  for (const auto* t : {&qkv, &k_cache, &v_cache, &cos, &sin})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu(), "attention_step: fp32 CPU tensors expected");
+// Checks the cache's buffers k_cache and v_cache [B, H, T_max, D], the slot, the rotary tables and `first` for
+// `op`; returns each row's first key: start[b] .. slot
+static std::vector<int64_t> check_step(const char* op, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                       int64_t slot, const at::Tensor& cos, const at::Tensor& sin,
+                                       const std::optional<at::Tensor>& first) {
+  for (const auto* t : {&k_cache, &v_cache, &cos, &sin})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu(), op, ": fp32 CPU tensors expected");
   TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes() && k_cache.strides() == v_cache.strides() &&
-              k_cache.stride(3) == 1, "attention_step: k_cache and v_cache [B, H, T_max, D] expected, laid out "
-              "alike, rows of D contiguous");
-  const int64_t B = k_cache.size(0), H = k_cache.size(1), T_max = k_cache.size(2), D = k_cache.size(3);
-  TORCH_CHECK(D % 8 == 0 && D <= 256, "attention_step: D a multiple of 8 up to 256 expected");
-  TORCH_CHECK(qkv.dim() == 3 && qkv.size(0) == B && qkv.size(1) == 1 && qkv.size(2) == 3 * H * D &&
-              qkv.is_contiguous(), "attention_step: qkv [B, 1, 3HD] contiguous expected, B, H, D as in the cache");
-  TORCH_CHECK(slot >= 0 && slot < T_max, "attention_step: slot outside the cache");
+              k_cache.stride(3) == 1, op, ": k_cache and v_cache [B, H, T_max, D] expected, laid out alike, rows "
+              "of D contiguous");
+  const int64_t B = k_cache.size(0), T_max = k_cache.size(2), D = k_cache.size(3);
+  TORCH_CHECK(D % 8 == 0 && D <= 256, op, ": D a multiple of 8 up to 256 expected");
+  TORCH_CHECK(slot >= 0 && slot < T_max, op, ": slot outside the cache");
   TORCH_CHECK(cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.size(0) > slot && cos.size(1) % 2 == 0 &&
               cos.size(1) <= D && cos.is_contiguous() && sin.is_contiguous(),
-              "attention_step: rotary tables cos and sin [L, d] expected, contiguous, L > slot, d even, d <= D");
+              op, ": rotary tables cos and sin [L, d] expected, contiguous, L > slot, d even, d <= D");
   // Row b attends to the keys start[b] .. slot, from the position of its first real token; a row that is still
   // padding at `slot` sees only its own slot, at position 0, as in `Attention._mask`
   std::vector<int64_t> start(B, 0);
   if (first) {
     TORCH_CHECK(first->scalar_type() == at::kLong && first->dim() == 1 && first->size(0) == B,
-                "attention_step: first [B] (int64) expected");
+                op, ": first [B] (int64) expected");
     const auto f = first->contiguous();
     for (int64_t b = 0; b < B; ++b) {
-      TORCH_CHECK(f.const_data_ptr<int64_t>()[b] >= 0, "attention_step: first[b] must not be negative");
+      TORCH_CHECK(f.const_data_ptr<int64_t>()[b] >= 0, op, ": first[b] must not be negative");
       start[b] = std::min(f.const_data_ptr<int64_t>()[b], slot);
     }
   }
-  auto out = at::empty({B, 1, H * D}, qkv.options());
-  const float *x = qkv.const_data_ptr<float>(), *c = cos.const_data_ptr<float>(), *s = sin.const_data_ptr<float>();
-  float *kp = k_cache.data_ptr<float>(), *vp = v_cache.data_ptr<float>(), *op = out.data_ptr<float>();
-  const int64_t d = cos.size(1), row = k_cache.stride(2);
+  return start;
+}
+
+// The attention of one new token per row into out [B, HD], from qkv [B, 3HD] (checked by `check_step`)
+static void attend_step(const float* qkv, at::Tensor& k_cache, at::Tensor& v_cache, int64_t slot,
+                        const at::Tensor& cos, const at::Tensor& sin, const std::vector<int64_t>& start, float* out) {
+  const int64_t B = k_cache.size(0), H = k_cache.size(1), D = k_cache.size(3), d = cos.size(1);
+  const int64_t row = k_cache.stride(2);
+  const float *c = cos.const_data_ptr<float>(), *s = sin.const_data_ptr<float>();
+  float *kp = k_cache.data_ptr<float>(), *vp = v_cache.data_ptr<float>();
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> p(slot + 1);
     float q[256];
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / H, h = i % H, m = slot - start[b];
-      const float* head = x + (b * H + h) * 3 * D;
+      const float* head = qkv + (b * H + h) * 3 * D;
       float* k = kp + b * k_cache.stride(0) + h * k_cache.stride(1);
       float* v = vp + b * v_cache.stride(0) + h * v_cache.stride(1);
       rotate(head, c + m * d, s + m * d, d, D, q);
       rotate(head + D, c + m * d, s + m * d, d, D, k + slot * row);
       std::memcpy(v + slot * row, head + 2 * D, D * sizeof(float));
-      one_head(q, k, v, row, start[b], slot + 1, D, scale, p.data(), op + i * D);
+      one_head(q, k, v, row, start[b], slot + 1, D, scale, p.data(), out + i * D);
     }
   });
+}
+
+// The op: qkv [B, 1, 3HD] (head by head: query, key, value), the cache's buffers k_cache and v_cache
+// [B, H, T_max, D], the token's slot, the rotary tables cos and sin [L, d], and first [B] (int64) or none: row b's
+// first real slot. -> [B, 1, HD]
+at::Tensor attention_step(const at::Tensor& qkv, at::Tensor& k_cache, at::Tensor& v_cache, int64_t slot,
+                          const at::Tensor& cos, const at::Tensor& sin, const std::optional<at::Tensor>& first) {
+  const auto start = check_step("attention_step", k_cache, v_cache, slot, cos, sin, first);
+  TORCH_CHECK(qkv.scalar_type() == at::kFloat && qkv.device().is_cpu(), "attention_step: fp32 CPU tensors expected");
+  const int64_t B = k_cache.size(0), H = k_cache.size(1), D = k_cache.size(3);
+  TORCH_CHECK(qkv.dim() == 3 && qkv.size(0) == B && qkv.size(1) == 1 && qkv.size(2) == 3 * H * D &&
+              qkv.is_contiguous(), "attention_step: qkv [B, 1, 3HD] contiguous expected, B, H, D as in the cache");
+  auto out = at::empty({B, 1, H * D}, qkv.options());
+  attend_step(qkv.const_data_ptr<float>(), k_cache, v_cache, slot, cos, sin, start, out.data_ptr<float>());
   return out;
 }
 """
 
-# Both ops are registered under `torch.ops.neox_cpu`.
+# ## A whole layer in one call
+#
+# With its products, its GELU and its attention in the kernel, what is left of a decoding layer in Python is the
+# glue around them: a dozen module calls, `DecodingLinear`'s checks, the views, two layer norms and the residual
+# additions, each a few microseconds. `layer_step` runs a whole `TransformerLayer` (`model.py`) for one new token
+# per row in one call: the layer norms, the four products, attention, and the residual sum, in the order
+# `TransformerLayer.forward` writes them, for the parallel residual (with tied norms or not) and the sequential one.
+# It is the same arithmetic as the prepared modules', so it computes the same numbers.
+#
+# **Layer norm**, $\frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\, w + b$ for each row $x$ of $C$ numbers, with its mean
+# $\mu$ and variance $\sigma^2$: two passes over the row, then one to write it.
+_KERNEL_LAYER = r"""
+static void layer_norm(const float* x, int64_t N, int64_t C, const float* w, const float* b, float eps, float* y) {
+  for (int64_t n = 0; n < N; ++n, x += C, y += C) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t c = 0; c < C; c += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(x + c));
+    const __m256 mean = _mm256_set1_ps(sum1(acc) / C);
+    acc = _mm256_setzero_ps();
+    for (int64_t c = 0; c < C; c += 8) {
+      const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + c), mean);
+      acc = _mm256_fmadd_ps(d, d, acc);
+    }
+    const __m256 rstd = _mm256_set1_ps(1.f / std::sqrt(sum1(acc) / C + eps));
+    for (int64_t c = 0; c < C; c += 8) {
+      const __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), mean), rstd);
+      _mm256_storeu_ps(y + c, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + c), _mm256_loadu_ps(b + c)));
+    }
+  }
+}
+
+enum Residual : int64_t { kSequential = 0, kParallel = 1, kParallelTied = 2 };  // as in RESIDUALS
+
+// One TransformerLayer for one new token per row: x [B, 1, C]; norms: the weights and biases of
+// input_layernorm and post_attention_layernorm [C]; weights: query_key_value [3C, C], dense [C, C],
+// dense_h_to_4h [F, C], dense_4h_to_h [C, F], and their biases (or none); the cache and the rest as for
+// attention_step. -> [B, 1, C]
+at::Tensor layer_step(const at::Tensor& x, at::TensorList norms, at::TensorList weights,
+                      const c10::List<std::optional<at::Tensor>>& biases, double eps, int64_t residual,
+                      int64_t activation, at::Tensor& k_cache, at::Tensor& v_cache, int64_t slot,
+                      const at::Tensor& cos, const at::Tensor& sin, const std::optional<at::Tensor>& first) {
+  const auto start = check_step("layer_step", k_cache, v_cache, slot, cos, sin, first);
+  const int64_t B = k_cache.size(0), C = k_cache.size(1) * k_cache.size(3);
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.dim() == 3 && x.size(0) == B &&
+              x.size(1) == 1 && x.size(2) == C && x.is_contiguous(),
+              "layer_step: x [B, 1, C] expected, fp32, contiguous, on the CPU, B and C = HD as in the cache");
+  TORCH_CHECK(B <= kMaxRows, "layer_step: at most ", kMaxRows, " rows expected");
+  TORCH_CHECK(norms.size() == 4 && weights.size() == 4 && biases.size() == 4,
+              "layer_step: 4 norm tensors, 4 weights and 4 biases expected");
+  TORCH_CHECK(residual >= kSequential && residual <= kParallelTied && activation >= kNone &&
+              activation <= kGeluTanh, "layer_step: residual 0-2 and activation 0-2 expected");
+  const int64_t F = weights[2].dim() == 2 ? weights[2].size(0) : 0;
+  const int64_t shapes[4][2] = {{3 * C, C}, {C, C}, {F, C}, {C, F}};
+  const float* w[4];
+  const float* bias[4];
+  for (int i = 0; i < 4; ++i) {
+    const auto& t = weights[i];
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu() && t.is_contiguous() && t.dim() == 2 &&
+                t.size(0) == shapes[i][0] && t.size(1) == shapes[i][1] && F % 8 == 0,
+                "layer_step: weights [3C, C], [C, C], [F, C], [C, F] expected (F a multiple of 8), fp32, "
+                "contiguous, on the CPU");
+    w[i] = t.const_data_ptr<float>();
+    const std::optional<at::Tensor> b = biases.get(i);
+    TORCH_CHECK(!b || (b->scalar_type() == at::kFloat && b->device().is_cpu() && b->is_contiguous() &&
+                       b->numel() == shapes[i][0]), "layer_step: each bias fp32, contiguous, on the CPU, one per "
+                "output");
+    bias[i] = b ? b->const_data_ptr<float>() : nullptr;
+  }
+  for (const auto& t : norms)
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu() && t.is_contiguous() && t.numel() == C,
+                "layer_step: layer norm weights and biases [C] expected, fp32, contiguous, on the CPU");
+  const float *xp = x.const_data_ptr<float>(), *n1w = norms[0].const_data_ptr<float>(),
+              *n1b = norms[1].const_data_ptr<float>(), *n2w = norms[2].const_data_ptr<float>(),
+              *n2b = norms[3].const_data_ptr<float>();
+  const float e = static_cast<float>(eps);
+  std::vector<float> ln1(B * C), ln2(B * C), qkv(B * 3 * C), att(B * C), a(B * C), h(B * F), f(B * C);
+  auto out = at::empty({B, 1, C}, x.options());
+  float* o = out.data_ptr<float>();
+  // Attention, on LN_1(x)
+  layer_norm(xp, B, C, n1w, n1b, e, ln1.data());
+  product(ln1.data(), B, C, w[0], 3 * C, bias[0], kNone, qkv.data());
+  attend_step(qkv.data(), k_cache, v_cache, slot, cos, sin, start, att.data());
+  product(att.data(), B, C, w[1], C, bias[1], kNone, a.data());
+  // The FFN, on LN_1(x) (tied), LN_2(x) (parallel) or LN_2(x + attention) (sequential); o holds x + attention
+  for (int64_t i = 0; i < B * C; ++i) o[i] = xp[i] + a[i];
+  const float* ffn_in = ln1.data();
+  if (residual != kParallelTied) {
+    layer_norm(residual == kParallel ? xp : o, B, C, n2w, n2b, e, ln2.data());
+    ffn_in = ln2.data();
+  }
+  product(ffn_in, B, C, w[2], F, bias[2], activation, h.data());
+  product(h.data(), B, F, w[3], C, bias[3], kNone, f.data());
+  for (int64_t i = 0; i < B * C; ++i) o[i] += f[i];
+  return out;
+}
+"""
+
+# The three ops are registered under `torch.ops.neox_cpu`.
 _KERNEL_REGISTER = r"""
 TORCH_LIBRARY(neox_cpu, m) {
   m.def("gemv(Tensor x, Tensor weight, Tensor? bias, int activation=0) -> Tensor", &gemv);
   m.def("attention_step(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int slot, Tensor cos, Tensor sin, "
         "Tensor? first) -> Tensor", &attention_step);
+  m.def("layer_step(Tensor x, Tensor[] norms, Tensor[] weights, Tensor?[] biases, float eps, int residual, "
+        "int activation, Tensor(a!) k_cache, Tensor(b!) v_cache, int slot, Tensor cos, Tensor sin, Tensor? first) "
+        "-> Tensor", &layer_step);
 }
 """
 
 # The whole file, as the compiler sees it, and the name of its build (PyTorch's folder for it and the library file)
 GEMV_SOURCE = (_KERNEL_HEADERS + _KERNEL_SUMS + _KERNEL_TILE + _KERNEL_EXP + _KERNEL_GELU + _KERNEL_GROUPS
-               + _KERNEL_OP + _KERNEL_HEAD + _KERNEL_ROTARY + _KERNEL_ATTENTION_OP + _KERNEL_REGISTER)
+               + _KERNEL_OP + _KERNEL_HEAD + _KERNEL_ROTARY + _KERNEL_ATTENTION_OP + _KERNEL_LAYER
+               + _KERNEL_REGISTER)
 KERNEL_NAME = "neox_cpu_gemv"
 
 
