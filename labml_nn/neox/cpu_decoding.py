@@ -12,9 +12,10 @@ model = prepare_for_cpu_decoding(model)
 It changes **how** the fp32 weights are multiplied and where they sit in memory, never **what** is computed: the
 same parameter names, the same shapes `[out, in]`, the same values (the state dict holds the same numbers, so a
 prepared model can still be saved, fine-tuned or evaluated), and greedy tokens identical to the unprepared model's.
-Four things change: the linear layers multiply through our kernel (`cpu_gemv.py`), the FFN's GELU is applied by the
+What changes: the linear layers multiply through our kernel (`cpu_gemv.py`), the FFN's GELU is applied by the
 kernel as it writes the first product (`DecodingFFN`), attention for one new token is one call of the kernel
-(`DecodingAttention`), and the weights move onto huge pages (below). `generate` never does this by itself: a
+(`DecodingAttention`), a transformer layer whose parts all use the kernel is one call of it for one new token
+(`DecodingLayer`), and the weights move onto huge pages (below). `generate` never does this by itself: a
 function that silently changes how its caller's model runs is a side effect the caller cannot see.
 `samples/generate.py` calls it when it runs on a CPU.
 
@@ -68,6 +69,27 @@ MKL's limits built from PyTorch's own ops take its place:
 With many tokens (the prompt) a matrix-matrix product is bound by arithmetic, not memory, and MKL's GEMM already
 uses every core, so above `MAX_KERNEL_ROWS` (and `MAX_BMM_TOKENS`) rows a `DecodingLinear` calls `F.linear` on
 its whole weight.
+
+### Less around the products
+
+Once the products read at memory speed, what is left of a step is everything around them. With the products
+replaced by empty tensors, a batch-1 step of Pythia-160M took 2.3-2.6 ms on the test machine with the prepared
+modules called one by one: some 100 small PyTorch ops a layer (the rotary embeddings alone 15, the views, the cache's
+copies, the layer norms, the additions), module calls, and PyTorch's GELU, which inside a step costs 40-50 us a
+layer because the weights streaming past have evicted its code (`cpu_gemv.py`). Against a 10-11 ms step at two
+threads, that is a fifth of it. So the kernel does more of a step:
+
+* `DecodingFFN`: the GELU is applied by the kernel as it writes the first product's outputs;
+* `DecodingAttention`: everything between `query_key_value` and `dense` (rotary embeddings, writing the cache,
+  attention) is one call;
+* `DecodingLayer`: a whole layer is one call (`layer_step`), when all its parts are prepared.
+
+What is left at batch 1 is about 0.3 ms a step besides the readout's product, and attention, 0.3-0.45 ms at two
+threads, bound by reading a cache that the weights streaming past have pushed out of the caches (measured by
+leaving out the layers' products, then attention, in one process). In whole generations, same process, alternating:
+the layer as one call gives 10% more tokens per second at batch 1 with two threads than the same modules called one
+by one, and 2% with one; with attention and GELU in the kernel too, the three together gave 7-30% (batch 8: 288 to
+363 tokens/s) over the version before them, with the same greedy tokens.
 
 ### What did not hold up
 
@@ -279,8 +301,8 @@ class DecodingAttention(_WithKernelOps, Attention):
     and the value into the cache, and attention over the row's keys, read at memory speed. Everything else (the
     prompt, training, half precision) runs `Attention.forward` as before.
 
-    That one call replaces some 30 small PyTorch ops a layer, about 70 us of a decoding step's fixed cost per layer
-    on the test machine (`benchmarks/RESULTS.md`).
+    That one call replaces some 30 small PyTorch ops a layer (the rotary embeddings alone were 15, 35-50 us a layer
+    on the test machine).
     """
 
     # Set by `prepare_for_cpu_decoding`: the kernel's `attention_step`
@@ -404,7 +426,9 @@ def prepare_for_cpu_decoding(model: nn.Module, halves: Optional[bool] = None, ke
     * becomes a `DecodingLinear`, its weight row by row as loaded, when the kernel is used or with `halves`; or
     * gets its weight stored column by column (neither: one thread, no kernel);
 
-    and, where the kernel is used, each fp32 `Attention` on the CPU becomes a `DecodingAttention`.
+    and, where the kernel is used, each fp32 `Attention` on the CPU becomes a `DecodingAttention`, each `FFN` whose
+    first layer is a `DecodingLinear` a `DecodingFFN`, and each `TransformerLayer` whose parts are all prepared for
+    the kernel a `DecodingLayer`.
 
     `kernel`: use the matrix-vector kernel of `cpu_gemv.py` for products of up to `MAX_KERNEL_ROWS` rows. By
     default it is used when the weights it would multiply take at least `BUILD_KERNEL_BYTES` and it can be built
