@@ -21,10 +21,10 @@ a 512-token prompt take? And how much memory do loading and one generation take,
 * **The memory floor**: a decoding step reads every weight once (the readout included; the embedding only one row
   per row of the batch) plus the KV cache. Reading memory cannot go faster than a plain `sum()` over a large
   tensor with the same number of threads (on 4 KB or on huge pages, whichever reads faster), so `bytes per step /
-  read bandwidth` is the shortest a step can take. Each worker measures it just before loading its model and just
-  after decoding, and each round is compared with the faster of the two, the floor of its own moment (the
-  machine's read speed moves by a third within minutes); the strictest comparison, against the highest floor of
-  the run, is printed too.
+  read bandwidth` is the shortest a step can take. It is read just before and just after our worker in each
+  round, and the round is compared with the faster of the two, the floor of its own moment (the machine's read
+  speed moves by a third within minutes); the strictest comparison, against the highest floor of the run, is
+  printed too.
 * **Memory**: a subprocess loads a two-rank fp16 checkpoint of the same shape (written with the checkpoint
   package's writer) with `LayerLoader`, prepares it and generates once; we report its peak resident memory
   (`VmHWM`) above what it held before loading, against the size of the loaded model.
@@ -160,9 +160,6 @@ def contender(name: str, folder: Path, prepare: bool):
 
 def worker(args):
     torch.set_num_threads(args.threads)
-    # The floor of this moment: memory read just before the model is loaded, and again once it has decoded (the
-    # faster of the two counts)
-    bandwidth = read_bandwidth(args.threads)
     run = contender(args.worker, Path(args.folder), not args.unprepared)
     prompt = torch.randint(0, 50000, (8, 512), generator=torch.Generator().manual_seed(0))
     out = {}
@@ -171,9 +168,6 @@ def worker(args):
     for batch in args.batches:
         tokens, _, decode_s = run(prompt[:batch, :args.prompt_tokens], args.new_tokens)
         out[f"batch {batch}"] = {"tokens_per_s": batch * (args.new_tokens - 1) / decode_s, "tokens": tokens}
-    bandwidth = max(bandwidth, read_bandwidth(args.threads))
-    for value in out.values():
-        value["read_bytes_per_s"] = bandwidth
     if args.prefill:
         out["prefill_ms"] = 1e3 * min(run(prompt[:1, :args.prefill], 1)[1] for _ in range(2))
     print(json.dumps(out))
@@ -186,8 +180,10 @@ def worker(args):
 #
 # The read speed of a shared machine moves by a third within minutes (on the test machine, two threads read 34 to
 # 63 GB/s in the same hour), so a floor measured once and compared with decoding measured at another moment says
-# little. Each worker measures it just before it loads its model and again just after it has decoded, with its own
-# threads, and each round's decoding is compared with the faster of the two. The table also gives the strictest
+# little. So in each round a process of its own reads memory just before our worker and again just after it, with
+# the same threads, and the round's decoding is compared with the faster of the two. (Not in the workers: a read with
+# PyTorch's threads in the process slowed CTranslate2's two-thread decoding that followed by 30% here.) The
+# contenders that run later in the round are compared with the same floor. The table also gives the strictest
 # comparison: the best round against the highest floor measured in the whole run.
 def read_bandwidth(threads: int, n_bytes: int = 1 << 30, repeats: int = 5) -> float:
     """Bytes per second of the fastest of several `sum()`s over a 1 GiB fp32 tensor, on either kind of page."""
@@ -306,6 +302,7 @@ def main():
                         help="measure our plain modules, without prepare_for_cpu_decoding")
     parser.add_argument("--json", type=Path, help="also write the decoding rows to this file in the schema of "
                         "benchmarks/results/decode.json (which the website draws)")
+    parser.add_argument("--floor", action="store_true", help="internal: print the read bandwidth with --threads")
     parser.add_argument("--worker", choices=CONTENDERS, help="internal: run one contender in this process and print its figures as JSON")
     parser.add_argument("--folder", help="internal: the folder with the saved weights (for --worker)")
     parser.add_argument("--threads", type=int, default=1, help="internal: CPU threads (for --worker)")
@@ -313,12 +310,20 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    if args.floor:
+        return print(read_bandwidth(args.threads))
+
+    # The floor of this moment, in a process of its own
+    def floor_now(threads: int) -> float:
+        command = [sys.executable, __file__, "--floor", "--threads", str(threads)]
+        return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1])
 
     config = PYTHIA_160M
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         contenders = CONTENDERS if write_models(Path(folder), config) else CONTENDERS[:2]
+        floor = {}
         for r in range(args.rounds):
             for name in contenders:
                 for threads in (1, 2):
@@ -332,12 +337,17 @@ def main():
                         command += ["--prefill", "0"]
                     if args.unprepared:
                         command.append("--unprepared")
+                    before = floor_now(threads) if name == "ours" else None
                     out = subprocess.run(command, capture_output=True, text=True)
                     if out.returncode != 0:
                         sys.exit(f"error: the {name} worker failed:\n{out.stderr[-3000:]}")
+                    if name == "ours":
+                        floor[threads] = max(before, floor_now(threads))
                     got = json.loads(out.stdout.strip().splitlines()[-1])
                     for key, value in got.items():
                         row = f"{key}, {threads} thread{'s' if threads > 1 else ''}"
+                        if isinstance(value, dict):
+                            value["read_bytes_per_s"] = floor[threads]
                         results.setdefault((row, name), []).append(value)
                     print(f"  round {r + 1} {name:>12} {threads} thread(s): " + ", ".join(
                         f"{k} {v['tokens_per_s']:.1f} tokens/s" if isinstance(v, dict) else f"{k} {v:.0f}"
@@ -375,8 +385,8 @@ def main():
         print(f"| {row} | " + " | ".join(cells) + f" | {ratio:.2f} | {floors(row)['floor']:.1f} |")
         same = all(results[(row, n)][0]["tokens"] == results[(row, "ours")][0]["tokens"] for n in names)
         print(f"|   (same greedy tokens as ours: {same}) |" + " |" * (len(names) + 2))
-    print("\n(%) = the best round's speed / the floor of its moment (the faster of the reads just before and just "
-          "after it, in the same worker); memory floor = that floor, in tokens/s.")
+    print("\n(%) = the best round's speed / the floor of its round (the faster of two reads, just before and just "
+          "after our worker); memory floor = ours' floor, in tokens/s.")
     for row, threads, batch in SETTINGS:
         if batch == 1:
             f = floors(row)
@@ -393,7 +403,7 @@ def main():
     step = bytes_per_step(config, 1, args.prompt_tokens + args.new_tokens // 2)
     speeds = {t: sorted(v["read_bytes_per_s"] / 1e9 for (r, _), vs in results.items() if isinstance(vs[0], dict)
                         for v in vs if next(n_t for n, n_t, _ in SETTINGS if n == r) == t) for t in (1, 2)}
-    print(f"\nread bandwidth measured by the workers (sum over 1 GiB on either kind of page, best of 5): "
+    print(f"\nread bandwidth of the rounds (sum over 1 GiB on either kind of page, best of 5): "
           f"{speeds[1][0]:.1f}-{speeds[1][-1]:.1f} GB/s with 1 thread, {speeds[2][0]:.1f}-{speeds[2][-1]:.1f} with 2; "
           f"{step / 1e6:.0f} MB read per step at batch 1; load average now {os.getloadavg()[0]:.1f}")
 
