@@ -88,8 +88,9 @@ What is left at batch 1 is about 0.3 ms a step besides the readout's product, an
 threads, bound by reading a cache that the weights streaming past have pushed out of the caches (measured by
 leaving out the layers' products, then attention, in one process). In whole generations, same process, alternating:
 the layer as one call gives 10% more tokens per second at batch 1 with two threads than the same modules called one
-by one, and 2% with one; with attention and GELU in the kernel too, the three together gave 7-30% (batch 8: 288 to
-363 tokens/s) over the version before them, with the same greedy tokens.
+by one, and 2% with one. The three together, against the version before them (alternating processes, three rounds,
+the same greedy tokens): batch 8 268-278 to 350-363 tokens/s (+30%), batch 1 with one thread +9-18% a round; batch
+1 with two threads moved more with the machine than with the code (-18% to +20%).
 
 ### What did not hold up
 
