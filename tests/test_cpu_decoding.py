@@ -486,6 +486,7 @@ def test_a_prepared_model_pickles_and_finds_the_kernel_again(tmp_path):
     torch.save(model, tmp_path / "model.pt")
     for copied in (torch.load(tmp_path / "model.pt", weights_only=False), copy.deepcopy(model)):
         assert isinstance(copied[1].attention, DecodingAttention) and copied[1].attention._attention_step is not None
+        assert isinstance(copied[1], DecodingLayer) and copied[1]._layer_step is not None
         assert copied[1].mlp.dense_h_to_4h._gemv is not None
         assert torch.equal(generate(copied, ids, 8, eos_token_id=None), expected)
 
