@@ -297,8 +297,8 @@ class Attention(nn.Module):
     # The formula above, for `T` queries in slots `offset ..` and the keys and values before and with them, all
     # `[B, H, ., D]`. PyTorch's `scaled_dot_product_attention` computes it in one fused kernel; the fused kernels
     # accumulate $QK^\top$ and the softmax in fp32 even for fp16 inputs, which keeps the 20B model's attention
-    # accurate in half precision. The scale is $1/\sqrt{D}$, its default. (`cpu_decoding.py` replaces this
-    # method, for decoding on a CPU.)
+    # accurate in half precision. The scale is $1/\sqrt{D}$, its default. (For one new token on a CPU,
+    # `cpu_decoding.py` does all of `forward` in one call of its kernel.)
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int,
                padding: Optional[torch.Tensor] = None) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, **self._mask(offset, q.shape[2], q.device, padding))
