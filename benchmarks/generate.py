@@ -323,7 +323,7 @@ def main():
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         contenders = CONTENDERS if write_models(Path(folder), config) else CONTENDERS[:2]
-        floor = {}
+        floor, floor_reads = {}, {1: [], 2: []}
         for r in range(args.rounds):
             for name in contenders:
                 for threads in (1, 2):
@@ -343,6 +343,7 @@ def main():
                         sys.exit(f"error: the {name} worker failed:\n{out.stderr[-3000:]}")
                     if name == "ours":
                         floor[threads] = max(before, floor_now(threads))
+                        floor_reads[threads].append(floor[threads])
                     got = json.loads(out.stdout.strip().splitlines()[-1])
                     for key, value in got.items():
                         row = f"{key}, {threads} thread{'s' if threads > 1 else ''}"
@@ -358,15 +359,14 @@ def main():
         return None if runs is None else max(v["tokens_per_s"] for v in runs)
 
     # Each round's speed as a fraction of the floor measured beside it; the best round's own fraction; and the
-    # strictest: the best round against the highest floor measured by any worker with the same threads
+    # strictest: the best round against the highest floor read in the run with the same threads
     def floors(row, name="ours"):
         threads, batch = next((t, b) for r, t, b in SETTINGS if r == row)
         step = bytes_per_step(config, batch, args.prompt_tokens + args.new_tokens // 2)
         runs = results[(row, name)]
         fractions = [v["tokens_per_s"] / (v["read_bytes_per_s"] / step * batch) for v in runs]
         best_run = max(runs, key=lambda v: v["tokens_per_s"])
-        highest = max(v["read_bytes_per_s"] for (r, _), vs in results.items() if isinstance(vs[0], dict)
-                      for v in vs if next(t for n, t, _ in SETTINGS if n == r) == threads)
+        highest = max(floor_reads[threads])
         return {"fractions": fractions, "best_round_bandwidth": best_run["read_bytes_per_s"],
                 "best_round_fraction": fractions[runs.index(best_run)],
                 "strict_fraction": best_run["tokens_per_s"] / (highest / step * batch),
@@ -401,8 +401,7 @@ def main():
         print(f"| prefill {args.prefill} tokens, 2 threads (ms) | " + " | ".join(f"{prefill[n]:.0f}" for n in names)
               + (f" | {prefill['ours'] / prefill['ctranslate2']:.2f} | — |" if "ctranslate2" in prefill else " | |"))
     step = bytes_per_step(config, 1, args.prompt_tokens + args.new_tokens // 2)
-    speeds = {t: sorted(v["read_bytes_per_s"] / 1e9 for (r, _), vs in results.items() if isinstance(vs[0], dict)
-                        for v in vs if next(n_t for n, n_t, _ in SETTINGS if n == r) == t) for t in (1, 2)}
+    speeds = {t: sorted(v / 1e9 for v in reads) for t, reads in floor_reads.items()}
     print(f"\nread bandwidth of the rounds (sum over 1 GiB on either kind of page, best of 5): "
           f"{speeds[1][0]:.1f}-{speeds[1][-1]:.1f} GB/s with 1 thread, {speeds[2][0]:.1f}-{speeds[2][-1]:.1f} with 2; "
           f"{step / 1e6:.0f} MB read per step at batch 1; load average now {os.getloadavg()[0]:.1f}")

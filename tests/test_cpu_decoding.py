@@ -402,6 +402,35 @@ def test_attention_step_refuses_what_it_cannot_compute(change):
         cpu_gemv.attention_step_kernel()(*change(_step_args()))
 
 
+def _layer_args(C=16, F=32, B=1, H=2):
+    weights = [torch.randn(3 * C, C), torch.randn(C, C), torch.randn(F, C), torch.randn(C, F)]
+    biases = [torch.randn(w.shape[0]) for w in weights]
+    norms = [torch.ones(C), torch.zeros(C), torch.ones(C), torch.zeros(C)]
+    cos, sin = _tables(8, 4)
+    cache = [torch.zeros(B, H, 6, C // H) for _ in range(2)]
+    return {"x": torch.randn(B, 1, C), "norms": norms, "weights": weights, "biases": biases, "eps": 1e-5,
+            "residual": 1, "activation": 1, "k_cache": cache[0], "v_cache": cache[1], "slot": 2, "cos": cos,
+            "sin": sin, "first": None}
+
+
+@pytest.mark.parametrize("change", [
+    lambda a: {**a, "x": torch.randn(1, 1, 24)},                               # x not C wide
+    lambda a: {**a, "x": torch.randn(MAX_KERNEL_ROWS + 1, 1, 16)},             # more rows than the kernel takes
+    lambda a: {**a, "weights": a["weights"][:3]},                              # a weight missing
+    lambda a: {**a, "weights": [a["weights"][0].t(), *a["weights"][1:]]},      # a weight of the wrong shape
+    lambda a: {**a, "biases": [torch.randn(5), *a["biases"][1:]]},             # a bias of the wrong size
+    lambda a: {**a, "norms": [n.half() for n in a["norms"]]},
+    lambda a: {**a, "residual": 3},
+    lambda a: {**a, "activation": -1},
+    lambda a: {**a, "slot": 6},                                                 # past the cache's end
+])
+def test_layer_step_refuses_what_it_cannot_compute(change):
+    kernel_or_skip()
+    assert torch.ops.neox_cpu.layer_step(**_layer_args()).shape == (1, 1, 16)  # the unchanged call runs
+    with pytest.raises(RuntimeError, match="layer_step:"):
+        torch.ops.neox_cpu.layer_step(**change(_layer_args()))
+
+
 def test_prepared_layers_use_the_kernel_for_one_new_token_without_gradients_only():
     kernel_or_skip()
     model = prepare_for_cpu_decoding(our_model_from_hf(make_tiny_hf_model(seed=28)), kernel=True)

@@ -568,7 +568,6 @@ static void layer_norm(const float* x, int64_t N, int64_t C, const float* w, con
     }
   }
 }
-
 """
 
 # **The op.** `layer_step` checks everything it is given (a wrong call is an error that starts with `layer_step:`)
