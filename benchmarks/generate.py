@@ -23,7 +23,8 @@ a 512-token prompt take? And how much memory do loading and one generation take,
   tensor with the same number of threads (on 4 KB or on huge pages, whichever reads faster), so `bytes per step /
   read bandwidth` is the shortest a step can take. It is read just before and just after our worker in each
   round, and the round is compared with the faster of the two, the floor of its own moment (the machine's read
-  speed moves by a third within minutes); the strictest comparison, against the highest floor of the run, is
+  speed moves by a third within minutes). Rounds whose two reads agree within a tenth are *steady*, and the median
+  of their fractions is the robust figure; the strictest comparison, against the highest floor of the run, is
   printed too.
 * **Memory**: a subprocess loads a two-rank fp16 checkpoint of the same shape (written with the checkpoint
   package's writer) with `LayerLoader`, prepares it and generates once; we report its peak resident memory
@@ -36,6 +37,7 @@ Run `python benchmarks/generate.py` (about 10 minutes on two CPU cores). The fig
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -183,8 +185,11 @@ def worker(args):
 # little. So in each round a process of its own reads memory just before our worker and again just after it, with
 # the same threads, and the round's decoding is compared with the faster of the two. (Not in the workers: a read with
 # PyTorch's threads in the process slowed CTranslate2's two-thread decoding that followed by 30% here.) The
-# contenders that run later in the round are compared with the same floor. The table also gives the strictest
+# contenders that run later in the round are compared with the same floor. When the two reads differ by more than
+# a tenth, the machine changed state while ours ran, and the round's fraction means little: such a round is marked
+# unsteady, and the median over the steady rounds is the figure to trust. The table also gives the strictest
 # comparison: the best round against the highest floor measured in the whole run.
+STEADY = 0.9  # a round is steady when its two floor reads are within this ratio of each other
 def read_bandwidth(threads: int, n_bytes: int = 1 << 30, repeats: int = 5) -> float:
     """Bytes per second of the fastest of several `sum()`s over a 1 GiB fp32 tensor, on either kind of page."""
     torch.set_num_threads(threads)
@@ -263,13 +268,17 @@ def write_json(path: Path, config: NeoXConfig, settings, best, floors, args):
     runs = []
     for row, threads, batch in settings:
         step = bytes_per_step(config, batch, args.prompt_tokens + args.new_tokens // 2)
-        # The floor beside ours' best round
-        bandwidth = floors(row)["best_round_bandwidth"]
+        # The floor at the fastest read of the run: a round's own floor can be slower than what ours reached when
+        # the machine sped up during its worker, and a floor drawn below a bar would say nothing
+        bandwidth = floors(row)["highest"]
         run = {"label": f"CPU, {row}", "device": "cpu", "threads": threads, "dtype": "float32",
                "ours_tokens_per_s": round(best(row, "ours"), 1),
                "transformers_tokens_per_s": round(best(row, "transformers"), 1),
                "floor_tokens_per_s": round(bandwidth / step * batch, 1),
                "read_gb_per_s": round(bandwidth / 1e9, 1), "bytes_per_step": step}
+        if batch == 1:  # ours / the floor, the median over the steady rounds
+            fraction = floors(row)["steady_median"]
+            run["steady_floor_fraction"] = round(fraction, 2) if fraction == fraction else None
         if best(row, "ctranslate2") is not None:
             run["ctranslate2_tokens_per_s"] = round(best(row, "ctranslate2"), 1)
         runs.append(run)
@@ -277,7 +286,8 @@ def write_json(path: Path, config: NeoXConfig, settings, best, floors, args):
         "about": "Decoding speed against the memory-bandwidth floor, drawn on the website (generation.py). One "
                  "entry of `runs` per row of a benchmark table; add rows (a GPU, another machine, a faster model) "
                  "and the figure follows. tokens/s count the tokens after the first of each row, summed over the "
-                 "batch; floor = read bandwidth / bytes read per decoding step, times the batch.",
+                 "batch; floor = the fastest read bandwidth of the run / bytes read per decoding step, times the "
+                 "batch.",
         "source": "benchmarks/RESULTS.md, section Generation (python benchmarks/generate.py --json ...)",
         "model": f"Random weights of Pythia-160M's shape, fp32, {args.prompt_tokens}-token prompt, "
                  f"{args.new_tokens} greedy new tokens; ours prepared with prepare_for_cpu_decoding; "
@@ -342,13 +352,15 @@ def main():
                     if out.returncode != 0:
                         sys.exit(f"error: the {name} worker failed:\n{out.stderr[-3000:]}")
                     if name == "ours":
-                        floor[threads] = max(before, floor_now(threads))
-                        floor_reads[threads].append(floor[threads])
+                        after = floor_now(threads)
+                        floor[threads] = (before, after)
+                        floor_reads[threads] += [before, after]
                     got = json.loads(out.stdout.strip().splitlines()[-1])
                     for key, value in got.items():
                         row = f"{key}, {threads} thread{'s' if threads > 1 else ''}"
                         if isinstance(value, dict):
-                            value["read_bytes_per_s"] = floor[threads]
+                            value["read_bytes_per_s"] = max(floor[threads])
+                            value["steady"] = min(floor[threads]) >= STEADY * max(floor[threads])
                         results.setdefault((row, name), []).append(value)
                     print(f"  round {r + 1} {name:>12} {threads} thread(s): " + ", ".join(
                         f"{k} {v['tokens_per_s']:.1f} tokens/s" if isinstance(v, dict) else f"{k} {v:.0f}"
@@ -358,8 +370,9 @@ def main():
         runs = results.get((row, name))
         return None if runs is None else max(v["tokens_per_s"] for v in runs)
 
-    # Each round's speed as a fraction of the floor measured beside it; the best round's own fraction; and the
-    # strictest: the best round against the highest floor read in the run with the same threads
+    # Each round's speed as a fraction of the floor measured beside it; the median of these over the steady rounds;
+    # the best round's own fraction; and the strictest: the best round against the highest floor read in the run
+    # with the same threads
     def floors(row, name="ours"):
         threads, batch = next((t, b) for r, t, b in SETTINGS if r == row)
         step = bytes_per_step(config, batch, args.prompt_tokens + args.new_tokens // 2)
@@ -367,7 +380,10 @@ def main():
         fractions = [v["tokens_per_s"] / (v["read_bytes_per_s"] / step * batch) for v in runs]
         best_run = max(runs, key=lambda v: v["tokens_per_s"])
         highest = max(floor_reads[threads])
+        steady = [f for f, v in zip(fractions, runs) if v["steady"]]
         return {"fractions": fractions, "best_round_bandwidth": best_run["read_bytes_per_s"],
+                "steady": [v["steady"] for v in runs],
+                "steady_median": statistics.median(steady) if steady else float("nan"),
                 "best_round_fraction": fractions[runs.index(best_run)],
                 "strict_fraction": best_run["tokens_per_s"] / (highest / step * batch),
                 "floor": best_run["read_bytes_per_s"] / step * batch, "highest": highest}
@@ -390,9 +406,10 @@ def main():
     for row, threads, batch in SETTINGS:
         if batch == 1:
             f = floors(row)
-            print(f"ours, {row}: each round / its own floor: " + ", ".join(f"{x:.0%}" for x in f["fractions"]) +
-                  f"; the best round / the highest floor of the run ({f['highest'] / 1e9:.1f} GB/s): "
-                  f"{f['strict_fraction']:.0%}")
+            print(f"ours, {row}: each round / its own floor: " + ", ".join(
+                      f"{x:.0%}" + ("" if steady else " (unsteady)") for x, steady in zip(f["fractions"], f["steady"]))
+                  + f"; median of the {sum(f['steady'])} steady rounds: {f['steady_median']:.0%}; the best round / "
+                  f"the highest floor of the run ({f['highest'] / 1e9:.1f} GB/s): {f['strict_fraction']:.0%}")
     if args.json:
         write_json(args.json, config, SETTINGS, best, floors, args)
     prefill = {n: min(results[("prefill_ms, 2 threads", n)]) for n in names
