@@ -190,6 +190,8 @@ def worker(args):
 # unsteady, and the median over the steady rounds is the figure to trust. The table also gives the strictest
 # comparison: the best round against the highest floor measured in the whole run.
 STEADY = 0.9  # a round is steady when its two floor reads are within this ratio of each other
+
+
 def read_bandwidth(threads: int, n_bytes: int = 1 << 30, repeats: int = 5) -> float:
     """Bytes per second of the fastest of several `sum()`s over a 1 GiB fp32 tensor, on either kind of page."""
     torch.set_num_threads(threads)

@@ -105,9 +105,9 @@ the same greedy tokens): batch 8 268-278 to 350-363 tokens/s (+30%), batch 1 wit
   rows reads 23 GB/s at batch 1 and falls to 9.5 GB/s from 5 rows on.
 * **Inside our kernel**, handing out rows to threads as they free up and AVX-512's wider registers were within
   noise; what did help (tiles of four weight rows by three input rows, prefetching by hand) is explained in
-  `cpu_gemv.py`. So were, for a whole layer, one OpenMP region with barriers in place of five fork-joins (the waiting
-  thread prefetching its next weight), and for attention, prefetching the cache or scoring one key row at a time
-  (0.98-1.04 times the tokens per second, paired rounds; `benchmarks/RESULTS.md`).
+  `cpu_gemv.py`. Also within noise (0.98-1.04 times the tokens per second, paired rounds; `benchmarks/RESULTS.md`):
+  one OpenMP region for a whole layer, with barriers in place of five fork-joins and the waiting thread prefetching
+  its next weight; and, for attention, prefetching the cache or scoring one key row at a time.
 * **fp16 and bf16 weights** are left alone: MKL's half-precision matrix-vector product is about 10 times slower on
   the transposed layout. On a GPU, cuBLAS reads both layouts at full speed, so GPU weights are left alone too.
 * **A busy machine.** A product split over two cores waits for the slower of them. In whole generations with other
