@@ -15,6 +15,7 @@ An mkdocs hook (registered under `hooks:` in `mkdocs.yml`). On every build it
 * links each section's line range to the site's own copy of the source (`source/<path>.html`), or to the
   repository when `repo_url` is set;
 * draws the figures (`figures.py`) and places each beside the code it illustrates;
+* places the live widgets and builds the demo model they run (`live.py`);
 * cleans the search index (`search_index.py`).
 
 The sources are read by `source_parser.py` (prose and code, with `tokenize` and `ast`); the HTML of the pages
@@ -37,6 +38,7 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import crosslinks  # noqa: E402
 import figures  # noqa: E402
+import live  # noqa: E402
 import reading_path  # noqa: E402
 import render  # noqa: E402
 import search_index  # noqa: E402
@@ -256,6 +258,7 @@ def on_config(config):
     known = {m.path for m in modules}
     _state["builds_on"] = {m.path: crosslinks.imports(m, known) for m in modules}
     _state["figures"] = figures.place(root, modules)
+    _state["live"] = live.prepare(root, modules)
 
     # the reading path: checked now, reported in `on_files` (where a warning fails `--strict`)
     docs_dir = Path(config.docs_dir)
@@ -292,6 +295,7 @@ def on_files(files, config):
         if m.api_page:
             files.append(File.generated(config, m.api_page, content=api_markdown(m)))
     figures.add_files(files, config, _state["figures"])
+    live.add_files(files, config, _state["live"])
     return files
 
 
@@ -336,7 +340,8 @@ def on_page_content(html_text, page, config, files):
     if module is not None:
         def source_url(start, end):
             return _source_url(config, module, page, files, start, end)
-        return render.module_page(html_text, module, state, page, files, source_url, _check_maths)
+        html_text = render.module_page(html_text, module, state, page, files, source_url, _check_maths)
+        return live.module_page(html_text, module.path, state["live"])
     module = state["by_api"].get(src) or state["by_source"].get(src)
     if module is not None and src == module.api_page:
         return render.api_page(html_text, module, page, files,
@@ -344,6 +349,7 @@ def on_page_content(html_text, page, config, files):
     if module is not None:
         return render.source_page(html_text, module, page, files)
     _check_maths(html_text, src)
+    html_text = live.docs_page(html_text, state["live"], src)
     # the home page and the other pages of docs/ link our code too
     linked, _ = crosslinks.link_code(
         html_text, state["xref"],
