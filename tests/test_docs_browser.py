@@ -132,9 +132,9 @@ class Browser:
         # fonts (KaTeX's) loaded, then one more frame so that layout has settled
         self.evaluate("document.fonts.ready.then(() => new Promise(r => requestAnimationFrame(() => r(1))))")
 
-    def evaluate(self, expression: str):
+    def evaluate(self, expression: str, timeout: float = 20.0):
         result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                "awaitPromise": True})
+                                                "awaitPromise": True}, timeout=timeout)
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")

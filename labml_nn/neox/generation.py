@@ -77,6 +77,16 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: Option
     """
     if temperature <= 0:
         return logits.argmax(dim=-1)
+    probs = next_token_distribution(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def next_token_distribution(logits: torch.Tensor, *, temperature: float, top_k: Optional[int] = None,
+                            top_p: Optional[float] = None) -> torch.Tensor:
+    r"""
+    The distribution `sample_next` draws from, `[B, V]`, for `temperature` > 0. (The site's live model computes
+    the same in JavaScript, `docs/javascripts/live/neox.js`, in the same order.)
+    """
     # Sample in fp32: fp16 logits divided by a small $\tau$ can overflow
     logits = logits.float() / temperature
     if top_k is not None and top_k > 0:
@@ -93,8 +103,7 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: Option
         drop[..., 0] = False
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits.softmax(dim=-1)
 
 
 # ## Checking the sampling arguments
