@@ -240,7 +240,8 @@ USE_WIDGET = """(async (name) => {
     shown = box.querySelectorAll('tbody tr').length;
   }
   const r = box.getBoundingClientRect();
-  const inside = [...box.querySelectorAll('input, select, button, textarea, svg, li')].filter(e => {
+  // (the heat map may scroll sideways inside its own box, which must fit)
+  const inside = [...box.querySelectorAll('input, select, button, textarea, li, .neox-heatmap-box')].filter(e => {
     const b = e.getBoundingClientRect(); return b.width > 0 && (b.left < r.left - 1 || b.right > r.right + 1); });
   return {shown, left: r.left, right: r.right, viewport: window.innerWidth,
           sideways: document.documentElement.scrollWidth > window.innerWidth + 1,

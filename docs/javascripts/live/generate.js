@@ -61,18 +61,21 @@ export function mount(element, neox) {
     const o = options();
     const probs = neox.nextTokenDistribution(logitsFor.logits, o);
     const kept = probs.reduce((n, p) => n + (p > 0 ? 1 : 0), 0);
-    distribution.replaceChildren(...neox.topEntries(probs, 10).map(({ id, p }) => {
+    // The ten most likely tokens by the model's own logits, so that the same rows stay while the reader moves the
+    // controls, and each bar shows what the settings leave of that token's probability
+    distribution.replaceChildren(...neox.topEntries(logitsFor.logits, 10).map(({ id }) => {
+      const p = probs[id];
       const token = model.decode([id]);
       const shown = JSON.stringify(token).slice(1, -1);
       return h("li", { class: p > 0 ? "" : "neox-dropped" },
         h("code", { class: "neox-token", title: `id ${id}` }, shown),
         h("span", { class: "neox-bar" }, h("span", { style: `width:${(100 * p).toFixed(2)}%` })),
-        h("span", { class: "neox-p" }, `${(100 * p).toFixed(1)}%`));
+        h("span", { class: "neox-p" }, p > 0 ? `${(100 * p).toFixed(1)}%` : "cut"));
     }));
     distributionNote.textContent = o.temperature === 0
       ? "Greedy: the most likely token gets everything."
-      : `The next token is drawn from these ${kept.toLocaleString()} of ${probs.length.toLocaleString()} tokens ` +
-        "(the ten most likely shown).";
+      : `The next token is drawn from ${kept.toLocaleString()} of the ${probs.length.toLocaleString()} tokens; ` +
+        "shown, the ten the model finds most likely (\"cut\": removed by top-k or top-p).";
   }
   const refresh = () => {
     temperatureValue.textContent = Number(temperature.value).toFixed(2);

@@ -86,16 +86,17 @@ async function ortRuntime() {
   return ort;
 }
 
-async function session(ort, file, onProgress) {
-  const bytes = await fetchBytes(new URL(file, MODEL), onProgress);
-  return ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+async function session(ort, bytes) {
+  return ort.InferenceSession.create(await bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
 }
 
+// The runtime, the tokenizer, the config and the graph are fetched at once; the session starts when all are here
 export function loadModel(onProgress) {
   modelPromise ??= (async () => {
+    const graph = fetchBytes(new URL("onnx/model.onnx", MODEL), onProgress);
     const [ort, tokenizer, config] = await Promise.all([ortRuntime(), loadTokenizer(),
                                                         fetchJson(new URL("config.json", MODEL))]);
-    const main = await session(ort, "onnx/model.onnx", onProgress);
+    const main = await session(ort, graph);
     const model = new LiveModel(ort, main, tokenizer, config);
     for (const callback of listeners) callback(model);
     return model;
@@ -208,7 +209,7 @@ class LiveModel {
   async attention(ids) {
     let session = this.session;
     if (!this.hasAttentions) {
-      attentionPromise ??= session_(this.ort, "onnx/model_attentions.onnx");
+      attentionPromise ??= session(this.ort, fetchBytes(new URL("onnx/model_attentions.onnx", MODEL)));
       session = await attentionPromise;
     }
     ids = ids.slice(-this.n_ctx);
@@ -221,10 +222,6 @@ class LiveModel {
         [...Array(t).keys()].map(q => Array.from(data.subarray((h * t + q) * t, (h * t + q + 1) * t))));
     });
   }
-}
-
-function session_(ort, file) {
-  return session(ort, file, null);
 }
 
 // ## Choosing the next token (`sample_next`)
