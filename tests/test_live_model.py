@@ -10,6 +10,7 @@ checkpoint:
 * next-token probabilities (the distribution `next_token_distribution` gives, after temperature, top-k, top-p)
   and attention probabilities: within 1e-4 (the site's weights are the demo's fp16 values, computed in fp32);
 * nothing large loads before the reader presses a button, and no request goes to any host but the site's own;
+* the memory calculator's bytes and GPU counts equal `memory.py`'s;
 * every widget works at 390 px (a phone) and at 1280 px, in light and dark mode (screenshots in
   `test-artifacts/live/`); opened from disk, each says in one line how to serve the site.
 
@@ -200,7 +201,8 @@ def test_attention_within_1e4_of_pytorch(live_page, reference):
 # ---------------------------------------------------------------------------------------------------------------
 
 WIDGET_PAGES = [("index.html", "generate"), ("labml_nn/neox/generation.html", "generate"),
-                ("labml_nn/neox/tokenizer.html", "tokenize"), ("labml_nn/neox/model.html", "attention")]
+                ("labml_nn/neox/tokenizer.html", "tokenize"), ("labml_nn/neox/model.html", "attention"),
+                ("labml_nn/neox/model.html", "memory"), ("labml_nn/neox/memory.html", "memory")]
 
 LARGE = (".wasm", ".onnx")
 
@@ -296,3 +298,44 @@ def test_from_disk_each_widget_says_how_to_serve_the_site(browser, site):
         note = browser.evaluate(f"document.querySelector('.neox-live[data-widget={name}]').innerText")
         assert "mkdocs serve" in note and "python -m http.server" in note and "\n" not in note.strip(), (page, note)
     browser.screenshot(ARTIFACTS / "from-disk-attention-1280.png")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The memory calculator against memory.py
+# ---------------------------------------------------------------------------------------------------------------
+
+CALCULATE = """(async (model, dtype, batch, tokens) => {
+  const box = document.querySelector('.neox-live[data-widget="memory"]');
+  for (let i = 0; i < 100 && !box.querySelector('table'); i++) await new Promise(r => setTimeout(r, 100));
+  const [m, d] = box.querySelectorAll('select');
+  const [b, t] = box.querySelectorAll('input');
+  m.value = model; d.value = dtype; b.value = batch; t.value = tokens;
+  t.dispatchEvent(new Event('input'));
+  const bytes = Object.fromEntries([...box.querySelectorAll('tr[data-part]')].map(r =>
+    [r.dataset.part, Number(r.querySelector('[data-bytes]').dataset.bytes)]));
+  const gpus = Object.fromEntries([...box.querySelectorAll('tr[data-gpu]')].map(r =>
+    [r.dataset.gpu, r.dataset.needed ? Number(r.dataset.needed) : null]));
+  return {bytes, gpus};
+})"""
+
+
+def test_memory_calculator_equals_memory_py(browser, url):
+    from labml_nn.neox import memory
+
+    browser.set_width(1280)
+    browser.goto(f"{url}/labml_nn/neox/model.html")
+    cases = [(name, dtype, 1, 2048) for name in memory.KNOWN_MODELS for dtype in ("fp32", "fp16", "int8")]
+    cases += [("gpt-neox-20b", "fp16", 8, 2048), ("pythia-70m", "int8", 3, 17), ("pythia-12b", "fp32", 16, 4096),
+              ("pythia-1.4b", "fp16", 64, 2048)]
+    for name, dtype, batch, tokens in cases:
+        config = memory.KNOWN_MODELS[name]
+        page = browser.evaluate(f"({CALCULATE})({json.dumps(name)}, {json.dumps(dtype)}, {batch}, {tokens})")
+        expected = {"weights": memory.weight_bytes(config, dtype),
+                    "kv": memory.kv_cache_bytes(config, batch, tokens, dtype),
+                    "activations": memory.activation_bytes(config, batch, tokens, dtype),
+                    "total": memory.inference_bytes(config, dtype, batch, tokens)}
+        assert page["bytes"] == expected, (name, dtype, batch, tokens)
+        assert set(page["gpus"]) == set(memory.GPUS)
+        for gpu, needed in page["gpus"].items():
+            fits = [memory.fits(name, gpu, dtype, batch, tokens, n_gpus=n) for n in range(1, 9)]
+            assert needed == (fits.index(True) + 1 if any(fits) else None), (name, dtype, batch, tokens, gpu)

@@ -48,6 +48,7 @@ WIDGETS = [
     dict(name="tokenize", module="labml_nn/neox/tokenizer.py", symbol="encode", needs="model"),
     dict(name="attention", module="labml_nn/neox/model.py", symbol="Attention.attend", needs="model"),
     dict(name="memory", module="labml_nn/neox/model.py", symbol="NeoXModel", needs="memory"),
+    dict(name="memory", module="labml_nn/neox/memory.py", symbol="fits", needs="memory"),
 ]
 
 NO_SCRIPT = {
@@ -68,8 +69,12 @@ def widget_html(name: str) -> str:
 
 # ## The demo as ONNX, exported once and cached
 
+# How the demo is exported; the cache key holds these and the files the export reads
+EXPORT = dict(with_attentions=True, weights_dtype="fp16")
+
+
 def _cache_key(root: Path) -> str:
-    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest = hashlib.sha256(repr(sorted(EXPORT.items())).encode())
     for name in (DEMO, "labml_nn/neox/onnx_export.py", "labml_nn/neox/model.py", "labml_nn/neox/config.py",
                  "labml_nn/neox/loader.py"):
         path = root / name
@@ -102,8 +107,7 @@ def export_demo(root: Path) -> tuple[Path | None, str | None]:
 
         model = NeoXModel(*LayerLoader(root / DEMO, dtype=torch.float32, device="cpu").load()).eval()
         log.info("live model: exporting the demo to ONNX (cached in .cache/docs-live-model/)")
-        export_onnx(model, partial, tokenizer_path=root / DEMO / "20B_tokenizer.json", with_attentions=True,
-                    weights_dtype="fp16")
+        export_onnx(model, partial, tokenizer_path=root / DEMO / "20B_tokenizer.json", **EXPORT)
     except Exception as e:  # the site builds without its live model, and says why
         shutil.rmtree(partial, ignore_errors=True)
         return None, (f"live model: exporting the demo to ONNX failed ({type(e).__name__}: {e}); the widgets that "
@@ -116,16 +120,28 @@ def export_demo(root: Path) -> tuple[Path | None, str | None]:
 
 
 def memory_table(root: Path) -> tuple[str | None, str | None]:
-    """`live/memory.json`: every known model's sizes and the formulas' inputs, from `memory.py`."""
+    r"""
+    `live/memory.json`, the calculator's numbers, all from `memory.py`: for each of `KNOWN_MODELS` its parameters,
+    its weights' bytes in each dtype, and the bytes of the key-value cache and of the activations for one token of
+    one sequence (both are that times `batch * tokens` in `kv_cache_bytes` and `activation_bytes`); and `GPUS`. The
+    page multiplies and adds; it restates no size and no formula.
+    """
     if not (root / "labml_nn/neox/memory.py").is_file():
         log.info("live model: no labml_nn/neox/memory.py in this project; no memory calculator")
         return None, None
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     try:
-        sys.path.insert(0, str(root)) if str(root) not in sys.path else None
         import importlib
 
         memory = importlib.import_module("labml_nn.neox.memory")
-        return json.dumps(memory.browser_table(), indent=1), None
+        dtypes = ["fp32", "fp16", "int8"]
+        models = {name: {"parameters": memory.parameter_count(config), "n_ctx": config.n_ctx,
+                         "weights": {d: memory.weight_bytes(config, d) for d in dtypes},
+                         "kv_cache_per_token": {d: memory.kv_cache_bytes(config, 1, 1, d) for d in dtypes},
+                         "activations_per_token": {d: memory.activation_bytes(config, 1, 1, d) for d in dtypes}}
+                  for name, config in memory.KNOWN_MODELS.items()}
+        return json.dumps({"dtypes": dtypes, "models": models, "gpus": memory.GPUS, "GB": memory.GB}), None
     except Exception as e:
         return None, f"live model: labml_nn/neox/memory.py gave no table ({type(e).__name__}: {e})"
 

@@ -4,7 +4,7 @@
   if (location.protocol !== "file:") return;
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll(".neox-live .neox-live-note").forEach(function (note) {
-      note.innerHTML = "Opened from disk, the browser will not run the live model: serve the site with " +
+      note.innerHTML = "Opened from disk, the browser will not run this page’s live parts: serve the site with " +
         "<code>mkdocs serve</code>, or <code>python -m http.server</code> in <code>site/</code>, and open it " +
         "from <code>http://localhost</code>.";
       note.classList.add("neox-live-from-disk");
