@@ -220,11 +220,11 @@ USE_WIDGET = """(async (name) => {
   let shown = null;
   if (name === 'generate') {
     await wait(() => !box.querySelector('.neox-run').disabled, 'the model loading');
-    await wait(() => box.querySelectorAll('.neox-dist li').length === 10, 'the distribution');
-    const before = box.querySelector('.neox-dist li .neox-p').textContent;
+    await wait(() => box.querySelectorAll('.neox-dist .neox-row').length === 10, 'the distribution');
+    const before = box.querySelector('.neox-dist .neox-p').textContent;
     const t = box.querySelector('input[type=range]');
     t.value = 0.3; t.dispatchEvent(new Event('input', {bubbles: true}));
-    await wait(() => box.querySelector('.neox-dist li .neox-p').textContent !== before, 'the distribution moving');
+    await wait(() => box.querySelector('.neox-dist .neox-p').textContent !== before, 'the distribution moving');
     box.querySelector('.neox-run').click();
     await wait(() => box.querySelector('.neox-run').textContent === 'Generate' &&
                      box.querySelector('.neox-output-new').textContent.length > 20, 'generation');
@@ -241,9 +241,11 @@ USE_WIDGET = """(async (name) => {
     await wait(() => box.querySelector('table'), 'the table');
     shown = box.querySelectorAll('tbody tr').length;
   }
+  box.scrollIntoView();
+  window.scrollBy(0, -72);  // below the site's header, for the screenshot
   const r = box.getBoundingClientRect();
   // (the heat map may scroll sideways inside its own box, which must fit)
-  const inside = [...box.querySelectorAll('input, select, button, textarea, li, .neox-heatmap-box')].filter(e => {
+  const inside = [...box.querySelectorAll('input, select, button, textarea, .neox-row, .neox-heatmap-box')].filter(e => {
     const b = e.getBoundingClientRect(); return b.width > 0 && (b.left < r.left - 1 || b.right > r.right + 1); });
   return {shown, left: r.left, right: r.right, viewport: window.innerWidth,
           sideways: document.documentElement.scrollWidth > window.innerWidth + 1,
@@ -282,6 +284,8 @@ def test_every_widget_is_usable_in_light_and_dark_mode(browser, url, width):
         browser.set_width(width)
         for page, name in WIDGET_PAGES:
             browser.goto(f"{url}/{page}")
+            # (the emulated preference only counts until the site has stored the reader's choice of palette)
+            browser.evaluate(f"document.body.setAttribute('data-md-color-scheme', '{'slate' if dark else 'default'}')")
             found = browser.evaluate(f"({USE_WIDGET})({json.dumps(name)})", timeout=180)
             browser.screenshot(ARTIFACTS / f"{name}-{Path(page).stem}-{width}-{'dark' if dark else 'light'}.png")
             if not found["shown"] or found["sideways"] or found["overflowing"] or found["right"] > width + 1:

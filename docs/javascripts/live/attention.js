@@ -19,6 +19,14 @@ function colour(x) {
   return `rgb(${c[0]},${c[1]},${c[2]})`;
 }
 
+// The colour bar, 0 to 1, under the map (in HTML, so that it stays in view when the map scrolls)
+function colourBar() {
+  const stops = Array.from({ length: 11 }, (_, i) => `${colour(i / 10)} ${i * 10}%`).join(", ");
+  return h("div", { class: "neox-colourbar", "aria-hidden": "true" }, h("span", {}, "0"),
+           h("span", { class: "neox-colourbar-scale", style: `background: linear-gradient(to right, ${stops})` }),
+           h("span", {}, "1"), h("span", { class: "neox-caption" }, "attention weight"));
+}
+
 function s(tag, attributes = {}, text = null) {
   const element = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attributes)) element.setAttribute(k, v);
@@ -31,8 +39,7 @@ function heatMap(map, tokens) {
   const n = tokens.length;
   const cell = 18;
   const label = 8 + 6.5 * Math.min(14, Math.max(...tokens.map(t => t.length)));
-  const bar = 46;
-  const width = label + n * cell + bar;
+  const width = label + n * cell + 4;
   const height = label + n * cell + 4;
   const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, class: "neox-heatmap", role: "img",
                          "aria-label": "Attention weights: rows are queries, columns are keys" });
@@ -51,18 +58,10 @@ function heatMap(map, tokens) {
     rect.append(s("title", {}, `${tokens[q]} → ${tokens[k]}: ${p.toFixed(3)}`));
     svg.append(rect);
   }));
-  // The colour bar, 0 to 1
-  const x = label + n * cell + 12;
-  const barHeight = Math.max(60, n * cell);
-  const steps = 24;
-  for (let i = 0; i < steps; i++) {
-    svg.append(s("rect", { x, y: label + (barHeight * i) / steps, width: 10, height: barHeight / steps + 0.5,
-                           fill: colour(1 - i / (steps - 1)) }));
-  }
-  for (const v of [0, 0.5, 1]) {
-    svg.append(s("text", { x: x + 14, y: label + barHeight * (1 - v) + 4, class: "neox-axis" }, v.toFixed(1)));
-  }
-  svg.setAttribute("viewBox", `0 0 ${width} ${Math.max(height, label + barHeight + 8)}`);
+  // At least three quarters of its natural size: on a phone the map scrolls sideways in its box rather than
+  // shrinking its labels past reading
+  svg.style.minWidth = `${Math.round(0.75 * width)}px`;
+  svg.style.maxWidth = `${Math.round(1.6 * width)}px`;
   return svg;
 }
 
@@ -72,6 +71,8 @@ export function mount(element, neox) {
   const layer = h("select", { "aria-label": "Layer" });
   const head = h("select", { "aria-label": "Head" });
   const picture = h("div", { class: "neox-heatmap-box" });
+  const bar = colourBar();
+  bar.hidden = true;
   const note = h("p", { class: "neox-caption" });
   const controls = h("div", { class: "neox-controls" }, field("Layer", layer), field("Head", head));
   let model = null;
@@ -87,12 +88,13 @@ export function mount(element, neox) {
         note.textContent = "Type a sentence.";
         return;
       }
-      computed = { text, maps: await model.attention(ids), tokens: ids.map(id => model.decode([id])) };
+      computed = { text, maps: await model.attention(ids), tokens: ids.map(id => model.decode([id]).replaceAll(" ", "␣").replaceAll("\n", "↵")) };
       if (input.value !== text) return;
     }
     const l = Number(layer.value);
     const hd = Number(head.value);
     picture.replaceChildren(heatMap(computed.maps[l][hd], computed.tokens));
+    bar.hidden = false;
     note.textContent = `Layer ${l}, head ${hd}: each row is a token (a query) and how it spreads its attention ` +
       "over itself and the tokens before it (the keys); each row adds up to 1." +
       (computed.tokens.length >= 48 ? " (The first 48 tokens.)" : "");
@@ -111,5 +113,5 @@ export function mount(element, neox) {
       head.replaceChildren(...[...Array(model.n_heads).keys()].map(i => h("option", { value: i }, String(i))));
       show().catch(error => { note.textContent = String(error.message || error); });
     }),
-    picture, note));
+    picture, bar, note));
 }

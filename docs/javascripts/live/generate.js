@@ -24,7 +24,7 @@ export function mount(element, neox) {
   const continuation = h("span", { class: "neox-output-new" });
   const output = h("pre", { class: "neox-output", "aria-live": "polite" }, prefix, continuation);
   const speed = h("span", { class: "neox-status" });
-  const distribution = h("ol", { class: "neox-dist" });
+  const distribution = h("div", { class: "neox-dist", role: "list" });
   const distributionNote = h("p", { class: "neox-caption" });
 
   const controls = h("div", { class: "neox-controls" },
@@ -67,7 +67,7 @@ export function mount(element, neox) {
       const p = probs[id];
       const token = model.decode([id]);
       const shown = JSON.stringify(token).slice(1, -1);
-      return h("li", { class: p > 0 ? "" : "neox-dropped" },
+      return h("div", { class: p > 0 ? "neox-row" : "neox-row neox-dropped", role: "listitem" },
         h("code", { class: "neox-token", title: `id ${id}` }, shown),
         h("span", { class: "neox-bar" }, h("span", { style: `width:${(100 * p).toFixed(2)}%` })),
         h("span", { class: "neox-p" }, p > 0 ? `${(100 * p).toFixed(1)}%` : "cut"));

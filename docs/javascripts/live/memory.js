@@ -53,7 +53,7 @@ export async function mount(element) {
       h("thead", {}, h("tr", {}, h("th", {}, "part"), h("th", { class: "neox-num" }, "memory"),
                          h("th", { class: "neox-num" }, "share"))),
       h("tbody", {}, row("weights", s.weights, "weights"), row("key-value cache", s.kv, "kv"),
-        row("activations (one forward pass)", s.activations, "activations"), row("total", s.total, "total")));
+        row("activations", s.activations, "activations"), row("total", s.total, "total")));
     const gpus = h("table", { class: "neox-memory-gpus" },
       h("thead", {}, h("tr", {}, h("th", {}, "GPU"), h("th", { class: "neox-num" }, "cards needed"))),
       h("tbody", {}, Object.entries(table.gpus).map(([name, memory]) => {
@@ -61,11 +61,11 @@ export async function mount(element) {
         return h("tr", { "data-gpu": name, "data-needed": n === null ? "" : String(n) },
           h("td", {}, name),
           h("td", { class: `neox-num ${n === 1 ? "neox-fits" : n === null ? "neox-fits-no" : ""}` },
-            n === null ? `more than ${MAX_GPUS}` : n === 1 ? "1: fits" : String(n)));
+            n === null ? `more than ${MAX_GPUS}` : n === 1 ? "1, fits" : String(n)));
       })));
     result.replaceChildren(parts, gpus);
     note.textContent = `${model.value}: ${(m.parameters / 1e9).toFixed(m.parameters < 1e9 ? 3 : 2)} billion ` +
-      `parameters. GB is 10⁹ bytes. int8 is LLM.int8: int8 weights, fp16 cache and activations. Layers split ` +
+      `parameters. Activations: the peak of one forward pass over the context. GB is 10⁹ bytes. int8 is LLM.int8: int8 weights, fp16 cache and activations. Layers split ` +
       "evenly over several cards (the loader's devices=); the CUDA context and allocator slack are not counted.";
   }
   for (const control of [model, dtype, batch, tokens]) control.addEventListener("input", show);
