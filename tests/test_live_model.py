@@ -245,7 +245,8 @@ USE_WIDGET = """(async (name) => {
   window.scrollBy(0, -72);  // below the site's header, for the screenshot
   const r = box.getBoundingClientRect();
   // (the heat map may scroll sideways inside its own box, which must fit)
-  const inside = [...box.querySelectorAll('input, select, button, textarea, .neox-row, .neox-heatmap-box')].filter(e => {
+  const controls = 'input, select, button, textarea, .neox-row, .neox-heatmap-box';
+  const inside = [...box.querySelectorAll(controls)].filter(e => {
     const b = e.getBoundingClientRect(); return b.width > 0 && (b.left < r.left - 1 || b.right > r.right + 1); });
   return {shown, left: r.left, right: r.right, viewport: window.innerWidth,
           sideways: document.documentElement.scrollWidth > window.innerWidth + 1,

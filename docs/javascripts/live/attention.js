@@ -88,7 +88,8 @@ export function mount(element, neox) {
         note.textContent = "Type a sentence.";
         return;
       }
-      computed = { text, maps: await model.attention(ids), tokens: ids.map(id => model.decode([id]).replaceAll(" ", "␣").replaceAll("\n", "↵")) };
+      const shown = id => model.decode([id]).replaceAll(" ", "␣").replaceAll("\n", "↵");
+      computed = { text, maps: await model.attention(ids), tokens: ids.map(shown) };
       if (input.value !== text) return;
     }
     const l = Number(layer.value);

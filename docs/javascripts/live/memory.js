@@ -65,8 +65,9 @@ export async function mount(element) {
       })));
     result.replaceChildren(parts, gpus);
     note.textContent = `${model.value}: ${(m.parameters / 1e9).toFixed(m.parameters < 1e9 ? 3 : 2)} billion ` +
-      `parameters. Activations: the peak of one forward pass over the context. GB is 10⁹ bytes. int8 is LLM.int8: int8 weights, fp16 cache and activations. Layers split ` +
-      "evenly over several cards (the loader's devices=); the CUDA context and allocator slack are not counted.";
+      "parameters. Activations: the peak of one forward pass over the context. GB is 10⁹ bytes. int8 is " +
+      "LLM.int8: int8 weights, fp16 cache and activations. Layers split evenly over several cards (the loader's " +
+      "devices=); the CUDA context and allocator slack are not counted.";
   }
   for (const control of [model, dtype, batch, tokens]) control.addEventListener("input", show);
   element.replaceChildren(h("div", { class: "neox-widget neox-memory" },

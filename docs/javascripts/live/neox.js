@@ -309,12 +309,6 @@ export function checkSamplingArgs(max_new_tokens, temperature, top_k, top_p) {
     throw new Error(`top_p=${top_p} must be in (0, 1] (or null for no nucleus filter)`);
 }
 
-// A token as the reader should see it: its text, or its bytes when it is part of a character
-export function tokenText(tokenizer, id) {
-  const text = tokenizer.decode([id]);
-  return text.includes("\uFFFD") ? tokenizer.model.vocab?.[id] ?? text : text;
-}
-
 // ## The testing contract, `window.neox`
 //
 // For our tests in headless Chromium and anyone else's: each call loads the model first if needed.
