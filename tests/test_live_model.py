@@ -300,9 +300,10 @@ def test_from_disk_each_widget_says_how_to_serve_the_site(browser, site):
     for page, name in WIDGET_PAGES:
         browser.goto((site / page).as_uri())
         time.sleep(0.2)
-        note = browser.evaluate(f"document.querySelector('.neox-live[data-widget={name}]').innerText")
+        note = browser.evaluate(f"(() => {{ const box = document.querySelector('.neox-live[data-widget={name}]');"
+                                f" box.scrollIntoView(); window.scrollBy(0, -72); return box.innerText; }})()")
+        browser.screenshot(ARTIFACTS / f"from-disk-{name}-{Path(page).stem}-1280.png")
         assert "mkdocs serve" in note and "python -m http.server" in note and "\n" not in note.strip(), (page, note)
-    browser.screenshot(ARTIFACTS / "from-disk-attention-1280.png")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ function heatMap(map, tokens) {
   // At least three quarters of its natural size: on a phone the map scrolls sideways in its box rather than
   // shrinking its labels past reading
   svg.style.minWidth = `${Math.round(0.75 * width)}px`;
-  svg.style.maxWidth = `${Math.round(1.6 * width)}px`;
+  svg.style.maxWidth = `${Math.round(1.2 * width)}px`;
   return svg;
 }
 
