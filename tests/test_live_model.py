@@ -226,9 +226,13 @@ USE_WIDGET = """(async (name) => {
     t.value = 0.3; t.dispatchEvent(new Event('input', {bubbles: true}));
     await wait(() => box.querySelector('.neox-dist .neox-p').textContent !== before, 'the distribution moving');
     box.querySelector('.neox-run').click();
+    // the reader moves a slider while the text comes: the distribution's run waits for the generation's step
+    await new Promise(r => setTimeout(r, 50));
+    t.value = 0.5; t.dispatchEvent(new Event('input', {bubbles: true}));
     await wait(() => box.querySelector('.neox-run').textContent === 'Generate' &&
                      box.querySelector('.neox-output-new').textContent.length > 20, 'generation');
-    shown = box.querySelector('.neox-output-new').textContent;
+    const status = box.querySelector('.neox-run-row .neox-status').textContent;
+    shown = status.endsWith('tokens/s') && box.querySelector('.neox-output-new').textContent;
   } else if (name === 'tokenize') {
     await wait(() => box.querySelectorAll('.neox-chip').length > 5, 'the tokens');
     shown = box.querySelectorAll('.neox-chip').length;

@@ -122,7 +122,15 @@ class LiveModel {
     this.d_head = config.hidden_size / config.num_attention_heads;
     this.n_ctx = config.max_position_embeddings;
     this.hasAttentions = session.outputNames.includes("attentions.0");
-    this.attentionSession = null;
+    this.queue = Promise.resolve();
+  }
+
+  // One run at a time: a session does not take a second run while one is going (the reader may move a slider
+  // while text is generating), so runs wait in line
+  run(session, feeds, names) {
+    const result = this.queue.then(() => session.run(feeds, names));
+    this.queue = result.catch(() => {});
+    return result;
   }
 
   encode(text) {
@@ -159,7 +167,7 @@ class LiveModel {
   async step(ids, past, cache) {
     const wanted = ["logits"];
     for (let i = 0; i < this.n_layers; i++) wanted.push(`present.${i}.key`, `present.${i}.value`);
-    const out = await this.session.run(this.feeds(ids, past, cache), wanted);
+    const out = await this.run(this.session, this.feeds(ids, past, cache), wanted);
     const logits = out.logits;
     const v = logits.dims[2];
     const last = logits.data.slice((ids.length - 1) * v, ids.length * v);
@@ -214,7 +222,7 @@ class LiveModel {
     }
     ids = ids.slice(-this.n_ctx);
     const names = [...Array(this.n_layers).keys()].map(i => `attentions.${i}`);
-    const out = await session.run(this.feeds(ids, 0, this.emptyCache()), names);
+    const out = await this.run(session, this.feeds(ids, 0, this.emptyCache()), names);
     const t = ids.length;
     return names.map(name => {
       const data = out[name].data;
