@@ -6,7 +6,7 @@
 // filters run on its logits).
 import { h, field, loadButton } from "./ui.js";
 
-const PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?\n";
+const PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks? It is the";
 
 export function mount(element, neox) {
   const prompt = h("textarea", { class: "neox-prompt", rows: 3, spellcheck: "false", "aria-label": "Prompt" },
