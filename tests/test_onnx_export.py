@@ -1,8 +1,8 @@
 r"""
 The ONNX graph that `onnx_export.py` writes computes what our model computes, run by `onnxruntime`, an
 implementation that shares no code with PyTorch: on the demo model (exported by the command, with fp16-stored
-weights, as the site uses it) and on tiny random models with a parallel residual, a sequential one, and tied
-layer norms.
+weights, as the site uses it; a parallel residual) and on tiny random models with a sequential residual and with
+tied layer norms.
 
 * logits within 1e-4 of ours, for a left-padded batch (the padding in `attention_mask`) and then cached steps of
   one and of several tokens, the cache going out as `present.N.*` and back in as `past_key_values.N.*`;
@@ -12,7 +12,7 @@ layer norms.
 * the command on a Hugging Face checkpoint that transformers saved, checked against transformers itself, and
   its refusal to write over an existing folder.
 
-Each model is exported once per module (a tiny one in a few seconds, the demo in about 20).
+Each model is exported once per module (a tiny one in a few seconds, the demo in about 20, on an idle machine).
 """
 
 import json
@@ -34,7 +34,7 @@ from helpers import TOLERANCE, make_tiny_hf_model, our_model_from_hf, write_tiny
 from labml_nn.neox.cli import DEMO_CHECKPOINT  # noqa: E402
 from labml_nn.neox.loader import LayerLoader  # noqa: E402
 from labml_nn.neox.model import Attention, KVCache, NeoXModel  # noqa: E402
-from labml_nn.neox.onnx_export import export_onnx, main  # noqa: E402
+from labml_nn.neox.onnx_export import GraphModel, _example_inputs, export_onnx, main  # noqa: E402
 
 # Logits and probabilities of the graph against ours (both fp32, different kernels)
 CLOSE = 1e-4
@@ -73,36 +73,44 @@ class OrtDecoder:
         return out
 
 
-def _load_demo() -> NeoXModel:
-    return NeoXModel(*LayerLoader(DEMO_CHECKPOINT, progress=False).load()).eval()
-
-
-def _tiny(kind: str):
-    hf = make_tiny_hf_model(use_parallel_residual=kind != "sequential", num_hidden_layers=3)
-    return hf, our_model_from_hf(hf, **({"tied_layernorms": True} if kind == "tied" else {}))
-
-
 # ## The exports, once per module
 #
-# The demo through the command, as the site makes it (fp16-stored weights, attention outputs); the tiny models
-# through `export_onnx`.
+# Three exports cover the three ways a layer adds its parts: the demo (a parallel residual, as in Pythia and the
+# 20B model) through the command, as the site makes it, with fp16-stored weights; a tiny transformers model with
+# a sequential residual, saved by `save_pretrained` and exported by the command; and a tiny model whose parallel
+# residual ties its two layer norms (gpt-neox's `gpt_j_tied`), through `export_onnx`.
+def _command(*args) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "labml_nn.neox.onnx_export", *map(str, args)],
+                            capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "demo"
-    result = subprocess.run([sys.executable, "-m", "labml_nn.neox.onnx_export", str(DEMO_CHECKPOINT), str(out),
-                             "--fp16-weights", "--with-attentions"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return _load_demo(), out, result
+    result = _command(DEMO_CHECKPOINT, out, "--fp16-weights", "--with-attentions")
+    return NeoXModel(*LayerLoader(DEMO_CHECKPOINT, progress=False).load()).eval(), out, result
 
 
-@pytest.fixture(scope="module", params=["demo", "parallel", "sequential", "tied"])
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    hf = make_tiny_hf_model(use_parallel_residual=False, num_hidden_layers=3)
+    hf.save_pretrained(folder / "hf")
+    write_tiny_tokenizer(folder / "hf" / "tokenizer.json", hf.config.vocab_size)
+    _command(folder / "hf", folder / "out", "--with-attentions")
+    return NeoXModel(*LayerLoader(folder / "hf", progress=False).load()).eval(), folder / "out", hf
+
+
+@pytest.fixture(scope="module", params=["demo", "sequential", "tied"])
 def exported(request, tmp_path_factory):
-    if request.param == "demo":
-        return request.getfixturevalue("demo")[:2]
-    hf, ours = _tiny(request.param)
-    out = tmp_path_factory.mktemp("onnx") / request.param
-    export_onnx(ours, out, with_attentions=True)
-    return ours, out
+    if request.param != "tied":
+        return request.getfixturevalue(request.param)[:2]
+    model = our_model_from_hf(make_tiny_hf_model(num_hidden_layers=3), tied_layernorms=True)
+    out = tmp_path_factory.mktemp("onnx") / "tied"
+    export_onnx(model, out, with_attentions=True)
+    return model, out
 
 
 def _prompt(model: NeoXModel, length: int = 9, seed: int = 3):
@@ -227,19 +235,24 @@ def test_the_demo_folder_is_what_hugging_faces_tools_load(demo):
     assert "Wrote" in result.stdout
 
 
-def test_the_command_exports_a_transformers_checkpoint_that_matches_transformers(tmp_path):
-    hf, _ = _tiny("sequential")
-    hf.save_pretrained(tmp_path / "hf")
-    write_tiny_tokenizer(tmp_path / "hf" / "tokenizer.json", hf.config.vocab_size)
-    assert main([str(tmp_path / "hf"), str(tmp_path / "out")]) == 0
+def test_the_command_exports_a_transformers_checkpoint_that_matches_transformers(sequential):
+    model, out, hf = sequential
     ids = torch.randint(0, hf.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(5))
-    model = NeoXModel(*LayerLoader(tmp_path / "hf", progress=False).load())
-    got = OrtDecoder(tmp_path / "out", model[0].config).start(ids, torch.tensor([0, 0]))
+    got = OrtDecoder(out, model[0].config).start(ids, torch.tensor([0, 0]))
     with torch.no_grad():
         expected = hf(ids).logits
     assert np.abs(got["logits"] - expected.numpy()).max() <= TOLERANCE
-    assert "attentions.0" not in got
-    assert not list(tmp_path.glob("out.tmp-*"))
+    assert (out / "tokenizer.json").read_bytes() == (out.parent / "hf" / "tokenizer.json").read_bytes()
+    assert not list(out.parent.glob("out.tmp-*"))
+
+
+def test_without_attentions_the_graph_gives_logits_and_cache_only(exported):
+    model, _ = exported
+    n = model[0].config.n_layers
+    graph_model = GraphModel(model, with_attentions=False)
+    with torch.no_grad():
+        outputs = graph_model(*_example_inputs(graph_model, model[0].config))
+    assert len(outputs) == 1 + 2 * n
 
 
 def test_the_command_refuses_an_existing_folder(tmp_path, capsys):
