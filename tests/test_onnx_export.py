@@ -149,7 +149,8 @@ def test_fifty_greedy_tokens_with_the_cache_are_ours(exported):
     with torch.no_grad():
         ours, got = model(ids, cache), graph.start(ids, padding)["logits"]
         for _ in range(50):
-            ours_next, graph_next = ours[:, -1].argmax(-1, keepdim=True), torch.from_numpy(got[:, -1].argmax(-1))[:, None]
+            ours_next = ours[:, -1].argmax(-1, keepdim=True)
+            graph_next = torch.from_numpy(got[:, -1].argmax(-1))[:, None]
             ours_ids.append(ours_next)
             graph_ids.append(graph_next)
             ours, got = model(ours_next, cache), graph.step(graph_next)["logits"]
@@ -173,7 +174,8 @@ def _our_attention(model: NeoXModel, ids: torch.Tensor, padding: torch.Tensor) -
             h.remove()
     batch, n = ids.shape
     slot = torch.arange(n)
-    mask = ((slot[None, :] <= slot[:, None]) & (slot[None, None, :] >= padding[:, None, None])) | (slot[None, :] == slot[:, None])
+    causal, own = slot[None, :] <= slot[:, None], slot[None, :] == slot[:, None]
+    mask = (causal & (slot[None, None, :] >= padding[:, None, None])) | own
     result = []
     for layer, qkv in zip(model[1:-2], caught):
         qkv = qkv.view(batch, n, config.n_heads, 3, config.d_head)

@@ -8,7 +8,8 @@ graph in the browser in WebAssembly, and that is how the demo model runs on this
 
 ```python
 from labml_nn.neox.onnx_export import export_onnx
-export_onnx(model, "demo-onnx", tokenizer_path="20B_tokenizer.json", with_attentions=True, weights_dtype="fp16")
+export_onnx(model, "demo-onnx", tokenizer_path="20B_tokenizer.json",  # model: a NeoXModel
+            with_attentions=True, weights_dtype="fp16")
 ```
 
 or from the shell, for any checkpoint folder or Hub name:
@@ -29,7 +30,7 @@ onnx/model.onnx           the graph
 
 **The graph's inputs and outputs** (`N` = 0 ... L-1 the layers; `P` the tokens already in the cache):
 
-| name | shape | |
+| name | shape | what |
 |---|---|---|
 | `input_ids` | `[B, T]` int64 | the new tokens |
 | `attention_mask` | `[B, P + T]` int64 | 1 for a real token, 0 for (left) padding, over the past and the new tokens |
