@@ -34,6 +34,7 @@ from helpers import TOLERANCE, make_tiny_hf_model, our_model_from_hf, write_tiny
 from labml_nn.neox.cli import DEMO_CHECKPOINT  # noqa: E402
 from labml_nn.neox.loader import LayerLoader  # noqa: E402
 from labml_nn.neox.model import Attention, KVCache, NeoXModel  # noqa: E402
+from labml_nn.neox import onnx_export  # noqa: E402
 from labml_nn.neox.onnx_export import GraphModel, _example_inputs, export_onnx, main  # noqa: E402
 
 # Logits and probabilities of the graph against ours (both fp32, different kernels)
@@ -109,7 +110,10 @@ def exported(request, tmp_path_factory):
         return request.getfixturevalue(request.param)[:2]
     model = our_model_from_hf(make_tiny_hf_model(num_hidden_layers=3), tied_layernorms=True)
     out = tmp_path_factory.mktemp("onnx") / "tied"
-    export_onnx(model, out, with_attentions=True)
+    # Its weights go to `model.onnx_data`, as a model over 1.5 GB's would, so that the tests run that path too
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "EXTERNAL_DATA_ABOVE", 0)
+        export_onnx(model, out, with_attentions=True)
     return model, out
 
 
@@ -231,9 +235,11 @@ def test_the_demo_folder_is_what_hugging_faces_tools_load(demo):
     assert outputs["logits"] == ["batch_size", "sequence_length", config.n_vocab]
     assert outputs["present.0.key"][2] == outputs["attentions.0"][3] == "total_sequence_length"
     assert len(inputs) == 3 + 2 * config.n_layers and len(outputs) == 1 + 3 * config.n_layers
-    # fp16 storage: about 2 bytes a parameter, where fp32 takes 4
+    # fp16 storage: about 2 bytes a parameter, where fp32 takes 4; and it rounds nothing, since every weight of the
+    # demo is an fp16 value (which is why its logits above match ours to 1e-4)
     n_params = sum(p.numel() for p in model.parameters())
     assert (folder / "onnx" / "model.onnx").stat().st_size < 2.1 * n_params
+    assert all(torch.equal(p.half().float(), p) for p in model.parameters())
     assert "Wrote" in result.stdout
 
 
@@ -246,6 +252,15 @@ def test_the_command_exports_a_transformers_checkpoint_that_matches_transformers
     assert np.abs(got["logits"] - expected.numpy()).max() <= TOLERANCE
     assert (out / "tokenizer.json").read_bytes() == (out.parent / "hf" / "tokenizer.json").read_bytes()
     assert not list(out.parent.glob("out.tmp-*"))
+
+
+def test_weights_over_the_limit_go_to_model_onnx_data(exported):
+    model, folder = exported
+    data = folder / "onnx" / "model.onnx_data"
+    if folder.name == "tied":
+        assert data.stat().st_size >= 0.95 * 4 * sum(p.numel() for p in model.parameters())
+    else:
+        assert not data.exists()
 
 
 def test_without_attentions_the_graph_gives_logits_and_cache_only(exported):
