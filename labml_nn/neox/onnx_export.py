@@ -266,6 +266,16 @@ def _dynamic_shapes(n_layers: int) -> tuple:
             tuple({0: batch, 2: past} for _ in range(2 * n_layers)))
 
 
+# The exporter also records, on every node, where it came from: the PyTorch operation, the module path and the
+# Python stack, with the file paths of the machine that exported it. That helps debug the exporter, not use the
+# graph; it is 180 kB of the demo's file, and it would make the file differ with the folder it was exported from.
+# We drop it.
+def _drop_provenance(proto):
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+
+
 def _rename_axes(proto):
     r"""Give every dynamic axis of the graph's inputs and outputs its name from `AXIS_NAMES`."""
     for value in list(proto.graph.input) + list(proto.graph.output):
@@ -337,6 +347,7 @@ def export_graph(model: NeoXModel, path: "str | Path", *, with_attentions: bool 
                                     output_names=outputs, dynamic_shapes=_dynamic_shapes(n),
                                     opset_version=opset, verbose=False, optimize=True)
     proto = program.model_proto
+    _drop_provenance(proto)
     _rename_axes(proto)
     if weights_dtype == "fp16":
         _store_in_fp16(proto, {name for name, _ in graph_model.named_parameters()})
