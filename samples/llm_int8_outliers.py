@@ -113,7 +113,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", "--output", dest="output", type=Path,
                         default=output_home("figures", "llm_int8_outliers.png"),
                         help="where to write the figure (PNG)")
-    return check_model_args(parser, parser.parse_args(argv))
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it exists (the default figure, in our own folder, is always replaced)")
+    args = check_model_args(parser, parser.parse_args(argv))
+    # The rule of every command that writes (`checkpoint/atomic.py`): a figure the user named is not replaced
+    # unless --overwrite; the default one lives in our own folder (`cli.output_home`) and is
+    args.overwrite = args.overwrite or args.output == parser.get_default("output")
+    from labml_nn.neox.checkpoint.atomic import check_target
+    check_target(args.output, overwrite=args.overwrite, folder=False, name="--out",
+                 reads=[args.checkpoint, args.text_file])
+    return args
 
 
 # ## Recording the inputs of each linear layer
@@ -206,7 +215,7 @@ def systematic(recorder: OutlierRecorder, n_layers: int) -> str:
 #
 # Four panels, one per linear layer, with input dimension across and transformer layer up, a square where the
 # threshold was reached, larger and brighter for more tokens; a fifth panel with each layer's largest $|X_{ik}|$.
-def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path):
+def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path, overwrite: bool = True):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -251,8 +260,11 @@ def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path):
     ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
+    # Written beside `output` and renamed when complete (`checkpoint/atomic.py`)
+    from labml_nn.neox.checkpoint.atomic import atomic_file
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
+    with atomic_file(output, overwrite=overwrite, binary=True, name="--out") as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -288,7 +300,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(systematic(recorder, config.n_layers) or "none")
     title = (f"Outlier features of {args.checkpoint.name or args.checkpoint} on {len(ids)} tokens: inputs with "
              f"|x| >= {args.threshold:g}")
-    figure(recorder, config.n_layers, title, args.output)
+    figure(recorder, config.n_layers, title, args.output, overwrite=args.overwrite)
     print(f"\nFigure saved to {args.output}")
     return 0
 

@@ -48,7 +48,9 @@ worst tensors, all of them in --report, and a warning above --warn-above.
 
 The output is written to OUT.tmp-XXXX beside OUT and renamed at the end: on failure, Ctrl-C, SIGTERM or SIGHUP,
 OUT does not exist and OUT.tmp-XXXX is removed (after a SIGKILL, by the next merge to OUT). A folder that appears
-at OUT meanwhile is never touched: the merge stops and keeps both.
+at OUT meanwhile is never touched: the merge stops and keeps both. --overwrite replaces an existing OUT (and
+R.json) only when the merge succeeds, and never SRC (nor through a link), the current folder or a folder above
+it, or a folder holding files no checkpoint holds (see labml_nn/neox/checkpoint/atomic.py).
 """
 
 
@@ -94,7 +96,9 @@ def _run(argv: List[str]) -> int:
     merge.add_argument("--max-shard-mb", type=int, default=1024,
                        help="hf: start a new safetensors shard past this size (default 1024 MB, about one 20B "
                             "layer; the merge holds one shard in memory)")
-    merge.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only on success)")
+    merge.add_argument("--overwrite", action="store_true",
+                       help="replace OUT and R.json if they exist (only on success; never SRC, the current folder, "
+                            "or a folder holding other files than a checkpoint's)")
 
     # `download [DEST]`: the 20B slim weights over HTTP, resumable, into a folder that `merge` and the loader read.
     download = commands.add_parser("download", help="download the GPT-NeoX-20B slim weights (resumable)",
@@ -131,6 +135,12 @@ def _run(argv: List[str]) -> int:
                               max_shard_bytes=args.max_shard_mb * 1024 ** 2, revision=args.revision,
                               mlp_names=args.mlp_names)
     print(format_report(report))
+    if report["non_finite"]:
+        names = report["non_finite"]
+        print(f"warning: {len(names)} tensor(s) of {args.src} hold NaN or infinite values ({', '.join(names[:3])}"
+              f"{', ...' if len(names) > 3 else ''}); they were merged as they are, so the merged model computes "
+              f"NaN. The source is damaged or its training diverged: check it, or merge an earlier step.",
+              file=sys.stderr)
     print(f"Wrote {args.out} ({args.format})")
     return 0
 
