@@ -76,7 +76,7 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
     try:
         with atomic_folder(out, overwrite=overwrite, reads=[src]) as tmp:
             with _disk_full_named(out):
-                parts = _with_progress(ckpt, progress, non_finite)
+                parts = _note_non_finite(_with_progress(ckpt, progress), non_finite)
                 config = ckpt.config.with_updates(tensor_parallel_size=1)
                 torch_dtype = DTYPES[dtype_name(dtype)] if dtype else None
                 if format == "hf":
@@ -121,19 +121,24 @@ def _disk_full_named(out: Path):
                               f"output was removed. Free some space on {out.parent} or choose another OUT.") from None
 
 
-# A labml progress bar over the parts; each step reads, merges and hands one part to the writer. Tensors holding
-# NaN or infinite values are noted in `non_finite`: we merge them (a diverged run's checkpoint is exactly what one
-# wants to open in transformers to look at) but say so, in the report and on standard error.
-def _with_progress(ckpt, progress: bool, non_finite: Optional[List[str]] = None):
-    import torch
+# A labml progress bar over the parts; each step reads, merges and hands one part to the writer
+def _with_progress(ckpt, progress: bool):
     from labml import monit
 
     parts = all_parts(ckpt.config.n_layers)
     for part in (monit.iterate("Merge", parts) if progress else parts):
-        tensors = ckpt.read(part)
-        if non_finite is not None:
-            non_finite.extend(f"{name} of {part}" for name, t in tensors.items()
-                              if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+        yield part, ckpt.read(part)
+
+
+# Tensors holding NaN or infinite values are noted in `non_finite` as they pass: we merge them (a diverged run's
+# checkpoint is exactly what one wants to open in transformers to look at) but say so, in the report and, from the
+# command, on standard error.
+def _note_non_finite(parts, non_finite: List[str]):
+    import torch
+
+    for part, tensors in parts:
+        non_finite.extend(f"{name} of {part}" for name, t in tensors.items()
+                          if t.is_floating_point() and not bool(torch.isfinite(t).all()))
         yield part, tensors
 
 
