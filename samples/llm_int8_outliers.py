@@ -118,7 +118,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = check_model_args(parser, parser.parse_args(argv))
     # The rule of every command that writes (`checkpoint/atomic.py`): a figure the user named is not replaced
     # unless --overwrite; the default one lives in our own folder (`cli.output_home`) and is
-    args.overwrite = args.overwrite or args.output == parser.get_default("output")
+    if args.output == parser.get_default("output"):
+        args.overwrite = True
+        args.output.parent.mkdir(parents=True, exist_ok=True)
     from labml_nn.neox.checkpoint.atomic import check_target
     check_target(args.output, overwrite=args.overwrite, folder=False, name="--out",
                  reads=[args.checkpoint, args.text_file])
@@ -262,7 +264,6 @@ def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path, o
     fig.tight_layout()
     # Written beside `output` and renamed when complete (`checkpoint/atomic.py`)
     from labml_nn.neox.checkpoint.atomic import atomic_file
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(output, overwrite=overwrite, binary=True, name="--out") as f:
         fig.savefig(f, dpi=110, format="png")
     plt.close(fig)

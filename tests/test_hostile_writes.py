@@ -228,13 +228,14 @@ def test_too_many_layers_in_the_config_names_the_config(slim, tmp_path, capsys):
     assert "Missing" not in err and "Re-download" not in err
 
 
-# ## Data errors exit 1 in every command: generate on a damaged checkpoint, as merge
+# ## Data errors exit 1 in every command: generate on a checkpoint with a missing file, as merge (a file that is
+# there but damaged already exits 1 in both)
 def test_generate_on_a_damaged_checkpoint_exits_1(generate_sample, slim, capsys):
-    (slim / "global_step10" / "layer_03-model_01-model_states.pt").write_bytes(b"not a checkpoint")
-    judge(*call(checkpoint_main, ["merge", slim, slim.parent / "out", "--format", "hf"], capsys), 1,
-          "layer_03-model_01-model_states.pt")
+    path = slim / "global_step10" / "layer_03-model_01-model_states.pt"
+    path.unlink()
+    judge(*call(checkpoint_main, ["merge", slim, slim.parent / "out", "--format", "hf"], capsys), 1, path.name)
     judge(*call(generate_sample.main, ["--checkpoint", slim, "--prompt", "hi", "--device", "cpu"], capsys), 1,
-          "layer_03-model_01-model_states.pt")
+          path.name)
 
 
 # ## Every other command that writes follows the rule: evaluation's `--output`, the outliers figure
@@ -260,6 +261,28 @@ def test_outliers_figure_is_not_replaced_without_overwrite(slim_source, tmp_path
     judge(*call(lambda argv: run_command(outliers.main, argv), ["--checkpoint", slim_source, "--device", "cpu", "--out", figure], capsys), 1,
           "--out", "already exists")
     assert figure.read_bytes() == b"my figure"
+
+
+@pytest.mark.parametrize("target", ["state", "out_is_texts"])
+def test_train_demo_refuses_before_training(tmp_path, target):
+    import subprocess
+    import sys
+    from test_hostile import ENV, ROOT
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(3):
+        (texts / f"work{i}.txt").write_text("ROMEO. But soft, what light through yonder window breaks?\n" * 30)
+    state = tmp_path / "state.pt"
+    state.write_bytes(b"my earlier state")
+    argv = ["--texts", texts, "--steps", "1", "--batch-size", "1", "--seq-len", "16", "--vocab-size", "300",
+            "--log-dir", tmp_path / "logs"]
+    argv += ["--out", tmp_path / "out", "--state", state] if target == "state" else ["--out", texts, "--overwrite"]
+    result = subprocess.run([sys.executable, str(ROOT / "samples" / "train_demo.py"), *map(str, argv)],
+                            capture_output=True, text=True, env=ENV, timeout=600, cwd=tmp_path)
+    judge(result.returncode, result.stderr, 1, "--state" if target == "state" else "--out")
+    assert "step" not in result.stdout and state.read_bytes() == b"my earlier state"
+    assert sorted(p.name for p in texts.iterdir()) == ["work0.txt", "work1.txt", "work2.txt"]
+    assert not (tmp_path / "out").exists()
 
 
 # ## Case 3: the downloader vouches only for what it checked
@@ -331,8 +354,8 @@ def test_download_refetches_an_unrecorded_file_that_differs(server, tmp_path, ca
         body[where] ^= 0xFF
     big.write_bytes(bytes(body))
     rc, err = download(dest, server, capsys)
-    assert rc == 0 and f"{big} does not match the server" in err, err
-    assert big.read_bytes() == server.tree[BIG]
+    assert rc == 0 and big.read_bytes() == server.tree[BIG], err
+    assert f"{big} does not match the server" in err, err
     rc, err = download(dest, server, capsys, "--verify")
     assert rc == 1 and str(big) not in err and "cannot vouch" not in err and "found on disk" in err, err
 
@@ -342,10 +365,11 @@ def test_download_verify_fails_on_a_file_it_did_not_download(server, tmp_path, c
     for name, body in server.tree.items():
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         (dest / name).write_bytes(body)
-    rc, err = download(dest, server, capsys)
-    assert rc == 0 and "cannot vouch" in err, err
+    rc, said = download(dest, server, capsys)
+    assert rc == 0, said
     rc, err = download(dest, server, capsys, "--verify")
     judge(rc, err, 1, *(dest / name for name in server.tree))
+    assert "cannot vouch" in said
     # Deleting one and downloading it again makes it one we vouch for
     (dest / BIG).unlink()
     assert download(dest, server, capsys)[0] == 0

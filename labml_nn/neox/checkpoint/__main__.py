@@ -105,12 +105,15 @@ def _run(argv: List[str]) -> int:
                                    description="Download the GPT-NeoX-20B slim weights (about 39 GB: both "
                                                "tensor-parallel ranks, config, tokenizer). Interrupted downloads "
                                                "resume from NAME.part; complete files are skipped. Each file's "
-                                               "SHA-256 is recorded in DEST/SHA256SUMS as it completes.")
+                                               "SHA-256 is recorded in DEST/SHA256SUMS as it completes. A file "
+                                               "found in DEST without a recorded SHA-256 is compared with the "
+                                               "server (size, sampled bytes) and fetched again if they differ.")
     download.add_argument("dest", nargs="?", default=None, help=f"destination folder (default {default_dir()})")
     download.add_argument("--base-url", default=BASE_URL, help="where the slim weights are served")
     download.add_argument("--verify", action="store_true",
                           help="download nothing: recompute every file's SHA-256 and compare it with the one "
-                               "recorded in DEST/SHA256SUMS when the file completed")
+                               "recorded in DEST/SHA256SUMS when the file completed; a file we did not download "
+                               "ourselves fails, named")
 
     # Run the command. An error of ours is expected (a missing file, a wrong layout): it is a `CheckpointError`
     # whose message names the file and the fix, and `run_command` prints it as one line with exit status 1.

@@ -1,5 +1,5 @@
 r"""
-# Writing a folder all at once, or not at all
+# Writing a folder or a file all at once, or not at all
 
 A merge of the 20B model writes 39 GB; a fine-tuning run writes a whole checkpoint at its end. Either can fail,
 be interrupted or be killed half-way, and a folder that looks complete but is not is worse than no folder. So both
@@ -236,6 +236,8 @@ def check_target(path: "str | Path", *, overwrite: bool = False, reads: Iterable
             what = "is" if real == source else ("holds" if _inside(source, real) else "lies inside")
             raise OutputRefused(f"{label} {what} {source}, which this command reads; it is never replaced, even "
                                 f"with --overwrite. Choose another place to write.")
+    if not folder and not real.parent.is_dir():
+        raise OutputRefused(f"{label}: the folder {out.parent} does not exist; create it or choose another path.")
     if not exists:
         return out
     if folder and (out.is_symlink() or not out.is_dir()):
@@ -272,7 +274,6 @@ class StagedFile:
         if self.target.exists() and not self.target.is_file():
             self.file = open(self.target, "w" + mode, encoding=encoding)
             return
-        self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.target.parent / f"{self.target.name}.tmp-{secrets.token_hex(4)}"
         self.file: IO = open(self.tmp, "x" + mode, encoding=encoding)
 
