@@ -340,15 +340,15 @@ def download(dest, server, capsys, *extra):
     return call(checkpoint_main, ["download", dest, "--base-url", server.url, *extra], capsys)
 
 
-@pytest.mark.parametrize("damage", ["same_size_middle", "same_size_end", "shorter"])
+@pytest.mark.parametrize("damage", ["same_size_middle", "same_size_end", "shorter", "empty"])
 def test_download_refetches_an_unrecorded_file_that_differs(server, tmp_path, capsys, damage):
     dest = tmp_path / "d"
     assert download(dest, server, capsys)[0] == 0
     (dest / "SHA256SUMS").unlink()
     big = dest / BIG
     body = bytearray(big.read_bytes())
-    if damage == "shorter":
-        body = body[:-10]
+    if damage in ("shorter", "empty"):
+        body = body[:-10] if damage == "shorter" else b""
     else:
         where = len(body) // 2 if damage == "same_size_middle" else len(body) - 3
         body[where] ^= 0xFF

@@ -159,6 +159,8 @@ SAMPLE = 1 << 16
 
 def differs_from_server(url: str, path: Path, *, timeout: float = 60.0) -> Optional[str]:
     size = path.stat().st_size
+    if size == 0:
+        return "the file here is empty"
     total, etag, mismatch = None, None, None
     with open(path, "rb") as f:
         for start in sorted({0, max(0, size // 2 - SAMPLE // 2), max(0, size - SAMPLE)}):
