@@ -265,7 +265,7 @@ def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path, o
     # Written beside `output` and renamed when complete (`checkpoint/atomic.py`)
     from labml_nn.neox.checkpoint.atomic import atomic_file
     with atomic_file(output, overwrite=overwrite, binary=True, name="--out") as f:
-        fig.savefig(f, dpi=110, format="png")
+        fig.savefig(f, dpi=110, format=Path(output).suffix.lstrip(".").lower() or "png")
     plt.close(fig)
 
 
