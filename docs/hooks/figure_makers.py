@@ -355,3 +355,9 @@ FIGURES = [
                  "transformers, and the floor set by reading every weight once per token at the machine's "
                  "measured bandwidth."),
 ]
+
+# The tensor-parallel page's figures and the numbers its prose prints (`{{tp_...}}`), in a file of their own
+import figure_makers_tp  # noqa: E402
+
+FIGURES += figure_makers_tp.FIGURES
+VALUES = list(figure_makers_tp.VALUES)

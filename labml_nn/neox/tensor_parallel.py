@@ -209,16 +209,21 @@ def model_over_ranks(ids: torch.Tensor, config: NeoXConfig, ranks: Ranks,
 
 # ## Three wrong ways, and what each costs
 #
-# Each runs on the demo's two ranks and is compared with the merged model. The error is the largest difference of
-# a logit, and the share of positions whose most likely next token changes.
+# Each runs on the demo's two ranks, on a line of *Macbeth* ({{tp_n_tokens}} words), and is compared with the
+# merged model, whose largest logit is {{tp_logit_scale}}. (These numbers are computed while the site is built, by
+# `errors` below; `python -m labml_nn.neox.tensor_parallel` prints them.)
 #
-# 1. **`chunk(3)` of the fused output**: the ranks as above, but each reads its `query_key_value` output as
-#    `[3, H/N, D]` (`qkv_by_thirds`).
-# 2. **concatenating the fused weight as `[3, H, D]`**: a merge that takes each rank's rows as its queries, keys,
-#    values (thirds) and writes all ranks' queries, then all keys, then all values. The right merge is one
-#    concatenation (`merge.py`); concatenating on dim 1 instead fails on the shapes, so that mistake is loud, but
-#    this one is silent.
-# 3. **averaging the row-parallel biases of a parallel-residual model**, the rule of the sequential residual.
+# * **The right way**, the ranks as the files hold them: the largest logit error is {{tp_right}}, rounding.
+# * **`chunk(3)` of the fused output** (`qkv_by_thirds` on each rank): {{tp_qkv_chunk}}, and the most likely next
+#   token changes at {{tp_qkv_chunk_changed}} of the positions.
+# * **The fused weight merged as `[3, H, D]`**: each rank's rows taken as its queries, keys and values (thirds),
+#   and all ranks' queries written first, then the keys, then the values: {{tp_qkv_concat}}, the next token
+#   changed at {{tp_qkv_concat_changed}}. (Concatenating on the wrong *dim* fails on the shapes: that mistake is
+#   loud. These are silent.)
+# * **The row-parallel biases averaged instead of summed**, the sequential residual's rule applied to a parallel
+#   residual: {{tp_bias_average}}, {{tp_bias_average_ratio}} times the right way's error. It is the smallest of the
+#   three here because the demo's biases are small (its rank 1 holds zeros, as `split_part` writes them), so
+#   averaging halves a small number; the next token changed at {{tp_bias_average_changed}} of the positions.
 def merge_qkv_by_thirds(part: Part, ranks, parallel_residual: bool):
     merged, records = merge_part(part, ranks, parallel_residual=parallel_residual)
     if part.kind == "layer":
