@@ -222,10 +222,14 @@ def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path, o
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    height = max(4.8, 2 + 0.1 * n_layers)
-    fig, axes = plt.subplots(1, 5, figsize=(22, height), gridspec_kw={"width_ratios": [1, 1, 1, 1, 0.8]})
+    # Two rows: the four linear layers' inputs, and beside them the largest input per layer; sized so that the
+    # text reads at 10 px or more when the website shows it across its page
+    height = max(7.0, 4 + 0.15 * n_layers)
+    fig = plt.figure(figsize=(11, height), layout="constrained")
+    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1, 0.9])
+    axes = [fig.add_subplot(grid[i // 2, i % 2]) for i in range(4)]
     scatter = None
     for ax, name in zip(axes, LINEAR_LAYERS):
         width = None
@@ -236,32 +240,38 @@ def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path, o
             width = counts.numel()
             hit = counts.nonzero().squeeze(1)
             fraction = counts[hit].float() / recorder.n_tokens
-            scatter = ax.scatter(hit.numpy(), [layer] * hit.numel(), c=fraction.numpy(), s=14 + 60 * fraction.numpy(),
+            scatter = ax.scatter(hit.numpy(), [layer] * hit.numel(), c=fraction.numpy(), s=20 + 60 * fraction.numpy(),
                                  cmap="viridis", vmin=0, vmax=1, marker="s")
         ax.set_xlim(0, width or 1)
         ax.set_ylim(-0.5, n_layers - 0.5)
-        ax.set_title(f"input of {name.split('.')[1]}" + (f" (K = {width})" if width else ""))
-        ax.set_xlabel("input dimension k")
+        ax.set_title(f"input of {name.split('.')[1]}" + (f" (K = {width})" if width else ""), fontsize=12)
+        ax.set_xlabel("input dimension k", fontsize=11)
+        ax.set_ylabel("layer", fontsize=11)
+        ax.tick_params(labelsize=10)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("layer")
     if scatter is not None:
-        fig.colorbar(scatter, ax=axes[3], label=f"fraction of tokens with |x| >= {recorder.threshold:g}")
+        bar = fig.colorbar(scatter, ax=axes, location="bottom", shrink=0.6, aspect=40)
+        bar.set_label(f"fraction of tokens with |x| >= {recorder.threshold:g}", fontsize=11)
+        bar.ax.tick_params(labelsize=10)
 
-    ax = axes[4]
+    ax = fig.add_subplot(grid[:, 2])
     for name in LINEAR_LAYERS:
         values = [float(recorder.magnitude[layer, name].max()) for layer in range(n_layers)
                   if (layer, name) in recorder.magnitude]
         ax.plot(range(len(values)), values, marker="o", label=name.split(".")[1])
     ax.axhline(recorder.threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {recorder.threshold:g}")
     ax.set_yscale("log")
+    # plain numbers on the log axis (10^1's exponent would be set smaller than the text)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("layer")
-    ax.set_title("largest |x| in the input")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("layer", fontsize=11)
+    ax.set_title("largest |x| in the input", fontsize=12)
+    ax.tick_params(labelsize=10)
+    ax.legend(fontsize=10)
     ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=12)
     # Written beside `output` and renamed when complete (`checkpoint/atomic.py`)
     from labml_nn.neox.checkpoint.atomic import atomic_file
     with atomic_file(output, overwrite=overwrite, binary=True, name="--out") as f:

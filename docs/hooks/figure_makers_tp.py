@@ -173,21 +173,22 @@ def all_reduce(root: Path):
         ax.set_xlim(-2, 2)
         ax.set_ylim(-7.6, 0.6)
         ax.axis("off")
-        box(ax, 0, 0, "$x$ (every rank)")
+        box(ax, 0, 0, "x (every rank)")
         xs = (-1.05, 1.05)
         if parallel:
             for r, x in enumerate(xs):
                 colour = "#dbe5f8" if r == 0 else "#fbe3d2"
                 arrow(ax, (0, -0.3), (x, -0.8))
                 box(ax, x, -1.1, f"rank {r}\nLN, heads\n{r * heads}–{(r + 1) * heads - 1}", colour)
-                box(ax, x, -2.6, f"Attn$_{r}$ + $b_{r}$\n+ FFN$_{r}$ + $b_{r}$", colour)
+                sub = "₀₁₂₃"[r]
+                box(ax, x, -2.6, f"Attn{sub} + b{sub}\n+ FFN{sub} + b{sub}", colour)
                 arrow(ax, (x, -1.6), (x, -2.2))
                 arrow(ax, (x, -3.0), (0, -3.9))
             box(ax, 0, -4.2, "all-reduce: Σ over ranks", "#fff3b0")
-            box(ax, 0, -5.6, "+ $x$")
+            box(ax, 0, -5.6, "+ x")
             arrow(ax, (0, -4.5), (0, -5.3))
             skip(ax, 0, -5.6)
-            ax.text(0, -6.6, "one all-reduce a layer;\nmerged bias = Σ$_r$ $b_r$", ha="center", va="center",
+            ax.text(0, -6.6, "one all-reduce a layer;\nmerged bias = Σ of the bᵣ", ha="center", va="center",
                     fontsize=10)
             ax.set_title("parallel residual (20B)", fontsize=11)
         else:
@@ -195,9 +196,9 @@ def all_reduce(root: Path):
                 for r, x in enumerate(xs):
                     colour = "#dbe5f8" if r == 0 else "#fbe3d2"
                     arrow(ax, (0, y + 0.7), (x, y + 0.25))
-                    box(ax, x, y, f"{what}$_{r}$", colour)
+                    box(ax, x, y, f"{what}{'₀₁₂₃'[r]}", colour)
                     arrow(ax, (x, y - 0.3), (0, y - 0.95))
-                box(ax, 0, y - 1.25, "Σ, then + $b$", "#fff3b0")
+                box(ax, 0, y - 1.25, "Σ, then + b", "#fff3b0")
                 box(ax, 0, y - 2.2, "+ residual")
                 arrow(ax, (0, y - 1.55), (0, y - 1.95))
                 skip(ax, 0 if what == "Attn" else -3.2, y - 2.2, -1 if what == "Attn" else 1)
@@ -210,23 +211,29 @@ def all_reduce(root: Path):
 
 # ## The three wrong ways, run on the demo
 def wrong_ways(root: Path):
+    from matplotlib.ticker import FuncFormatter
+
     found = _errors(root)
-    rows = [("right: the ranks as the files hold them", "right"), ("chunk(3) of the fused output", "qkv_chunk"),
-            ("fused weight merged as [3, H, D]", "qkv_concat"), ("row biases averaged, not summed", "bias_average")]
+    rows = [("right: the ranks as they are", "right"), ("chunk(3) of the output", "qkv_chunk"),
+            ("weight merged as [3, H, D]", "qkv_concat"), ("row biases averaged", "bias_average")]
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 2.7))
+    fig, ax = plt.subplots(figsize=(5.4, 2.7))
     for y, (label, key) in enumerate(rows):
         value = found[key]["max_abs"]
         ax.barh(len(rows) - 1 - y, value, color="#3f6fd1" if key == "right" else "#d62728", height=0.6)
         changed = found[key]["top1_changed"]
-        ax.text(value * 1.3, len(rows) - 1 - y, f"{value:.2g}" + (f", next token changed at {changed:.0%}"
-                                                                   if key != "right" else ""),
+        ax.text(value * 1.3, len(rows) - 1 - y, f"{value:.2g}" + (f"; {changed:.0%} changed" if key != "right"
+                                                                   else ""),
                 va="center", fontsize=10)
     ax.set_xscale("log")
     ax.set_xlim(1e-7, 3e3)
+    # tick labels as plain numbers: a superscript exponent would be set at 70% of the text's size
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xticks([1e-6, 1e-4, 1e-2, 1, 100])
     ax.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)], fontsize=10)
     ax.tick_params(axis="x", labelsize=10)
-    ax.set_xlabel(f"largest |logit error| on the demo (largest |logit| {found['logit_scale']:.1f})", fontsize=10)
+    ax.set_xlabel(f"largest |logit error| (largest |logit| {found['logit_scale']:.1f});\n"
+                  "share of positions whose next token changed", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -24,6 +24,7 @@ import hashlib
 import html
 import io
 import logging
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -203,10 +204,33 @@ def add_files(files, config, figures: dict) -> None:
                 files.append(File.generated(config, figure.src_uri, content=figure.svg))
 
 
-def figure_html(figure: Figure, src: str) -> str:
-    # the caption's `$...$` is marked for KaTeX as arithmatex marks the pages' maths
-    caption = re.sub(r"\$([^$]+)\$", lambda m: f'<span class="arithmatex">\\({m.group(1)}\\)</span>',
-                     figure.caption)
+def figure_html(figure: Figure, src: str, values: dict | None = None) -> str:
+    # the caption's `{{name}}` are the module's computed values; its `$...$` is marked for KaTeX as arithmatex
+    # marks the pages' maths
+    caption = fill_values(figure.caption, values or {}, f"figure {figure.name}'s caption")
+    caption = re.sub(r"\$([^$]+)\$", lambda m: f'<span class="arithmatex">\\({m.group(1)}\\)</span>', caption)
+    width = legible_width(figure.svg)
+    style = f' style="min-width: {width}px"' if width else ""
     return (f'<figure class="ann-figure{" ann-figure-wide" if figure.wide else ""}" id="figure-{figure.name}">'
-            f'<a href="{src}" title="Open the figure on its own"><img src="{src}" alt="{html.escape(figure.alt)}">'
-            f"</a><figcaption>{caption}</figcaption></figure>")
+            f'<a href="{src}" title="Open the figure on its own"><img src="{src}" alt="{html.escape(figure.alt)}"'
+            f"{style}></a><figcaption>{caption}</figcaption></figure>")
+
+
+# ## Text that stays legible
+#
+# An SVG in an `<img>` is scaled to the width it is shown at, its text with it: text of $f$ units in a figure
+# $W$ units wide, shown $w$ px wide, is $f w / W$ px tall. So the smallest text reads at 10 px or more when
+# $w \ge 10 W / f_{\min}$, plus the image's padding (`annotate.css`). The figure is never shown narrower than
+# that: on a narrow screen it keeps that width and scrolls sideways in its own box (`figures.js` marks it, and
+# the caption says so), where shrinking it would make the text unreadable.
+MIN_TEXT_PX = 10
+PADDING_PX = 12
+
+
+def legible_width(svg: str) -> int:
+    view = re.search(r'viewBox="[-\d.]+ [-\d.]+ ([\d.]+) [\d.]+"', svg)
+    sizes = [float(m) for m in re.findall(r"font-size:\s*([\d.]+)px", svg)]
+    sizes += [float(m) for m in re.findall(r"font:[^;\"]*?([\d.]+)px", svg)]
+    if not view or not sizes:
+        return 0
+    return math.ceil(MIN_TEXT_PX * float(view.group(1)) / min(sizes)) + PADDING_PX

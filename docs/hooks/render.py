@@ -138,7 +138,7 @@ def module_page(html_text: str, module, state, page, files, source_url, check_ma
         if not section.prose and section.code:
             prose = _imports_prose(module, section, state, page, files)
         for figure in placed.get(section.anchor, []):
-            drawn = figures.figure_html(figure, url(page, files, figure.src_uri))
+            drawn = figures.figure_html(figure, url(page, files, figure.src_uri), values)
             if figure.wide:
                 out.append(f'<div class="ann-figure-row">{drawn}</div>')
             else:
