@@ -13,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs" / "hooks"))
+sys.path.insert(0, str(ROOT / "tests"))
 figure_makers = pytest.importorskip("figure_makers")
 
 
@@ -54,3 +55,47 @@ def test_every_edge_is_drawn_and_none_hides_behind_a_box(parallel):
     if not parallel:
         # the two skip connections of the sequential layer go around the chain
         assert len(routes["x", "add"]) > 2 and len(routes["add", "add_1"]) > 2
+
+
+# ## The numbers a page prints are the numbers its code computes
+
+def test_the_tensor_parallel_page_prints_what_its_code_computes_and_draws_its_figures():
+    import json
+    import re
+
+    import torch
+    from test_docs_site import _page_html, build_site
+
+    from labml_nn.neox import tensor_parallel as tp
+    from labml_nn.neox.tokenizer import encode, load_tokenizer
+
+    site = build_site("real")
+    page = _page_html(site, "labml_nn/neox/tensor_parallel.py").read_text(encoding="utf-8")
+    assert "{{" not in page
+    for name in ("tp-cuts", "tp-qkv-layout", "tp-all-reduce", "tp-wrong-ways"):
+        assert f'id="figure-{name}"' in page, name
+    shown = re.findall(r'<span class="ann-value"[^>]*>([^<]+(?:<sup>[^<]+</sup>)?)</span>', page)
+    demo = ROOT / "labml_nn" / "neox" / "demo"
+    ids = torch.tensor([encode(load_tokenizer(demo), figure_makers.SHAKESPEARE)])
+    found = tp.errors(*tp.ranks_of_checkpoint(demo), ids)
+    for key in ("qkv_chunk", "qkv_concat", "bias_average"):
+        assert f"{found[key]['max_abs']:.2g}" in shown, (key, found[key], shown)
+        assert f"{found[key]['top1_changed']:.0%}" in shown, (key, found[key], shown)
+    mantissa, exponent = f"{found['right']['max_abs']:.1e}".split("e")
+    assert f"{mantissa} × 10<sup>{int(exponent)}</sup>" in shown
+    # and the speed figure's caption reads the benchmark's own numbers
+    runs = json.loads((ROOT / "benchmarks/results/decode.json").read_text(encoding="utf-8"))["runs"]
+    decoding = _page_html(site, "labml_nn/neox/cpu_decoding.py").read_text(encoding="utf-8")
+    assert 'id="figure-decode-speed"' in decoding and "{{" not in decoding
+    assert f">{runs[1]['floor_tokens_per_s']:g}</span> tokens/s" in decoding
+
+
+def test_a_value_no_code_computes_is_a_warning(caplog):
+    import logging
+
+    import figures
+
+    with caplog.at_level(logging.WARNING, logger="mkdocs.hooks.annotate"):
+        text = figures.fill_values("error {{known}}, {{unknown}}", {"known": "3.1"}, "page.py:12")
+    assert "3.1" in text and "{{unknown}}" in text
+    assert any("no computed value `unknown`" in r.message for r in caplog.records)
