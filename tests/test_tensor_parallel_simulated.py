@@ -98,3 +98,13 @@ def test_the_demo_as_its_files_hold_it():
     assert found["right"]["max_abs"] < 1e-4
     for key in ("qkv_chunk", "qkv_concat", "bias_average"):
         assert found[key]["max_abs"] > 1000 * found["right"]["max_abs"], (key, found)
+
+
+def test_the_command_prints_the_table_and_refuses_a_missing_folder(capsys, tmp_path):
+    from labml_nn.neox.cli import run_command
+
+    assert run_command(tp.main, []) == 0
+    out = capsys.readouterr().out
+    assert "2 rank(s)" in out and "qkv_chunk" in out and "bias_average" in out
+    assert run_command(tp.main, ["--checkpoint", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err

@@ -258,18 +258,40 @@ def errors(config: NeoXConfig, ranks: Ranks, ids: torch.Tensor) -> dict:
         }
 
 
-def main():
+# ## The command
+#
+# `python -m labml_nn.neox.tensor_parallel [--checkpoint FOLDER] [--text TEXT]` prints the table above for a
+# checkpoint's own ranks (the demo's two by default). All ranks are held in memory in fp32: a small model's job.
+def main(argv=None):
+    import argparse
+
+    from labml_nn.neox.cli import DEMO_CHECKPOINT
     from labml_nn.neox.tokenizer import encode, load_tokenizer
 
-    demo = Path(__file__).parent / "demo"
-    ids = torch.tensor([encode(load_tokenizer(demo), "Tomorrow, and tomorrow, and tomorrow, creeps in this "
-                                                      "petty pace from day to day")])
-    found = errors(*ranks_of_checkpoint(demo), ids)
-    print(f"demo model, {found['n_ranks']} ranks, largest |logit| {found['logit_scale']:.3g}")
+    parser = argparse.ArgumentParser(
+        prog="python -m labml_nn.neox.tensor_parallel",
+        description="Run a checkpoint split over its tensor-parallel ranks (simulated, the all-reduce a sum) and "
+                    "merged, and print the logit error of the right way and of three wrong ways.")
+    parser.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT,
+                        help="a gpt-neox checkpoint folder with one file per rank (default: the demo model)")
+    parser.add_argument("--text", default="Tomorrow, and tomorrow, and tomorrow, creeps in this petty pace from "
+                                          "day to day", help="the text whose logits are compared")
+    args = parser.parse_args(argv)
+    if not args.checkpoint.is_dir():
+        parser.error(f"{args.checkpoint} is not a folder; pass --checkpoint with a gpt-neox checkpoint folder")
+    config, ranks = ranks_of_checkpoint(args.checkpoint)
+    tokenizer = load_tokenizer(args.checkpoint)
+    ids = torch.tensor([encode(tokenizer, args.text)])
+    found = errors(config, ranks, ids)
+    print(f"{args.checkpoint}: {found['n_ranks']} rank(s), largest |logit| {found['logit_scale']:.3g}")
     for key in ("right", "qkv_chunk", "qkv_concat", "bias_average"):
         print(f"{key:>13}: max |logit error| {found[key]['max_abs']:.3g}, "
               f"next token changed at {found[key]['top1_changed']:.0%} of positions")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from labml_nn.neox.cli import run_command
+
+    sys.exit(run_command(main))
