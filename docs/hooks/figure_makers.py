@@ -211,7 +211,8 @@ def mask(root: Path):
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    how = {"is_causal": "is_causal=True", "attn_mask": "an explicit attn_mask", "": "no mask at all"}
+    how = {"is_causal": "a triangle\n(is_causal)", "attn_mask": "a shifted triangle\n(attn_mask)",
+           "": "every key\n(no mask)"}
     cases = [(0, 4), (5, 4), (8, 1)]
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(5.9, 2.5), gridspec_kw={"width_ratios": [4, 9, 9]})

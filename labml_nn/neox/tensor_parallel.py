@@ -152,7 +152,7 @@ def layer_norm(x: torch.Tensor, tensors: RankTensors, name: str, config: NeoXCon
                         config.layer_norm_eps)
 
 
-# ## A layer over $N$ ranks, and where the all-reduce sits
+# ## A layer over the ranks, and where the all-reduce sits
 #
 # **Parallel residual** (20B, Pythia): attention and the FFN read the same input, so their partial sums can share
 # **one** all-reduce per layer. gpt-neox lets each rank add its own copy of the two row-parallel biases before
@@ -183,7 +183,7 @@ def layer_over_ranks(x: torch.Tensor, ranks: List[RankTensors], config: NeoXConf
     return h + ffn + ranks[0]["mlp.dense_4h_to_h.bias"]
 
 
-# ## The whole model over $N$ ranks
+# ## The whole model over the ranks
 #
 # The embedding and the readout are cut by vocabulary rows too. A rank looks up only the ids its rows hold and
 # gives zeros for the others; the all-reduce fills in the rest. The readout is column parallel with no bias: each
