@@ -105,6 +105,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=0.95,
                         help="sample only among the most likely tokens whose probabilities add up to p")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
+    parser.add_argument("--no-cuda-graph", action="store_true",
+                        help="on a GPU, decode with the eager step instead of the compiled step captured as a CUDA "
+                             "graph (which compiles for tens of seconds per batch size first; static_decoding.py)")
     args = check_model_args(parser, parser.parse_args(argv))
     if args.output is not None and args.prompt_file is None:
         parser.error("--output is for --prompt-file")
@@ -147,7 +150,21 @@ def load(args: argparse.Namespace, progress: bool):
     # machine for a model of 100 MB or more; `cpu_decoding.py`): same names, same values, same tokens
     if str(args.device) == "cpu":
         model = prepare_for_cpu_decoding(model)
+    # On a GPU, the decoding step compiled and captured as a CUDA graph (`static_decoding.py`), unless turned off
+    elif str(args.device).startswith("cuda") and not args.no_cuda_graph:
+        model = prepare_for_gpu_or_say_why(model)
     return model, tokenizer
+
+
+# The compiled step where it can run; where it cannot, the model as it is, and one line on stderr that says why. (A
+# compile that fails does the same, from `StaticDecoder`, when the first generation starts.)
+def prepare_for_gpu_or_say_why(model):
+    from labml_nn.neox.static_decoding import StaticDecodingUnavailable, prepare_for_gpu_decoding
+    try:
+        return prepare_for_gpu_decoding(model)
+    except StaticDecodingUnavailable as e:
+        print(f"[decoding without a CUDA graph: {e}]", file=sys.stderr, flush=True)
+        return model
 
 
 # ## Generating for one prompt
