@@ -11,9 +11,9 @@ reproduces the question on a CPU and measures, at every token where the two disa
   state dict), cast to `--dtype` (fp16 or bf16);
 * each generates greedily for `--seeds` batches of `--batch` random prompts, and each row again alone (batch 1);
 * where a row's tokens differ, at the **first** differing step (until then both saw the same context) the context
-  is run again in **fp32** and we read the margin between its two largest logits, the rank of each model's pick in
-  fp32, the fp16 (bf16) spacing (ulp) at that logit's magnitude, and how far the two 16-bit models' logits are apart
-  on that same context (max over the vocabulary, both run over the whole context);
+  is run again in **fp32** (our model) and we read the margin between its two largest logits, the rank of each
+  model's pick in fp32, the fp16 (bf16) spacing (ulp) at that logit's magnitude, and how far the two 16-bit models'
+  logits are apart on that same context (max over the vocabulary, both run over the whole context);
 * for scale, the fp32 margins at every step of every row (the distribution a disagreement is drawn from).
 
 A disagreement is a near-tie when its fp32 margin is within the two 16-bit models' distance on that context: then
@@ -51,8 +51,8 @@ SHAPES = {
     "tiny": NeoXConfig(n_layers=2, d_model=64, n_heads=4, n_vocab=512, n_ctx=256, rotary_pct=0.25,
                        parallel_residual=True, activation="gelu"),
 }
-# Bits after the binary point of each 16-bit format: fp16 has 10, bf16 7
-MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7}
+# Bits after the binary point of each format: fp16 has 10, bf16 7 (and fp32 23)
+MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,24 +105,24 @@ def last_logits(model, ids: torch.Tensor) -> torch.Tensor:
     return (out.logits if hasattr(out, "logits") else out)[0, -1].float()
 
 
-def divergence(row_prompt, ours_tokens, hf_tokens, models, dtype):
+def divergence(row_prompt, tokens_a, tokens_b, model32, a16, b16, dtype) -> dict:
     r"""
-    At the first step where the two token rows differ: the fp32 margin between the top two logits, each pick's rank
-    in fp32, the 16-bit ulp at the top logit, and the max distance between the two 16-bit models' logits there.
+    At the first step where two token rows `[new]` differ (until then both saw the same context): the fp32 margin
+    between the top two logits of `model32`, the fp32 rank of each row's pick, the 16-bit ulp at the top logit, and
+    the max distance between the 16-bit models `a16` and `b16`'s logits on that context (the rounding noise of two
+    16-bit computations of the same function). `near_tie`: the two picks are fp32's top two and the margin is
+    within that noise.
     """
-    (ours32, hf32), (ours16, hf16) = models
-    step = int((ours_tokens != hf_tokens).nonzero()[0])
-    context = torch.cat([row_prompt, ours_tokens[:step]])[None]
-    logits = last_logits(ours32, context)
-    top = logits.topk(2)
-    order = logits.argsort(descending=True)
-    rank = {name: int((order == int(tokens[step])).nonzero()[0]) + 1
-            for name, tokens in (("ours", ours_tokens), ("transformers", hf_tokens))}
-    distance = (last_logits(ours16, context) - last_logits(hf16, context)).abs().max().item()
-    top1 = top.values[0].item()
-    return {"step": step, "margin": (top.values[0] - top.values[1]).item(), "top1": top1, "ulp": ulp(top1, dtype),
-            "distance": distance, "rank": rank,
-            "hf32_agrees": int(last_logits(hf32, context).argmax()) == int(top.indices[0])}
+    step = int((tokens_a != tokens_b).nonzero()[0])
+    context = torch.cat([row_prompt, tokens_a[:step]])[None]
+    logits = last_logits(model32, context)
+    top = logits.topk(2).values
+    order = logits.argsort(descending=True).tolist()
+    ranks = (order.index(int(tokens_a[step])) + 1, order.index(int(tokens_b[step])) + 1)
+    distance = (last_logits(a16, context) - last_logits(b16, context)).abs().max().item()
+    margin = (top[0] - top[1]).item()
+    return {"step": step, "margin": margin, "top1": top[0].item(), "ulp": ulp(top[0].item(), dtype),
+            "distance": distance, "ranks": ranks, "near_tie": sorted(ranks) == [1, 2] and margin <= distance}
 
 
 # The fp32 margin between the top two logits at every generated step of the rows (one pass over each whole row)
@@ -143,7 +143,6 @@ def main(argv=None) -> int:
     ours32, hf32 = make_models(config)
     import copy
     ours16, hf16 = copy.deepcopy(ours32).to(dtype), copy.deepcopy(hf32).to(dtype)
-    models = ((ours32, hf32), (ours16, hf16))
     rows, margins = [], []
     counts = {"batch": [0, 0], "alone": [0, 0], "ours batch vs alone": [0, 0], "transformers batch vs alone": [0, 0]}
     for seed in range(args.seeds):
@@ -161,7 +160,8 @@ def main(argv=None) -> int:
         for label, a, b in ((f"batch {args.batch}", ours_b, hf_b), ("batch 1", ours_1, hf_1)):
             for row in range(args.batch):
                 if not torch.equal(a[row], b[row]):
-                    rows.append((f"{seed}.{row}", label, divergence(prompts[row], a[row], b[row], models, dtype)))
+                    rows.append((f"{seed}.{row}", label,
+                                 divergence(prompts[row], a[row], b[row], ours32, ours16, hf16, dtype)))
         print(f"seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
     lines = [f"{args.shape} shapes, random weights (transformers' initialisation), {args.dtype}, {args.seeds} x "
@@ -173,10 +173,9 @@ def main(argv=None) -> int:
                   f"margin / ulp | {args.dtype} ours vs transformers, max logit distance | fp32 rank of ours' / "
                   f"transformers' pick | near-tie |", "|---|---|---|---|---|---|---|---|---|"]
     for name, label, d in rows:
-        tie = d["margin"] <= d["distance"] and sorted(d["rank"].values()) == [1, 2] and d["hf32_agrees"]
         lines.append(f"| {name} | {label} | {d['step']} | {d['margin']:.2e} | {d['ulp']:.2e} | "
-                     f"{d['margin'] / d['ulp']:.2f} | {d['distance']:.2e} | {d['rank']['ours']} / "
-                     f"{d['rank']['transformers']} | {'yes' if tie else 'NO'} |")
+                     f"{d['margin'] / d['ulp']:.2f} | {d['distance']:.2e} | {d['ranks'][0]} / {d['ranks'][1]} | "
+                     f"{'yes' if d['near_tie'] else 'NO'} |")
     margins.sort()
     quantile = lambda q: margins[min(len(margins) - 1, int(q * len(margins)))]  # noqa: E731
     lines += ["", f"fp32 top-2 margins over all {len(margins)} generated steps: median {statistics.median(margins):.2e}, "
