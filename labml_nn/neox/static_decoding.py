@@ -2,9 +2,9 @@ r"""
 # A static decoding step, captured as a CUDA graph
 
 On a CPU our decoding runs near the speed of memory (`cpu_decoding.py`). On a GPU it did not: on an H200,
-Pythia-1.4B in fp16 decoded 86 tokens/s at batch 1 (`benchmarks/RESULTS.md`), while reading its 2.8 GB of weights
-once per token at the 3.2 TB/s a plain `sum()` reads would allow about 1,200. A step took about 11 ms where memory
-needs 0.8. This page is the one step a caller takes to close that gap:
+Pythia-1.4B in fp16 decoded 86 tokens/s at batch 1 (`benchmarks/RESULTS.md`), while reading its weights (2.6 GB,
+all but the embedding's unused rows) once per token at the 3.2 TB/s a plain `sum()` reads would allow about 1,200.
+A step took about 11 ms where memory needs 0.8. This page is the one step a caller takes to close that gap:
 
 ```python
 model = prepare_for_gpu_decoding(model)   # a StaticDecoder holding the same modules
@@ -15,8 +15,8 @@ generate(model, ids, 100)                 # as before
 
 A decoding step runs one token per row through every layer. In eager PyTorch each layer is some 35 small
 operations (two layer norms, four products, the rotary embeddings alone about fifteen, views, the cache's copies,
-attention, GELU, two additions), and each is a round trip through Python and PyTorch's dispatcher that ends in a
-kernel launch: about 10 us of CPU time. Pythia-1.4B's 24 layers make several hundred of them, some 11 ms. The GPU
+attention, GELU, two additions), each a round trip through Python and PyTorch's dispatcher, most of them ending in a
+kernel launch: about 10 us of CPU time each. Pythia-1.4B's 24 layers make several hundred of them, some 11 ms. The GPU
 finishes most of these kernels in a few microseconds (a $2048 \times 6144$ fp16 product reads 25 MB in 8 us) and
 then waits for the next launch: the step is bound by the CPU, and the GPU idles most of the time.
 
@@ -70,7 +70,7 @@ By hand, a graph needs no compiler and captures in a second, but keeps every ker
 * **Memory**: the cache at its full length from the first token, and the graph's pool for the step's intermediates
   (small at batch 1: activations of one token).
 * **Reading slots not yet filled**: the masked attention reads all $T_{max}$ slots each step. For Pythia-1.4B in
-  fp16 at 256 slots that is $2 \times 24 \times 256 \times 2048 \times 2$ B = 50 MB a step beside 2.8 GB of weights.
+  fp16 at 256 slots that is $2 \times 24 \times 256 \times 2048 \times 2$ B = 50 MB a step beside 2.6 GB of weights.
 * **Outside the graph**: sampling, the finite-logits check and the end-of-text check still run eagerly, a few
   kernels and one flag read back per token (`generation.py`).
 
