@@ -68,14 +68,17 @@ def test_greedy_tokens_are_identical_and_the_reused_cache_forgets_the_last_gener
         assert torch.equal(alone[0], expected[row, padding[row]:])
 
 
-def test_cache_lengths_are_powers_of_two_and_a_new_shape_makes_a_new_cache():
+# Each new cache means a new compile and capture on a GPU: lengths are powers of two, and a cache only grows
+def test_cache_lengths_are_powers_of_two_and_a_cache_is_replaced_only_by_a_new_batch_size_or_a_longer_one():
     assert [cache_length(n) for n in (1, MIN_CACHE_LEN, MIN_CACHE_LEN + 1, 1000, 2048)] == \
         [MIN_CACHE_LEN, MIN_CACHE_LEN, 2 * MIN_CACHE_LEN, 1024, 2048]
     decoder = StaticDecoder(*our_model_from_hf(make_tiny_hf_model(seed=33)), compile=None)
     cache = decoder.new_cache(2, 10)
     assert cache.max_len == MIN_CACHE_LEN and decoder.new_cache(2, 200) is cache
-    assert decoder.new_cache(3, 10) is not cache and decoder._static.cache.max_len == MIN_CACHE_LEN
-    assert decoder.new_cache(3, 300).max_len == 2 * MIN_CACHE_LEN
+    cache = decoder.new_cache(3, 10)
+    assert decoder._static.cache is cache and cache.max_len == MIN_CACHE_LEN
+    longer = decoder.new_cache(3, 300)
+    assert longer is not cache and longer.max_len == 2 * MIN_CACHE_LEN and decoder.new_cache(3, 10) is longer
 
 
 # The property a CUDA graph needs: `torch.compile` traces the step once, in one graph (`fullgraph`), and replays it

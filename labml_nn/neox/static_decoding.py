@@ -66,7 +66,8 @@ By hand, a graph needs no compiler and captures in a second, but keeps every ker
 * **Compile time**: tens of seconds for each new shape (batch size, cache length), once per process, before the
   generation's first token (`StaticDecoder.warm_up`).
 * **Fixed shapes**: a new batch size or a longer cache means a new compile and capture. Cache lengths are rounded up
-  to powers of two (at least `MIN_CACHE_LEN`), so that a few graphs serve generations of every length.
+  to powers of two (at least `MIN_CACHE_LEN`) and only grow, so that a few graphs serve generations of every
+  length.
 * **Memory**: the cache at its full length from the first token, and the graph's pool for the step's intermediates
   (small at batch 1: activations of one token).
 * **Reading slots not yet filled**: the masked attention reads all $T_{max}$ slots each step. For Pythia-1.4B in
@@ -168,8 +169,9 @@ class StaticDecoder(NeoXModel):
     # ### The cache a generation fills
     #
     # Asked for by `generate_stream` with the batch size and the positions it needs: the static cache of that batch
-    # size and of `cache_length(max_len)` slots, emptied, with this generation's padding. A new shape replaces the
-    # old cache (its memory is freed) and warms the step up for it, before the prompt runs.
+    # size and of at least `cache_length(max_len)` slots, emptied, with this generation's padding. A cache only grows:
+    # a shorter generation reuses a longer cache (reading more slots, but with no new compile); a new batch size or a
+    # longer generation replaces the cache (its memory is freed) and warms the step up for it, before the prompt runs.
     def new_cache(self, batch_size: int, max_len: int, padding: Optional[torch.Tensor] = None) -> KVCache:
         self.warm_up(batch_size, max_len)
         static = self._static
@@ -188,7 +190,9 @@ class StaticDecoder(NeoXModel):
         """
         weight = self.transformer_layers()[0].attention.query_key_value.weight
         key = (batch_size, cache_length(max_len), weight.dtype, weight.device)
-        if self.compile_error is not None or (self._static is not None and self._static.key == key):
+        old = self._static
+        if self.compile_error is not None or (old is not None and old.key[0] == batch_size and old.key[2:] == key[2:]
+                                              and old.key[1] >= key[1]):
             return 0.0
         self._static = None
         start = time.perf_counter()
