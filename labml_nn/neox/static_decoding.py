@@ -63,8 +63,9 @@ By hand, a graph needs no compiler and captures in a second, but keeps every ker
 
 ## What it costs
 
-* **Compile time**: tens of seconds for each new shape (batch size, cache length), once per process, before the
-  generation's first token (`StaticDecoder.warm_up`).
+* **Compile time**: for each new shape (batch size, cache length), once per process, before the generation's first
+  token (`StaticDecoder.warm_up`). On a GPU machine it is still to be measured (`benchmarks/gpu.py` reports it); on
+  our shared 2-core CPU, Pythia-160M's shapes took seven minutes.
 * **Fixed shapes**: a new batch size or a longer cache means a new compile and capture. Cache lengths are rounded up
   to powers of two (at least `MIN_CACHE_LEN`) and only grow, so that a few graphs serve generations of every
   length.
