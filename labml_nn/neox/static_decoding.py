@@ -77,9 +77,10 @@ By hand, a graph needs no compiler and captures in a second, but keeps every ker
   kernels and one flag read back per token (`generation.py`).
 
 On a CPU a launch costs nothing like a GPU's idle time, and our kernel (`cpu_decoding.py`) already reads at memory
-speed. Compiled for a CPU (inductor's default mode), the static step decoded Pythia-160M's shapes at 0.97 times the
-kernel's speed, after seven minutes of compiling, on our shared 2-core machine (`benchmarks/static_cpu.py`): its
-products are MKL's, which the kernel outreads. So on a CPU the kernel stays the way to decode.
+speed. Compiled for a CPU (inductor's default mode), the static step decoded Pythia-160M's shapes at 0.82-0.97 times
+the kernel's speed in two runs on our shared 2-core machine, after seven minutes of compiling the first time
+(`benchmarks/static_cpu.py`): its products are MKL's, which the kernel outreads. So on a CPU the kernel stays the
+way to decode.
 """
 
 import importlib.util
