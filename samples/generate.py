@@ -5,7 +5,9 @@ This sample puts the pieces together: `LayerLoader` (loader.py) reads a checkpoi
 on a CPU `prepare_for_cpu_decoding` (cpu_decoding.py) makes its fp32 products fast (with a small kernel of our
 own, built on the first run with a model of 100 MB or more), `generate_stream` (generation.py) runs the model
 with a key-value cache and picks one token per step, and the tokenizer's `StreamDecoder` turns each token into
-text as soon as it is chosen, so the text appears as it is generated.
+text as soon as it is chosen, so the text appears as it is generated. On a GPU, `prepare_for_gpu_decoding`
+(static_decoding.py) compiles the decoding step and captures it as a CUDA graph, once per batch size, before the
+first generation's prompt runs (counted in that prompt's time); `--no-cuda-graph` turns it off.
 
 With no arguments it loads the **demo model** that ships with the package: a tiny GPT-NeoX trained on
 Shakespeare's plays, stored in the same layout as the 20B slim weights (two tensor-parallel ranks) with its
@@ -108,6 +110,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=0.95,
                         help="sample only among the most likely tokens whose probabilities add up to p")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
+    parser.add_argument("--no-cuda-graph", action="store_true",
+                        help="on a GPU, decode with the eager step instead of the compiled step captured as a CUDA "
+                             "graph (which is compiled first, once per batch size; static_decoding.py)")
     args = check_model_args(parser, parser.parse_args(argv))
     if args.output is not None and args.prompt_file is None:
         parser.error("--output is for --prompt-file")
@@ -157,7 +162,21 @@ def load(args: argparse.Namespace, progress: bool):
     # machine for a model of 100 MB or more; `cpu_decoding.py`): same names, same values, same tokens
     if str(args.device) == "cpu":
         model = prepare_for_cpu_decoding(model)
+    # On a GPU, the decoding step compiled and captured as a CUDA graph (`static_decoding.py`), unless turned off
+    elif str(args.device).startswith("cuda") and not args.no_cuda_graph:
+        model = prepare_for_gpu_or_say_why(model)
     return model, tokenizer
+
+
+# The compiled step where it can run; where it cannot, the model as it is, and one line on stderr that says why. (A
+# compile that fails does the same, from `StaticDecoder`, when the first generation starts.)
+def prepare_for_gpu_or_say_why(model):
+    from labml_nn.neox.static_decoding import StaticDecodingUnavailable, prepare_for_gpu_decoding
+    try:
+        return prepare_for_gpu_decoding(model)
+    except StaticDecodingUnavailable as e:
+        print(f"[decoding without a CUDA graph: {e}]", file=sys.stderr, flush=True)
+        return model
 
 
 # ## Generating for one prompt
