@@ -136,22 +136,17 @@ class GraphAttention(nn.Module):
         self.d_head = attention.d_head
         self.query_key_value = attention.query_key_value
         self.dense = attention.dense
-        self.d_rotary = attention.rotary_emb.d_rotary
-        self.theta = attention.rotary_emb.theta
+        self.rotary_emb = attention.rotary_emb
 
-    # `RotaryEmbedding`'s formula, $x \odot \cos(m\theta) + x' \odot \sin(m\theta)$ on the first `d_rotary`
-    # features, for `x` `[B, T, H, 2, D]` and positions `[B, T]`. The graph computes in fp32 throughout.
+    # The angles $m \theta_i$ for positions `[B, T]`, each twice (once for each feature of its pair), as rows
+    # `[B, T, 1, 1, d]` that broadcast over the heads and over queries and keys; then `RotaryEmbedding.rotate`,
+    # $x \odot \cos(m\theta) + x' \odot \sin(m\theta)$ on the first `d_rotary` features of `x` `[B, T, H, 2, D]`.
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        d = self.d_rotary
-        if d == 0:
+        if self.rotary_emb.d_rotary == 0:
             return x
-        angles = positions.to(torch.float32)[:, :, None] * self.theta.to(x.device)
+        angles = positions.to(torch.float32)[:, :, None] * self.rotary_emb.theta.to(x.device)
         angles = torch.cat((angles, angles), dim=-1)[:, :, None, None, :]
-        cos, sin = angles.cos(), angles.sin()
-        x_rot, x_pass = x[..., :d], x[..., d:]
-        x1, x2 = x_rot[..., :d // 2], x_rot[..., d // 2:]
-        rotated = torch.cat((-x2, x1), dim=-1)
-        return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
+        return self.rotary_emb.rotate(x, angles.cos(), angles.sin())
 
     def forward(self, x: torch.Tensor, state: _GraphState) -> torch.Tensor:
         batch_size, n_tokens, _ = x.shape
