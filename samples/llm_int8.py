@@ -173,8 +173,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     quiet_bitsandbytes()
     device = torch.device(args.device)
+    # Without a working bitsandbytes the sample runs our plain PyTorch implementation, says so in one line first,
+    # and names it everywhere after (the header, the loader), so no library warning repeats it
     if args.implementation == "bitsandbytes" and bitsandbytes_problem(device.type) is not None:
-        print(f"note: {bitsandbytes_problem(device.type)}; the plain PyTorch implementation is used instead")
+        print(f"note: {bitsandbytes_problem(device.type)}; using the plain PyTorch implementation instead "
+              f"(--implementation reference)", file=sys.stderr)
+        args.implementation = "reference"
     print(f"LLM.int8 ({args.implementation}, threshold {args.threshold}) of {args.checkpoint} on {device}")
 
     if device.type == "cuda":
