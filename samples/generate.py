@@ -291,6 +291,10 @@ def run_one(model, tokenizer, prompt: Optional[str], args):
 def run_interactive(model, tokenizer, args):
     print("Type a prompt and press Enter; an empty line or Ctrl-D quits. Ctrl-C stops a generation.",
           file=sys.stderr)
+    # Read bytes that are not UTF-8 as lone surrogates (checked below, line by line) rather than let the decoder
+    # fail on a whole buffer of lines at once
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             prompt = input("\n> ")

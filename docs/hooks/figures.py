@@ -9,9 +9,10 @@ A figure names the module and the symbol (a class, a function, `Class.method`) i
 it in the prose column of the section whose code holds that symbol's `def`, or in a row of its own above that
 section (`wide`). A symbol that no longer exists is a warning, which fails `mkdocs build --strict`.
 
-Drawing takes seconds (the demo model, a random model with outliers), so each SVG is cached in
-`.cache/docs-figures/` (gitignored), keyed by a hash of this file, of `figure_makers.py` and of every file the
-figure reads: a warm build only reads the cache.
+Drawing takes seconds (the demo model, a random model with outliers), so each SVG is cached outside the
+repository, in `docs-figures/` of the folder where our commands write (`~/.cache/labml-nn-neox`, or
+`$LABML_NN_NEOX_HOME`; `cli.output_home`), keyed by a hash of this file, of `figure_makers.py` and of every file
+the figure reads: a warm build only reads the cache.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ import figure_makers
 
 log = logging.getLogger("mkdocs.hooks.annotate")
 
-CACHE = Path(".cache") / "docs-figures"
+
+def _cache_folder() -> Path:
+    from labml_nn.neox.cli import output_home
+    return output_home("docs-figures")
 
 
 @dataclass
@@ -123,7 +127,7 @@ def place(root: Path, modules) -> dict:
             problems.append(f"figure {figure.name}: {figure.module} has no `{figure.symbol}` any more; point the "
                             f"figure at the symbol it illustrates (docs/hooks/figure_makers.py, FIGURES)")
             continue
-        cache = root / CACHE / f"{figure.name}-{_cache_key(root, figure, spec['depends'])}.svg"
+        cache = _cache_folder() / f"{figure.name}-{_cache_key(root, figure, spec['depends'])}.svg"
         if cache.is_file():
             figure.svg = cache.read_text(encoding="utf-8")
         else:
