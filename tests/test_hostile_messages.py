@@ -470,12 +470,3 @@ def test_readme_names_every_place_we_write():
                   "~/.cache/huggingface/datasets", "docs-figures", "NEOX_TEST_ARTIFACTS"):
         assert place in readme, place
 
-
-def test_output_of_a_json_run(generate_sample, slim, tmp_path, capsys):
-    # The prompt file path still works after the changes above: one JSON line per prompt on standard output
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("ROMEO\nJULIET\n")
-    assert generate_sample.main(["--checkpoint", str(slim), "--prompt-file", str(prompts), "--max-new-tokens", "2",
-                                 "--temperature", "0"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert [json.loads(line)["prompt"] for line in lines] == ["ROMEO", "JULIET"]
