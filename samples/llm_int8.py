@@ -93,6 +93,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = check_model_args(parser, parser.parse_args(argv))
     if not args.prompt:
         parser.error("--prompt is empty; give some text to continue")
+    from labml_nn.neox.generation import check_sampling_args
+    try:
+        check_sampling_args(args.max_new_tokens, args.temperature, None, None, args.seed)
+    except ValueError as e:
+        parser.error("--" + str(e).replace("_", "-", 2))
     return args
 
 

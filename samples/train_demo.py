@@ -202,6 +202,8 @@ def main():
     if not args.evaluate and args.out.exists() and not overwrite:
         parser.error(f"{args.out} exists; choose a new --out (the checkpoint is written into a new folder)")
 
+    if not 0 <= args.seed < 2 ** 64:
+        parser.error(f"--seed {args.seed} must be between 0 and 2**64 - 1")
     torch.manual_seed(args.seed)
     texts = shakespeare_texts(args.texts)
     train_docs, valid_docs = split_works(texts)

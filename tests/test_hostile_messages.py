@@ -180,6 +180,13 @@ def test_seed_outside_64_bits_in_finetuning(finetune_sample, slim, tmp_path, cap
                                        "--seed", str(2 ** 70)], capsys), 2, "--seed")
 
 
+@pytest.mark.parametrize("name,argv", [("llm_int8", ["--max-new-tokens", "2"]), ("train_demo", ["--out", "demo"])])
+def test_seed_outside_64_bits_in_the_other_samples(slim, tmp_path, name, argv):
+    done = subprocess.run(sample_command(name, *argv, "--seed", str(2 ** 70)), capture_output=True, text=True,
+                          env=ENV, cwd=tmp_path, timeout=120)
+    judge(done.returncode, done.stderr, 2, "--seed")
+
+
 def test_standard_output_closed(slim):
     done = subprocess.run(" ".join(sample_command("generate", "--checkpoint", slim, "--max-new-tokens", "2"))
                           + " >&-", shell=True, capture_output=False, stderr=subprocess.PIPE, env=ENV, timeout=120)
