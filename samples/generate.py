@@ -93,7 +93,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     source.add_argument("--prompt-file", type=Path,
                         help="a text file with one prompt per line; writes one JSON line per prompt")
     source.add_argument("--interactive", action="store_true",
-                        help="ask for a prompt, generate, and ask again (an empty line or Ctrl-D quits)")
+                        help="ask for a prompt, generate, and ask again (an empty line or Ctrl-D quits; Ctrl-C "
+                             "stops the generation under way)")
     parser.add_argument("--output", type=Path, help="with --prompt-file: write the JSON lines here "
                                                     "(default: standard output)")
     parser.add_argument("--batch-size", type=int, default=1,
