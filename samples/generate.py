@@ -55,7 +55,8 @@ labml's loading progress bar.
 
 For `--prompt-file` (one prompt per line) it writes one JSON object per prompt,
 `{"prompt": ..., "completion": ..., "prompt_tokens": ..., "new_tokens": ..., "tokens_per_second": ...}`, to
-`--output`, or to standard output when no `--output` is given; then standard output holds nothing but the JSON
+`--output` (written beside it as `NAME.tmp-XXXX` and renamed when every prompt is done; an existing file is
+replaced only with `--overwrite`, and never the prompt file), or to standard output when no `--output` is given; then standard output holds nothing but the JSON
 lines (labml's progress bar, which it draws on standard output, is then left out). With `--batch-size N`, N
 prompts of different lengths generate together, left-padded to one length (`generation.left_pad`); their
 `prompt_seconds` and `tokens_per_second` are then the batch's.
@@ -95,8 +96,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     source.add_argument("--interactive", action="store_true",
                         help="ask for a prompt, generate, and ask again (an empty line or Ctrl-D quits; Ctrl-C "
                              "stops the generation under way)")
-    parser.add_argument("--output", type=Path, help="with --prompt-file: write the JSON lines here "
-                                                    "(default: standard output)")
+    parser.add_argument("--output", type=Path, help="with --prompt-file: write the JSON lines here, all at once "
+                                                    "when every prompt is done (default: standard output)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output if it exists (only when every prompt is done; never the prompt file)")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="with --prompt-file: how many prompts generate together, left-padded to one length "
                              "(faster per prompt; greedy completions are the same as one at a time)")
@@ -109,6 +112,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = check_model_args(parser, parser.parse_args(argv))
     if args.output is not None and args.prompt_file is None:
         parser.error("--output is for --prompt-file")
+    # Where the lines go is checked before the model loads: not the prompt file, nothing that exists unless
+    # --overwrite (`checkpoint/atomic.py`, the rule of every command that writes)
+    if args.output is not None:
+        from labml_nn.neox.checkpoint.atomic import check_target
+        check_target(args.output, overwrite=args.overwrite, reads=[args.prompt_file, args.checkpoint, args.tokenizer],
+                     folder=False, name="--output")
     from labml_nn.neox.generation import check_sampling_args
     try:
         check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
@@ -138,7 +147,8 @@ def load(args: argparse.Namespace, progress: bool):
                              f"pass --tokenizer PATH.")
         tokenizer = load_tokenizer(tokenizer_path)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
+        # A checkpoint that is damaged or does not fit its config is a data error (exit 1), as in `merge`
+        raise DataError(str(e)) from None
     try:
         check_vocabulary(tokenizer, loader.config.n_vocab, tokenizer_path)
     except ValueError as e:
@@ -372,7 +382,11 @@ def _generate(argv: Optional[List[str]] = None) -> int:
             if json_to_stdout:
                 run_prompt_file(model, tokenizer, args, sys.stdout)
             else:
-                with open(args.output, "w") as out:
+                # Written aside and renamed when every prompt is done: a failed or interrupted run leaves what
+                # was at --output as it was
+                from labml_nn.neox.checkpoint.atomic import atomic_file
+                with atomic_file(args.output, overwrite=args.overwrite, name="--output",
+                                 reads=[args.prompt_file, args.checkpoint, args.tokenizer]) as out:
                     run_prompt_file(model, tokenizer, args, out)
         elif args.interactive:
             run_interactive(model, tokenizer, args)
