@@ -120,14 +120,18 @@ class RotaryEmbedding(nn.Module):
     # The tables of $\cos m\theta$ and $\sin m\theta$ for positions $m$ up to at least `end`. They are built once
     # for 2048 positions, doubled when a longer sequence arrives, and rebuilt when the device changes. The angles
     # $m \theta_i$ are `[positions, d/2]`; each is repeated for both features of its pair, `[positions, d]`.
+    # They are built outside inference mode even when the first call comes from generation (which runs under
+    # `torch.inference_mode`): tensors made there cannot be saved for a backward pass, and the same model may
+    # train afterwards.
     def tables(self, end: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         cached = self._cos_sin
         if cached is None or cached[0].shape[0] < end or cached[0].device != device:
             length = max(end, 2048 if cached is None else 2 * cached[0].shape[0])
-            positions = torch.arange(length, device=device, dtype=torch.float32)
-            angles = torch.outer(positions, self.theta.to(device))
-            angles = torch.cat((angles, angles), dim=-1)
-            self._cos_sin = cached = (angles.cos(), angles.sin())
+            with torch.inference_mode(False):
+                positions = torch.arange(length, device=device, dtype=torch.float32)
+                angles = torch.outer(positions, self.theta.to(device))
+                angles = torch.cat((angles, angles), dim=-1)
+                self._cos_sin = cached = (angles.cos(), angles.sin())
         return cached
 
     # `x` is `[B, T, ..., D]`: positions on the second dimension, then any dimensions whose vectors share a
