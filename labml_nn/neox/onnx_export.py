@@ -8,7 +8,8 @@ graph in the browser in WebAssembly, and that is how the demo model runs on this
 
 ```python
 from labml_nn.neox.onnx_export import export_onnx
-export_onnx(model, "demo-onnx", tokenizer_path="20B_tokenizer.json", with_attentions=True, weights_dtype="fp16")
+export_onnx(model, "demo-onnx", tokenizer_path="20B_tokenizer.json",  # model: a NeoXModel
+            with_attentions=True, weights_dtype="fp16")
 ```
 
 or from the shell, for any checkpoint folder or Hub name:
@@ -18,7 +19,9 @@ python -m labml_nn.neox.onnx_export labml_nn/neox/demo demo-onnx --fp16-weights 
 ```
 
 **What is in the folder.** We write what Hugging Face's tools write for a GPT-NeoX model (`optimum`'s exporter,
-and what `transformers.js` loads), so the folder runs there too:
+and what `transformers.js` loads), so the folder runs there too. `tests/test_onnx_export.py` runs it with
+`onnxruntime` in Python; transformers.js 4.3 in Node, loading the demo's folder with `from_pretrained`, generated
+the same 50 greedy tokens as our model on three prompts (checked by hand, since it needs npm):
 
 ```
 config.json               the transformers GPTNeoX config (checkpoint/write.py's writer)
@@ -29,7 +32,7 @@ onnx/model.onnx           the graph
 
 **The graph's inputs and outputs** (`N` = 0 ... L-1 the layers; `P` the tokens already in the cache):
 
-| name | shape | |
+| name | shape | what |
 |---|---|---|
 | `input_ids` | `[B, T]` int64 | the new tokens |
 | `attention_mask` | `[B, P + T]` int64 | 1 for a real token, 0 for (left) padding, over the past and the new tokens |
@@ -39,13 +42,24 @@ onnx/model.onnx           the graph
 | `present.N.key`, `.value` (outputs) | `[B, H, P + T, D]` float32 | the cache for the next call |
 | `attentions.N` (outputs, only `with_attentions`) | `[B, H, T, P + T]` float32 | the softmax probabilities |
 
-**Decision: the attention probabilities are extra outputs of the same graph**, `onnx/model.onnx`, not a second
-graph. A second graph would hold a second copy of the weights, doubling what a reader downloads; extra outputs
-cost only copying them out (for one new token, `H` rows of `P + T` numbers per layer). A runtime that does not ask
-for them (transformers.js reads `logits` and `present.*` by name) is not bothered by them.
+**The attention probabilities are extra outputs of the same graph**, `onnx/model.onnx`, not a second graph.
+They are what the site's attention figure draws: which earlier tokens each head of each layer looks at, for the
+reader's own sentence. A second graph would hold a second copy of the weights, doubling what a reader downloads;
+extra outputs cost only copying them out (for one new token, `H` rows of `P + T` numbers per layer). A runtime
+that does not ask for them (transformers.js reads `logits` and `present.*` by name) is not bothered by them.
+Without `with_attentions` the graph has no such outputs.
+
+**Calling it.** The first call takes the prompt, `T` tokens, with an empty cache (`P = 0`, tensors of shape
+`[B, H, 0, D]`), `attention_mask` all ones (or 0 on each row's left padding) and `position_ids` $0 \dots T-1$
+(for a padded row, counted from its first real token; padding gets 0). The next token is the argmax, or a sample,
+of `logits[:, -1]`. Each later call takes that one token, the `present.*` of the call before as
+`past_key_values.*`, the mask grown by a 1, and the next position. This is the loop `generation.py` runs with a
+`KVCache`, and the one transformers.js runs for any decoder.
 
 Everything here is a thin layer over `model.py`: the graph runs the model's own modules, and only attention
-is written again, because the graph passes its cache, positions and mask as tensors (below).
+is written again, because the graph passes its cache, positions and mask as tensors (below). We export through
+PyTorch's own exporter rather than Hugging Face's `optimum`, which exports transformers' classes, not ours (and,
+at the time of writing, does not install beside transformers 5).
 """
 
 from __future__ import annotations
@@ -63,7 +77,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from labml_nn.neox.model import (Attention, Embedding, FinalNorm, NeoXModel, ReadoutLayer, TransformerLayer)
+from labml_nn.neox.model import Attention, Embedding, FinalNorm, NeoXModel, ReadoutLayer, TransformerLayer
+
 
 # The ONNX names of the cache, as Hugging Face's exporters write them for GPT-NeoX
 def past_names(n_layers: int) -> List[str]:
@@ -121,22 +136,17 @@ class GraphAttention(nn.Module):
         self.d_head = attention.d_head
         self.query_key_value = attention.query_key_value
         self.dense = attention.dense
-        self.d_rotary = attention.rotary_emb.d_rotary
-        self.theta = attention.rotary_emb.theta
+        self.rotary_emb = attention.rotary_emb
 
-    # `RotaryEmbedding`'s formula, $x \odot \cos(m\theta) + x' \odot \sin(m\theta)$ on the first `d_rotary`
-    # features, for `x` `[B, T, H, 2, D]` and positions `[B, T]`. The angles are computed in fp32.
+    # The angles $m \theta_i$ for positions `[B, T]`, each twice (once for each feature of its pair), as rows
+    # `[B, T, 1, 1, d]` that broadcast over the heads and over queries and keys; then `RotaryEmbedding.rotate`,
+    # $x \odot \cos(m\theta) + x' \odot \sin(m\theta)$ on the first `d_rotary` features of `x` `[B, T, H, 2, D]`.
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        d = self.d_rotary
-        if d == 0:
+        if self.rotary_emb.d_rotary == 0:
             return x
-        angles = positions.to(torch.float32)[:, :, None] * self.theta.to(x.device)
+        angles = positions.to(torch.float32)[:, :, None] * self.rotary_emb.theta.to(x.device)
         angles = torch.cat((angles, angles), dim=-1)[:, :, None, None, :]
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        x_rot, x_pass = x[..., :d], x[..., d:]
-        x1, x2 = x_rot[..., :d // 2], x_rot[..., d // 2:]
-        rotated = torch.cat((-x2, x1), dim=-1)
-        return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
+        return self.rotary_emb.rotate(x, angles.cos(), angles.sin())
 
     def forward(self, x: torch.Tensor, state: _GraphState) -> torch.Tensor:
         batch_size, n_tokens, _ = x.shape
@@ -163,7 +173,7 @@ class GraphAttention(nn.Module):
         # $\operatorname{softmax}(QK^\top / \sqrt{D} + M)$, `[B, H, T, S]`, and the values it weighs
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
         scores = scores.masked_fill(~mask, float("-inf"))
-        probabilities = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        probabilities = torch.softmax(scores, dim=-1)
         state.attentions.append(probabilities)
         out = probabilities @ v
 
@@ -179,11 +189,11 @@ class GraphAttention(nn.Module):
 # code. The caller's model is not changed. Its `forward` takes the inputs in the order of the graph's inputs
 # and returns its outputs in order: `logits`, the `present` tensors, and the attention probabilities when asked.
 def _graph_layer(layer: TransformerLayer) -> TransformerLayer:
-    copy = TransformerLayer.__new__(TransformerLayer)
-    copy.__dict__ = dict(layer.__dict__)
-    copy._modules = dict(layer._modules)
-    copy._modules["attention"] = GraphAttention(layer.attention)
-    return copy
+    graph_layer = TransformerLayer.__new__(TransformerLayer)
+    graph_layer.__dict__ = dict(layer.__dict__)
+    graph_layer._modules = dict(layer._modules)
+    graph_layer._modules["attention"] = GraphAttention(layer.attention)
+    return graph_layer
 
 
 class GraphModel(nn.Module):
@@ -253,6 +263,16 @@ def _dynamic_shapes(n_layers: int) -> tuple:
             tuple({0: batch, 2: past} for _ in range(2 * n_layers)))
 
 
+# The exporter also records, on every node, where it came from: the PyTorch operation, the module path and the
+# Python stack, with the file paths of the machine that exported it. That helps debug the exporter, not use the
+# graph; it is 180 kB of the demo's file, and it would make the file differ with the folder it was exported from.
+# We drop it.
+def _drop_provenance(proto):
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+
+
 def _rename_axes(proto):
     r"""Give every dynamic axis of the graph's inputs and outputs its name from `AXIS_NAMES`."""
     for value in list(proto.graph.input) + list(proto.graph.output):
@@ -303,14 +323,15 @@ def export_graph(model: NeoXModel, path: "str | Path", *, with_attentions: bool 
                  weights_dtype: str = "fp32", opset: Optional[int] = None) -> Path:
     r"""
     Write `model` as the ONNX graph described above to the file `path`. The caller's model is not changed; a
-    model in fp16 or bf16 is exported from an fp32 copy (exact: every fp16 and bf16 value is an fp32 value).
+    model in fp16 or bf16, on a GPU or in training mode is exported from an fp32 copy on the CPU, in eval mode
+    (exact: every fp16 and bf16 value is an fp32 value).
     """
     import onnx
 
     if weights_dtype not in ("fp32", "fp16"):
         raise ValueError(f"weights_dtype={weights_dtype!r}: choose 'fp32' or 'fp16' (stored in fp16, computed in fp32)")
-    if any(p.dtype != torch.float32 for p in model.parameters()):
-        model = copy.deepcopy(model).float()
+    if model.training or any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+        model = copy.deepcopy(model).float().cpu()
     graph_model = GraphModel(model, with_attentions).eval()
     config = model[0].config
     n = graph_model.n_layers
@@ -323,6 +344,7 @@ def export_graph(model: NeoXModel, path: "str | Path", *, with_attentions: bool 
                                     output_names=outputs, dynamic_shapes=_dynamic_shapes(n),
                                     opset_version=opset, verbose=False, optimize=True)
     proto = program.model_proto
+    _drop_provenance(proto)
     _rename_axes(proto)
     if weights_dtype == "fp16":
         _store_in_fp16(proto, {name for name, _ in graph_model.named_parameters()})

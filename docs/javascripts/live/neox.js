@@ -235,17 +235,21 @@ class LiveModel {
 // ## Choosing the next token (`sample_next`)
 //
 // `nextTokenDistribution` is the distribution `sampleNext` draws from, as `next_token_distribution` is in
-// `generation.py`: logits divided by the temperature; every logit below the `top_k`-th largest removed; then,
-// in order of probability, every token removed once the tokens before it add up to at least `top_p` (the most
-// likely token always stays); a softmax. Temperature 0 is greedy: all the probability on the largest logit.
+// `generation.py`: the largest logit subtracted and the rest divided by the temperature, in fp32; every logit
+// below the `top_k`-th largest removed; then, in order of probability, every token removed once the tokens before
+// it add up to at least `top_p` (the most likely token always stays); a softmax. A temperature below the
+// smallest fp32 number (0 included) is greedy: all the probability on the largest logit.
+const FP32_TINY = 1.1754943508222875e-38;
+
 export function nextTokenDistribution(logits, { temperature = 1, top_k = null, top_p = null } = {}) {
   const n = logits.length;
   const probs = new Float64Array(n);
-  if (temperature <= 0) {
+  if (!(temperature >= FP32_TINY)) {
     probs[argmax(logits)] = 1;
     return probs;
   }
-  const z = Float64Array.from(logits, x => Math.fround(x / temperature));
+  const max = logits[argmax(logits)];
+  const z = Float64Array.from(logits, x => Math.fround(Math.fround(x - max) / temperature));
   if (top_k !== null && top_k > 0 && top_k < n) {
     const kth = Float64Array.from(z).sort()[n - top_k];
     for (let i = 0; i < n; i++) if (z[i] < kth) z[i] = -Infinity;
@@ -263,7 +267,7 @@ export function nextTokenDistribution(logits, { temperature = 1, top_k = null, t
 }
 
 export function sampleNext(logits, options, random = Math.random) {
-  if (!(options.temperature > 0)) return argmax(logits);
+  if (!(options.temperature >= FP32_TINY)) return argmax(logits);
   const probs = nextTokenDistribution(logits, options);
   let u = random();
   for (let i = 0; i < probs.length; i++) {
