@@ -13,6 +13,8 @@ widgets use) is timed:
   step), and also all 100 from the start of generation;
 * **downloaded**: every file the page fetched once the button was pressed, as served and as gzip (level 6) would
   send it; any web server that compresses (GitHub Pages, nginx with `gzip on`) sends about that much;
+* **generating again**: the same 100 tokens a second time in the same page, once V8 has had time to optimize
+  the runtime's WASM (its first tier, used at first, is a quick baseline compile);
 * **what limits it**: the CPU time Chromium's processes got during loading and during generation (from `/proc`,
   in cores: on a shared machine a page gets what the others leave), and the same graph, prompt and 100 greedy
   tokens in Python's native onnxruntime on one thread at the same moment.
@@ -153,6 +155,10 @@ def main(argv=None) -> int:
             cpu1, wall1 = cpu_seconds(browser.process.pid), time.perf_counter()
             result = browser.evaluate(f"({GENERATE})({json.dumps(PROMPT)}, {args.tokens})", timeout=300)
             cpu2, wall2 = cpu_seconds(browser.process.pid), time.perf_counter()
+            # the same again in the same page: V8 compiles the runtime's 14.8 MB of WASM in two tiers, and its
+            # optimizing tier keeps working in the background for seconds after the first token
+            again = browser.evaluate(f"({GENERATE})({json.dumps(PROMPT)}, {args.tokens})", timeout=300)
+            result.update(again_tokens_per_second=(again["n"] - 1) / (again["after_first_ms"] / 1000))
             result.update(load_ms=load_ms, first_ms=load_ms + result["prompt_step_ms"],
                           load_cpu_share=(cpu1 - cpu0) / (wall1 - wall0),
                           generate_cpu_share=(cpu2 - cpu1) / (wall2 - wall1))
@@ -191,6 +197,8 @@ def main(argv=None) -> int:
     print(f"| tokens/s after the first ({n - 1} tokens, best round) | "
           f"{(n - 1) / (fastest['after_first_ms'] / 1000):.0f} | >= 200 |")
     print(f"| tokens/s over all {n} tokens, prompt step included | {n / (fastest['all_ms'] / 1000):.0f} | |")
+    print(f"| tokens/s after the first, generating again in the same page (best round) | "
+          f"{max(r['again_tokens_per_second'] for r in rounds):.0f} | |")
     print(f"| CPU the browser got while loading / generating (cores) | {best['load_cpu_share']:.2f} / "
           f"{fastest['generate_cpu_share']:.2f} | |")
     print(f"| the same graph in native onnxruntime, 1 thread: tokens/s after the first (CPU: "
@@ -202,7 +210,8 @@ def main(argv=None) -> int:
     for name, size, packed in sorted(files, key=lambda f: -f[1]):
         print(f"| {name} | {size / mb:.2f} MB | {packed / mb:.2f} MB |")
     print("\nrounds (first token s, tokens/s after the first):",
-          ", ".join(f"{r['first_ms'] / 1000:.2f} / {(r['n'] - 1) / (r['after_first_ms'] / 1000):.0f}" for r in rounds))
+          ", ".join(f"{r['first_ms'] / 1000:.2f} / {(r['n'] - 1) / (r['after_first_ms'] / 1000):.0f}" for r in rounds),
+          "; tokens/s generating again:", ", ".join(f"{r['again_tokens_per_second']:.0f}" for r in rounds))
     return 0
 
 
