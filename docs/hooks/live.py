@@ -13,7 +13,9 @@ What the widgets run is built here, not committed:
 * **the demo model as ONNX**, exported by `labml_nn/neox/onnx_export.py` (fp16 weights, computed in fp32, with
   the attention probabilities for the attention widget) into `live/demo/` of the site: `config.json`,
   `tokenizer.json`, `tokenizer_config.json`, `onnx/model.onnx`. Exporting takes tens of seconds, so the folder
-  is cached in `.cache/docs-live-model/` (gitignored), keyed by a hash of the files it is made from;
+  is cached outside the repository, in `docs-live-model/` of the folder where our commands write
+  (`~/.cache/labml-nn-neox`, or `$LABML_NN_NEOX_HOME`; beside the figures' cache), keyed by a hash of the
+  files it is made from;
 * **the table of model sizes** for the memory calculator, `live/memory.json`, from `labml_nn/neox/memory.py`, so
   that the page's numbers are Python's.
 
@@ -39,7 +41,7 @@ import figures
 log = logging.getLogger("mkdocs.hooks.annotate")
 
 DEMO = "labml_nn/neox/demo"
-CACHE = Path(".cache") / "docs-live-model"
+CACHE_NAME = "docs-live-model"
 SITE_FOLDER = "live/demo"
 
 # name (the widget's module, `docs/javascripts/live/<name>.js`), where it sits, and whether it needs the model
@@ -90,7 +92,8 @@ def export_demo(root: Path) -> tuple[Path | None, str | None]:
     if not (root / DEMO).is_dir() or not (root / "labml_nn/neox/onnx_export.py").is_file():
         log.info("live model: no demo checkpoint or no onnx_export.py in this project; no live model")
         return None, None
-    folder = root / CACHE / _cache_key(root)
+    from labml_nn.neox.cli import output_home
+    folder = output_home(CACHE_NAME) / _cache_key(root)
     if (folder / "onnx" / "model.onnx").is_file():
         return folder, None
     if str(root) not in sys.path:
@@ -106,7 +109,7 @@ def export_demo(root: Path) -> tuple[Path | None, str | None]:
         from labml_nn.neox.onnx_export import export_onnx
 
         model = NeoXModel(*LayerLoader(root / DEMO, dtype=torch.float32, device="cpu").load()).eval()
-        log.info("live model: exporting the demo to ONNX (cached in .cache/docs-live-model/)")
+        log.info("live model: exporting the demo to ONNX (cached in " + str(folder.parent) + ")")
         export_onnx(model, partial, tokenizer_path=root / DEMO / "20B_tokenizer.json", **EXPORT)
     except Exception as e:  # the site builds without its live model, and says why
         shutil.rmtree(partial, ignore_errors=True)
