@@ -8,7 +8,7 @@ GPT-NeoX-20B and the Pythia models, and what Hugging Face's `GPTNeoXForCausalLM`
 Each piece is its own `nn.Module`, and the model, `NeoXModel` at the end of this page, is the list of them in
 order: `NeoXModel(embedding, *layers, norm, readout)`, an `nn.Sequential` whose `forward` also passes a key-value
 cache to each piece. Keeping the layers separate, rather than inside one big module that builds them, lets the
-loader read the checkpoint one layer at a time (the 20B model is 39 GB in fp16), place layers on different GPUs,
+loader read the checkpoint one layer at a time (the 20B model is 41 GB in fp16, [memory.py](memory.py)), place layers on different GPUs,
 and load only a few layers for experiments; whatever modules it gives, generation, evaluation and training run
 them through the one `NeoXModel.forward`.
 
