@@ -1,8 +1,8 @@
 r"""
 # LLM.int8: 8-bit matrix multiplication that keeps the outliers
 
-GPT-NeoX-20B has 20 billion parameters: 39 GB in fp16, more than one 40 GB GPU holds once activations and the
-key-value cache are added. Storing the weights of its linear layers as 8-bit integers halves that.
+GPT-NeoX-20B has 20.6 billion parameters: 41.1 GB in fp16, more than one 40 GB GPU holds. Storing the weights of its
+linear layers as 8-bit integers makes that 21.2 GB ([memory.py](memory.py)).
 [LLM.int8()](https://arxiv.org/abs/2208.07339) (Dettmers et al., 2022) showed how to do it with almost no loss:
 on LAMBADA the 20B model scores 0.7204 in fp16 and 0.7155 in int8 (accuracy, measured with the annotated
 implementation on nn.labml.ai).
