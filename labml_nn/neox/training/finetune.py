@@ -1,7 +1,7 @@
 r"""
 # Fine-tuning: choosing what trains, and keeping only that
 
-Fine-tuning continues training a trained model on new text. Updating all 20 billion parameters of GPT-NeoX-20B
+Fine-tuning continues training a trained model on new text. Updating all 20.6 billion parameters of GPT-NeoX-20B
 needs, with AdamW in fp32, about 16 bytes per parameter (weights, gradients and two moment estimates): 320 GB.
 Training a small, well-chosen part of the model instead keeps everything else frozen in fp16 and needs optimiser
 state only for that part.
