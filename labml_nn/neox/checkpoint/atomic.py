@@ -1,7 +1,7 @@
 r"""
 # Writing a folder all at once, or not at all
 
-A merge of the 20B model writes 39 GB; a fine-tuning run writes a whole checkpoint at its end. Either can fail,
+A merge of the 20B model writes 41 GB; a fine-tuning run writes a whole checkpoint at its end. Either can fail,
 be interrupted or be killed half-way, and a folder that looks complete but is not is worse than no folder. So both
 build their output in a temporary folder beside the final place (on the same file system, so the last step is a
 rename) and rename it only when it is complete: `with atomic_folder(out) as tmp: ...write into tmp...`.

@@ -6,7 +6,7 @@ it as one rank, either in gpt-neox's own layout (`format="neox"`, which our load
 a transformers `GPTNeoXForCausalLM` folder (`format="hf"`). It is what
 `python -m labml_nn.neox.checkpoint merge` runs.
 
-Two promises make it safe to run on the 39 GB 20B checkpoint:
+Two promises make it safe to run on the 41 GB 20B checkpoint:
 
 * **Nothing half-written.** The output is built in a temporary folder beside `out` (`out.tmp-XXXX`, on the same
   file system, so the final step is a rename) and appears under its name only when every part is written
@@ -62,7 +62,7 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
         raise CheckpointError(f"dtype={dtype!r}: choose one of {list(DTYPES)}.")
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; remove it, choose another name, or pass --overwrite.")
-    # The report's folder is checked now, not after 39 GB are written
+    # The report's folder is checked now, not after 41 GB are written
     if report is not None and not Path(report).expanduser().absolute().parent.is_dir():
         raise CheckpointError(f"--report {report}: the folder {Path(report).parent} does not exist; create it or "
                               f"choose another path.")
