@@ -1,17 +1,10 @@
 r"""
 # The model's configuration
 
-Every GPT-NeoX model, from Pythia-70M to the 20B model, is the same program with different numbers. This
-module holds those numbers in one small dataclass, `NeoXConfig`, and reads them from the two places they are
-found in the wild:
-
-* a **gpt-neox YAML config** (`configs/20B.yml` beside the 20B slim weights), where keys are written
-  either `num_layers` or `num-layers`, and keys that are absent take gpt-neox's defaults;
-* a **Hugging Face `config.json`** (every Pythia model), written by transformers 4.x (`rotary_pct`,
-  `rotary_emb_base`) or 5.x (`rope_parameters: {rope_theta, partial_rotary_factor}`).
-
-The model code (`model.py`) depends on nothing else of ours but this file, so both can be copied into
-another project together.
+Every GPT-NeoX model, from Pythia-70M to 20B, is the same program with different numbers. `NeoXConfig` holds
+them, read from a **gpt-neox YAML config** (`configs/20B.yml`; `num_layers` or `num-layers`, absent keys take
+gpt-neox's defaults) or a **Hugging Face `config.json`** (Pythia; transformers 4.x or 5.x spellings).
+`model.py` depends on nothing else of ours.
 
 ## The numbers of the 20B model
 
@@ -28,12 +21,12 @@ another project together.
 
 ## Every key that changes what a model computes
 
-A key we do not read is a key whose effect we silently drop, so every key of gpt-neox's model arguments
-(`NeoXArgsModel`, and the few elsewhere that change a trained model's outputs) and of transformers'
-`GPTNeoXConfig` is in one of these tables: **read** into a field above; **refused** with a `ConfigError` naming it
-and what supporting it would take, whenever its value asks for something `model.py` does not compute; or
-**irrelevant** to a trained model's outputs. `tests/test_config.py` holds gpt-neox's list of keys and fails when
-one is missing here.
+A key we do not read is an effect we silently drop, so every model key of gpt-neox and of transformers is
+**read**, **refused** (a `ConfigError` naming it, when its value asks for something `model.py` does not compute)
+or **irrelevant** to a trained model's outputs; `tests/test_config.py` fails when one is missing here.
+
+<details markdown="1">
+<summary>The keys of gpt-neox and of transformers, one by one</summary>
 
 | gpt-neox key | status | what it does |
 |---|---|---|
@@ -61,6 +54,8 @@ one is missing here.
 | `rope_parameters`, `rope_scaling`, `rotary_pct`, `rotary_emb_base` | read | with transformers' defaults and precedence (`_hf_rotary`) |
 | `model_type`, `tie_word_embeddings`, `attention_bias` | refused | unless `gpt_neox`, false, true |
 | `attention_dropout`, `hidden_dropout`, `classifier_dropout`, `initializer_range`, `use_cache`, `bos_token_id`, `pad_token_id`, `is_decoder` | irrelevant | training, caching and other heads |
+
+</details>
 """
 
 import json
