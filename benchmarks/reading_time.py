@@ -3,7 +3,9 @@ r"""
 
 Counts the words a reader reads on each page of the reading path, in the **built** site: the prose of the page
 (its introduction and the text beside the code), headings and tables included; the annotated code, code blocks,
-maths, figures, the navigation, the header and the footer left out. Reading time is words / 200 a minute.
+maths, figures, the navigation, the header and the footer left out. Folded blocks (`<details>`: "Check
+yourself" answers, reference tables) are counted apart: a reader opens them or not. Reading time is words / 200 a
+minute.
 
 ```text
 NO_MKDOCS_2_WARNING=1 mkdocs build -d /tmp/site
@@ -40,7 +42,9 @@ class _Prose(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.stack: list[bool] = []   # per open element: does it (or a parent) skip its text?
         self.article = 0
+        self.details = 0              # inside a folded block (its summary excepted)
         self.words: list[str] = []
+        self.folded: list[str] = []
 
     def handle_starttag(self, tag, attrs):
         if tag in self.VOID:
@@ -50,24 +54,33 @@ class _Prose(HTMLParser):
         self.stack.append(skip)
         if tag == "article":
             self.article += 1
+        if tag == "details":
+            self.details += 1
+        if tag == "summary":
+            self.details -= 1
 
     def handle_endtag(self, tag):
         if tag in self.VOID:
             return
         if tag == "article":
             self.article -= 1
+        if tag == "details":
+            self.details -= 1
+        if tag == "summary":
+            self.details += 1
         if self.stack:
             self.stack.pop()
 
     def handle_data(self, data):
         if self.article and not (self.stack and self.stack[-1]):
-            self.words += re.findall(r"[\w'’.,;:()\[\]%/+-]*\w[\w'’.,;:()\[\]%/+-]*", data)
+            (self.folded if self.details > 0 else self.words).extend(re.findall(r"[\w'’.,;:()\[\]%/+-]*\w[\w'’.,;:()\[\]%/+-]*", data))
 
 
-def words_of(page: Path) -> int:
+def words_of(page: Path) -> tuple[int, int]:
+    """(words read, words folded) of a built page."""
     parser = _Prose()
     parser.feed(page.read_text(encoding="utf-8"))
-    return len(parser.words)
+    return len(parser.words), len(parser.folded)
 
 
 def page_of(site: Path, path: str) -> Path:
@@ -104,17 +117,17 @@ def main(argv=None) -> int:
         return 2
     chosen = list(groups(args.config).items())
     for name, paths in (chosen if args.all else chosen[:1]):
-        total = 0
+        total = folded_total = 0
         print(f"{name}")
         for path in paths:
             page = page_of(args.site, path)
             if not page.is_file():
                 print(f"  {path:<48} (no page)")
                 continue
-            n = words_of(page)
-            total += n
-            print(f"  {path:<48} {n:>6} words  {n / WORDS_A_MINUTE:5.1f} min")
-        print(f"  {'total':<48} {total:>6} words  {total / WORDS_A_MINUTE:5.1f} min")
+            n, folded = words_of(page)
+            total, folded_total = total + n, folded_total + folded
+            print(f"  {path:<48} {n:>6} words  {n / WORDS_A_MINUTE:5.1f} min   (+{folded} folded)")
+        print(f"  {'total':<48} {total:>6} words  {total / WORDS_A_MINUTE:5.1f} min   (+{folded_total} folded)")
     return 0
 
 
