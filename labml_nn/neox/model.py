@@ -156,7 +156,7 @@ class KVCache:
 
     **Its size.** Each layer keeps a key and a value of $C$ numbers per token: $2 \cdot L \cdot C$ numbers a
     token. For 20B in fp16 that is 2 × 44 × 6144 × 2 bytes = 1.08 MB a token, **2.21 GB** for one 2,048-token
-    sequence ([memory.py](memory.py)).
+    sequence (`memory.py`).
 
     **The caller holds it**: no module-level state, so two generations have two caches. `NeoXModel.forward`
     hands it to every module and calls `advance(T)` after the last one; `offset` counts the filled slots.
