@@ -33,6 +33,9 @@ tokenizer = load_tokenizer(path)
 ids = torch.tensor([encode(tokenizer, "ROMEO:")])
 print(tokenizer.decode(generate(model, ids, 20)[0].tolist()))
 ```
+
+A Pythia model at one of its 154 training steps is a Hub name and a revision:
+`LayerLoader("EleutherAI/pythia-160m", revision="step3000")` (`checkpoint/hub.py`).
 """
 
 # The names this package exports. Each is imported only when first used (PEP 562's module `__getattr__`), so that
