@@ -333,9 +333,8 @@ class NeoXConfig:
 
 # ## Helpers
 #
-# A config file, gpt-neox's YAML or transformers' `config.json`, or the dictionary it parses to; returns a name
-# for error messages and the keys. gpt-neox's configs parse with PyYAML's `safe_load` despite their comments and
-# trailing commas. Either file must hold a mapping of keys (`key: value` lines, or a JSON object).
+# A config file (gpt-neox's YAML, which PyYAML's `safe_load` parses despite its comments and trailing commas, or
+# `config.json`) or its dictionary: returns a name for error messages and the keys.
 def _read_keys(source, kind: str) -> "tuple[str, dict]":
     if isinstance(source, Mapping):
         return ("config" if kind == "YAML" else "config.json"), dict(source)
@@ -485,12 +484,9 @@ def _refuse_unbuilt_neox_keys(name: str, values: Mapping[str, Any]):
 
 # ## Checking the values
 #
-# A config file is input from outside: a number may be a word (`num_layers: four`), a list (`hidden_size: [256]`),
-# zero or negative, and a flag may be the *string* `"false"`, which Python's `bool` reads as true. Each would
-# otherwise surface deep inside as a bare `ValueError`, `ZeroDivisionError` or, worse, a model built from the
-# wrong value. So every key we read is checked once, before it is used, and a wrong one names the file, the key,
-# the value and what it should be. Numbers written as strings (`"1e-5"`, which PyYAML reads as a string) are
-# accepted when they parse; flags must be YAML's `true`/`false`.
+# A config file is input from outside: `num_layers: four`, `hidden_size: [256]`, or the *string* `"false"` (true to
+# Python's `bool`). Every key we read is checked once, before use; a wrong one names the file, the key, the value
+# and what it should be. Numbers written as strings (`"1e-5"`) are accepted when they parse.
 #
 # What each kind accepts: `count` an integer $\geq 1$, `size` an integer $\geq 0$, `positive` a finite number
 # $> 0$, `fraction` a number in $(0, 1]$, `flag` `true` or `false`, `mapping` a `{key: value}` table.
