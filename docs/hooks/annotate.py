@@ -313,6 +313,9 @@ def on_page_markdown(markdown, page, config, files):
     """
     if _state.get("numbers"):
         markdown = learner_numbers.substitute(markdown)
+        if page.file.src_uri not in _state["by_page"]:
+            # a page of docs/ on the core path ends with its questions too (module pages get theirs in Markdown)
+            markdown = markdown.rstrip() + "\n\n" + learner_numbers.check_yourself(page.file.src_uri)
     if page.file.src_uri != "index.md":
         return markdown
     pages = {f.src_uri for f in files}

@@ -279,6 +279,14 @@ def _ffn_share():
     return f"{trained:,} of {total:,}, {trained / total:.0%}: the FFN is $8C^2$ of a layer's $12C^2$."
 
 
+def _eval_gpu():
+    m, c = _memory(), _20b()
+    weights, activations = m.weight_bytes(c, "fp16"), m.activation_bytes(c, 8, 2048, "fp16")
+    return (f"Scoring a batch of 8 windows of 2,048 tokens needs the {gb(weights)} of fp16 weights and about "
+            f"{gb(activations)} of activations (`activation_bytes`; scoring keeps no cache): {gb(weights + activations)}, "
+            f"more than a 40 GB card holds. In LLM.int8 the weights are {gb(m.weight_bytes(c, 'int8'))}.")
+
+
 QUESTIONS: dict[str, list[tuple[str, object]]] = {
     "labml_nn/neox/__init__.py": [
         ("How many of a 20B head's features does RoPE rotate, and which?", _rotary),
@@ -314,6 +322,9 @@ QUESTIONS: dict[str, list[tuple[str, object]]] = {
     ],
     "labml_nn/neox/evaluation/__init__.py": [
         ("Scoring the continuation ' mat' after 'The cat sat on the': which logits are read?", _loglikelihood),
+    ],
+    "evaluation.md": [
+        ("Why does the fp16 command ask for a GPU of 48 GB or more?", _eval_gpu),
     ],
     "labml_nn/neox/training/finetune.py": [
         ("How many parameters does BitFit (train='biases') train?", _bitfit),
