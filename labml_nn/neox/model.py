@@ -465,14 +465,10 @@ def build_layers(config: NeoXConfig) -> list:
     r"""
     ## The model, from a config
 
-    All the modules in order, with freshly initialised weights: `[Embedding, TransformerLayer × L, FinalNorm,
-    ReadoutLayer]`. `NeoXModel(*build_layers(config))` maps ids `[B, T]` to logits `[B, T, V]`.
-    To use a checkpoint's weights, use `LayerLoader` in `loader.py`, which builds each module and loads its
-    tensors one at a time.
-
-    The initialisation is the one gpt-neox calls `small_init`, used here for every weight: normal with mean 0
-    and standard deviation $\sqrt{2 / (5C)}$. Biases start at zero and layer norms at $\gamma = 1, \beta = 0$.
-    It only matters when training from scratch (`samples/train_demo.py`).
+    All the modules in order, freshly initialised: `[Embedding, TransformerLayer × L, FinalNorm, ReadoutLayer]`;
+    `NeoXModel(*build_layers(config))` maps ids `[B, T]` to logits `[B, T, V]`. (`LayerLoader`, in `loader.py`,
+    gives them a checkpoint's weights.) Every weight starts normal with standard deviation $\sqrt{2 / (5C)}$
+    (gpt-neox's `small_init`), biases at 0, norms at $\gamma = 1, \beta = 0$.
     """
     layers = [Embedding(config)]
     layers += [TransformerLayer(config, i) for i in range(config.n_layers)]
