@@ -210,16 +210,12 @@ class Int8Linear(nn.Module):
 
 # ## The bitsandbytes implementation
 #
-# `Linear8bitLt` with `has_fp16_weights=False` keeps int8 weights (its `weight`, an `Int8Params`) and their
-# steps (`SCB`, the absmax of each row, $127\, s_w$), and computes the decomposition above with `threshold`.
-# We quantize the weight where it already is with bitsandbytes' own `int8_vectorwise_quant` (assigning
-# `Int8Params` from CPU and calling `.to("cuda")` would also quantize, but only from CPU memory).
+# `Linear8bitLt` with `has_fp16_weights=False` keeps int8 weights (an `Int8Params`) and their steps (`SCB`, each
+# row's absmax, $127\, s_w$). We quantize the weight where it is with bitsandbytes' `int8_vectorwise_quant`.
 #
-# Two things to know. On CPU it does the int8 product **only in eval mode**; in train mode it dequantizes the
-# weights and multiplies in floating point. And it rounds its inputs to fp16 before quantizing them, saying so
-# in a warning at every call when the model runs in fp32 (as on CPU). The rounding is harmless (fp16 keeps 11
-# significant bits, int8 only 8), but silencing the message changes the process's logging, which is the
-# caller's to decide: our commands do it (`cli.quiet_bitsandbytes`), this module does not.
+# On CPU it does the int8 product **only in eval mode** (in train mode it dequantizes). It rounds its inputs to
+# fp16 first (harmless: fp16 keeps 11 bits, int8 8) and warns at every call in fp32; silencing that is the
+# caller's choice (our commands do, `cli.quiet_bitsandbytes`).
 def _bitsandbytes_linear(linear: nn.Linear, threshold: float) -> nn.Module:
     import bitsandbytes as bnb
 
