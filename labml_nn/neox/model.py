@@ -12,7 +12,7 @@ time and place layers on different GPUs.
 
 Shapes are written `[B, T, C]` (notation on the [overview](__init__.py)). Parameter names are the checkpoint's
 (`query_key_value`, `dense_h_to_4h`, ...), so `load_state_dict` takes its tensors as they are. The file needs only
-`torch` and `config.py`: copy both to use the model elsewhere (`tests/test_copy_out.py` does).
+`torch` and `NeoXConfig` (`config.py`): copy both to use the model elsewhere (`tests/test_copy_out.py` does).
 """
 
 from __future__ import annotations
