@@ -117,3 +117,36 @@ def test_the_tensor_parallel_page_draws_its_figures_when_it_exists():
         pytest.skip("a local placeholder, not the essay")
     assert text.count('class="ann-figure') >= 2
     assert re.search(r"chunk\(3\)", _text(text))
+
+
+def test_a_group_of_parts_becomes_nested_sections_and_map_headings():
+    spec = importlib.util.spec_from_file_location("docs_hook_reading_path", ROOT / "docs" / "hooks" / "reading_path.py")
+    rp = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = rp  # (its dataclass looks itself up there)
+    spec.loader.exec_module(rp)
+    stops, problems = rp.read({"reading_path": {
+        "The core path": ["a.py", {"b.py": "the model"}],
+        "Engineering notes": {"Checkpoints": ["c.py"], "Commands": ["d.py"]}}})
+    assert not problems
+    assert [(s.group, s.part, s.path) for s in stops] == [
+        ("The core path", "The core path", "a.py"), ("The core path", "The core path", "b.py"),
+        ("Engineering notes", "Checkpoints", "c.py"), ("Engineering notes", "Commands", "d.py")]
+    pages = {p: p.replace(".py", ".md") for p in ("a.py", "b.py", "c.py", "d.py")}
+    titles = {p: p.upper() for p in pages}
+    assert rp.nav(stops, pages, titles) == [
+        {"The core path": [{"A.PY": "a.md"}, {"B.PY": "b.md"}]},
+        {"Engineering notes": [{"Checkpoints": [{"C.PY": "c.md"}]}, {"Commands": [{"D.PY": "d.md"}]}]}]
+    home = rp.home_map(stops, pages, titles, {})
+    assert home.index("### The core path") < home.index("### Engineering notes") < home.index("#### Checkpoints")
+    # a part that is neither a list nor a mapping of lists is named
+    assert rp.read({"reading_path": {"Engineering notes": {"Checkpoints": "c.py"}}})[1]
+
+
+def test_next_and_previous_name_the_group_of_the_page_they_lead_to():
+    site = build_site("real")
+    last_core = _core_paths()[-1]
+    page = _html(site, last_core)
+    found = re.search(r'md-footer__link--next".*?md-footer__direction">(.*?)</span>\s*</span>', page, re.S)
+    assert found and "Engineering notes" in found.group(1), found and found.group(1)
+    first = _html(site, _core_paths()[1])
+    assert re.search(r'md-footer__link--prev".*?The core path', first, re.S)
