@@ -172,8 +172,8 @@ def _kv_20b():
 
 def _fits_20b():
     m, c = _memory(), _20b()
-    fp16 = m.inference_bytes(c, "fp16", 1, 2048)
-    int8 = m.inference_bytes(c, "int8", 1, 2048)
+    fp16 = m.inference_bytes(c, 1, 2048, "fp16")
+    int8 = m.inference_bytes(c, 1, 2048, "int8")
     card80, card40, card24 = "A100 / H100 (80 GB)", "A100 (40 GB)", "RTX 4090 / A10 (24 GB)"
     yes = {True: "yes", False: "no"}
     return (f"fp16 needs {gb(fp16)} with a 2,048-token cache: one 80 GB card, {yes[m.fits(c, card80, 'fp16')]}; "
