@@ -2,8 +2,8 @@ r"""
 # Memory: what the model needs, in bytes
 
 How many parameters has GPT-NeoX-20B, how many bytes are they in fp16 or int8, how big is its key-value cache,
-and which GPU holds it? Every page of this site that gives such a number takes it from the functions below,
-which compute it from a `NeoXConfig`'s shapes, so the numbers cannot disagree with the model or with each other.
+and which GPU holds it? The functions below compute it from a `NeoXConfig`'s shapes; every such number on this
+site is theirs (pages of `docs/` take them at build time, and `tests/test_docs_core_path.py` holds the rest).
 
 **Units.** GB means $10^9$ bytes everywhere on this site (a GiB, $2^{30}$ bytes, is 7% more: 20B's 41.1 GB of
 fp16 weights are 38.3 GiB).
