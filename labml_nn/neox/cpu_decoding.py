@@ -104,10 +104,8 @@ MAX_BMM_TOKENS = 16
 # page tables. With the usual 4 KB pages, a 504 MB step crosses 123,000 pages, and the hardware prefetcher, which
 # does not follow a stream across a page boundary, starts again at each. Linux's *transparent huge pages* map 2 MB
 # at once; where the system offers them (`/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`),
-# we copy the weights into memory that asks for them (`madvise(MADV_HUGEPAGE)`). On the test machine, reading 491
-# MB from huge pages against small ones, alternating in one process (best of 7): a plain `sum()`, 54 against 39
-# GB/s with two threads and 29 against 21 with one; our kernel at batch 1, 50 against 34 and 28 against 20. (The
-# machine's speed also varies by 10-30% from hour to hour.)
+# we copy the weights into memory that asks for them (`madvise(MADV_HUGEPAGE)`). On the test machine that read
+# memory about 1.4 times faster, for `sum()` and for our kernel alike (`benchmarks/RESULTS.md`).
 #
 # A 2 MB page can only back a whole 2 MB-aligned range of one memory map. So all the weights go into one map, cut
 # into one tensor per weight (`torch.frombuffer` at successive offsets: each weight has a storage of its own, as
