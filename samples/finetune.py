@@ -91,7 +91,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--distributed", choices=["ddp", "fsdp"], default="ddp",
                         help="under torchrun: replicate the model (ddp) or shard it (fsdp)")
     parser.add_argument("--log-dir", type=Path, default=output_home("logs"), help="where labml writes its logs")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it exists (only on success; never --checkpoint, the current folder, "
+                             "or a folder holding other files than a checkpoint's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batches' order and sampling")
     args = parser.parse_args(argv)
     check_args(parser, args)
@@ -120,8 +122,11 @@ def check_args(parser: ArgumentParser, args: argparse.Namespace):
         parser.error(f"--text {args.text} is not a file; give the UTF-8 text to train on")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file, not a folder; choose a folder to write the checkpoint to")
-    if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
-        parser.error(f"--out {args.out} exists and is not empty: choose another --out, or pass --overwrite")
+    # The rule of every command that writes (`checkpoint/atomic.py`): an empty folder is free, a full one is
+    # replaced only with --overwrite, and never the checkpoint or the text this run reads, nor the current folder
+    from labml_nn.neox.checkpoint.atomic import check_target
+    check_target(args.out, overwrite=args.overwrite or (args.out.is_dir() and not any(args.out.iterdir())),
+                 reads=[args.checkpoint, args.text], name="--out")
 
 
 # The written checkpoint is about the size of the model in its stored dtype, plus the trained tensors in fp32.
@@ -233,7 +238,8 @@ def _finetune(argv: Optional[List[str]] = None):
                                         extra={"base": str(checkpoint.layout.root.resolve())})
             out = write_checkpoint(args.out, modules, tensor_parallel_size=config.tensor_parallel_size,
                                    tokenizer_path=checkpoint.tokenizer_path, dtype=stored_dtype,
-                                   extra_files=[trained_file], overwrite=args.overwrite)
+                                   extra_files=[trained_file], overwrite=args.overwrite,
+                                   reads=[checkpoint.layout.root, args.text])
         print(f"Wrote {out} ({config.tensor_parallel_size} tensor-parallel rank(s), {stored_dtype}); "
               f"generate with: python samples/generate.py --checkpoint {out}")
     if distributed:

@@ -5,7 +5,9 @@ This sample puts the pieces together: `LayerLoader` (loader.py) reads a checkpoi
 on a CPU `prepare_for_cpu_decoding` (cpu_decoding.py) makes its fp32 products fast (with a small kernel of our
 own, built on the first run with a model of 100 MB or more), `generate_stream` (generation.py) runs the model
 with a key-value cache and picks one token per step, and the tokenizer's `StreamDecoder` turns each token into
-text as soon as it is chosen, so the text appears as it is generated.
+text as soon as it is chosen, so the text appears as it is generated. On a GPU, `prepare_for_gpu_decoding`
+(static_decoding.py) compiles the decoding step and captures it as a CUDA graph, once per batch size, before the
+first generation's prompt runs (counted in that prompt's time); `--no-cuda-graph` turns it off.
 
 With no arguments it loads the **demo model** that ships with the package: a tiny GPT-NeoX trained on
 Shakespeare's plays, stored in the same layout as the 20B slim weights (two tensor-parallel ranks) with its
@@ -55,7 +57,8 @@ labml's loading progress bar.
 
 For `--prompt-file` (one prompt per line) it writes one JSON object per prompt,
 `{"prompt": ..., "completion": ..., "prompt_tokens": ..., "new_tokens": ..., "tokens_per_second": ...}`, to
-`--output`, or to standard output when no `--output` is given; then standard output holds nothing but the JSON
+`--output` (written beside it as `NAME.tmp-XXXX` and renamed when every prompt is done; an existing file is
+replaced only with `--overwrite`, and never the prompt file), or to standard output when no `--output` is given; then standard output holds nothing but the JSON
 lines (labml's progress bar, which it draws on standard output, is then left out). With `--batch-size N`, N
 prompts of different lengths generate together, left-padded to one length (`generation.left_pad`); their
 `prompt_seconds` and `tokens_per_second` are then the batch's.
@@ -94,8 +97,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="a text file with one prompt per line; writes one JSON line per prompt")
     source.add_argument("--interactive", action="store_true",
                         help="ask for a prompt, generate, and ask again (an empty line or Ctrl-D quits)")
-    parser.add_argument("--output", type=Path, help="with --prompt-file: write the JSON lines here "
-                                                    "(default: standard output)")
+    parser.add_argument("--output", type=Path, help="with --prompt-file: write the JSON lines here, all at once "
+                                                    "when every prompt is done (default: standard output)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output if it exists (only when every prompt is done; never the prompt file)")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="with --prompt-file: how many prompts generate together, left-padded to one length "
                              "(faster per prompt; greedy completions are the same as one at a time)")
@@ -105,9 +110,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=0.95,
                         help="sample only among the most likely tokens whose probabilities add up to p")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
+    parser.add_argument("--no-cuda-graph", action="store_true",
+                        help="on a GPU, decode with the eager step instead of the compiled step captured as a CUDA "
+                             "graph (which is compiled first, once per batch size; static_decoding.py)")
     args = check_model_args(parser, parser.parse_args(argv))
     if args.output is not None and args.prompt_file is None:
         parser.error("--output is for --prompt-file")
+    # Where the lines go is checked before the model loads: not the prompt file, nothing that exists unless
+    # --overwrite (`checkpoint/atomic.py`, the rule of every command that writes)
+    if args.output is not None:
+        from labml_nn.neox.checkpoint.atomic import check_target
+        check_target(args.output, overwrite=args.overwrite, reads=[args.prompt_file, args.checkpoint, args.tokenizer],
+                     folder=False, name="--output")
     from labml_nn.neox.generation import check_sampling_args
     try:
         check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
@@ -137,7 +151,8 @@ def load(args: argparse.Namespace, progress: bool):
                              f"pass --tokenizer PATH.")
         tokenizer = load_tokenizer(tokenizer_path)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
+        # A checkpoint that is damaged or does not fit its config is a data error (exit 1), as in `merge`
+        raise DataError(str(e)) from None
     try:
         check_vocabulary(tokenizer, loader.config.n_vocab, tokenizer_path)
     except ValueError as e:
@@ -147,7 +162,21 @@ def load(args: argparse.Namespace, progress: bool):
     # machine for a model of 100 MB or more; `cpu_decoding.py`): same names, same values, same tokens
     if str(args.device) == "cpu":
         model = prepare_for_cpu_decoding(model)
+    # On a GPU, the decoding step compiled and captured as a CUDA graph (`static_decoding.py`), unless turned off
+    elif str(args.device).startswith("cuda") and not args.no_cuda_graph:
+        model = prepare_for_gpu_or_say_why(model)
     return model, tokenizer
+
+
+# The compiled step where it can run; where it cannot, the model as it is, and one line on stderr that says why. (A
+# compile that fails does the same, from `StaticDecoder`, when the first generation starts.)
+def prepare_for_gpu_or_say_why(model):
+    from labml_nn.neox.static_decoding import StaticDecodingUnavailable, prepare_for_gpu_decoding
+    try:
+        return prepare_for_gpu_decoding(model)
+    except StaticDecodingUnavailable as e:
+        print(f"[decoding without a CUDA graph: {e}]", file=sys.stderr, flush=True)
+        return model
 
 
 # ## Generating for one prompt
@@ -321,7 +350,11 @@ def _generate(argv: Optional[List[str]] = None) -> int:
             if json_to_stdout:
                 run_prompt_file(model, tokenizer, args, sys.stdout)
             else:
-                with open(args.output, "w") as out:
+                # Written aside and renamed when every prompt is done: a failed or interrupted run leaves what
+                # was at --output as it was
+                from labml_nn.neox.checkpoint.atomic import atomic_file
+                with atomic_file(args.output, overwrite=args.overwrite, name="--output",
+                                 reads=[args.prompt_file, args.checkpoint, args.tokenizer]) as out:
                     run_prompt_file(model, tokenizer, args, out)
         elif args.interactive:
             run_interactive(model, tokenizer, args)

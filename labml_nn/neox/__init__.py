@@ -11,7 +11,7 @@ The site reads at two depths. **The core path**, read end to end, is the model a
 `model.py` (with its key-value cache), `memory.py` (what it all weighs), `tokenizer.py` and `generation.py`, how
 20B is split over GPUs, `llm_int8.py`, evaluation with lm-eval and fine-tuning. **Engineering notes** follow:
 the checkpoint files in detail (`checkpoint/`, `loader.py`), fast decoding on a CPU (`cpu_decoding.py`), the
-training loop, the samples and the command lines.
+training loop, the samples, the command lines and the ONNX export (`onnx_export.py`, the site's live model).
 
 Notation used on every page: `B` batch, `T` sequence length, `H` heads, `D` head dimension, `C = H * D` the
 hidden size, `V` the vocabulary. Shapes are written `[B, T, H, D]`.

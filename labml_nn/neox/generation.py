@@ -162,7 +162,8 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     longer than that is an error, and generation stops when it is reached.
 
     The model is used as it is: nothing here changes its weights or their layout. On a CPU, call
-    `prepare_for_cpu_decoding` (`cpu_decoding.py`) once beforehand to decode faster.
+    `prepare_for_cpu_decoding` (`cpu_decoding.py`) once beforehand to decode faster; on a GPU, pass the model
+    `prepare_for_gpu_decoding` returns (`static_decoding.py`).
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     model = as_model(model)
@@ -183,7 +184,8 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     generator = None
 
     # Each call makes its own cache, sized for the prompt and the new tokens: nothing carries over between calls
-    cache = KVCache(n_prompt + max_new_tokens, padding=padding)
+    # The model makes it (`NeoXModel.new_cache`): a new `KVCache`, or a static decoder's own buffers, emptied
+    cache = model.new_cache(batch_size, n_prompt + max_new_tokens, padding)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=prompt_ids.device)
     # The first step runs the whole prompt
     ids = prompt_ids

@@ -136,6 +136,12 @@ class RotaryEmbedding(nn.Module):
             shape = (x.shape[0], n_tokens) + (1,) * (x.dim() - 3) + (d,)
             cos = cos[positions].to(x.dtype).view(shape)
             sin = sin[positions].to(x.dtype).view(shape)
+        return self.rotate(x, cos, sin)
+
+    # The rotation itself, for `cos` and `sin` rows that broadcast against `x[..., :d]` (`static_decoding.py` picks
+    # them with positions held in a tensor)
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        d = self.d_rotary
         # Split off the features that rotate; the rest pass through
         x_rot, x_pass = x[..., :d], x[..., d:]
         # "Rotate half": $x' = [-x_{d/2:d}, x_{0:d/2}]$, so that feature $i$ meets its partner $i + d/2$
@@ -218,6 +224,15 @@ class KVCache:
     def advance(self, n_new: int):
         """Called (by `NeoXModel.forward`) after the whole model has seen `n_new` new tokens."""
         self.offset += n_new
+
+    def reset(self, padding: Optional[torch.Tensor] = None):
+        """
+        Forget every token but keep the buffers, for another generation of the same batch size from slot 0 (with
+        its own `padding`). `static_decoding.py` needs its buffers to stay where they are.
+        """
+        self.offset = 0
+        self.padding = padding
+        self._padding_on = {}
 
 
 class Attention(nn.Module):
@@ -459,6 +474,11 @@ class NeoXModel(nn.Sequential):
         if cache is not None:
             cache.advance(ids.shape[1])
         return x
+
+    # The cache a generation of `batch_size` rows and up to `max_len` positions fills (`generation.py` asks for
+    # it): a new `KVCache`. A model that decodes otherwise (`static_decoding.py`) gives its own.
+    def new_cache(self, batch_size: int, max_len: int, padding: Optional[torch.Tensor] = None) -> KVCache:
+        return KVCache(max_len, padding=padding)
 
 
 def build_layers(config: NeoXConfig) -> list:

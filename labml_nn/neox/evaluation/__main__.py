@@ -89,6 +89,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, help="context length (default: the model's, n_ctx)")
     parser.add_argument("--limit", type=float, help="only the first N documents of each task (or a fraction < 1)")
     parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output if it exists (never a file this run reads)")
     parser.add_argument("--lambada-file", help="read lambada_openai from this local lambada_test.jsonl")
     parser.add_argument("--text-file", nargs="+", help="held-out text (.txt files or one .jsonl) for text_local")
     parser.add_argument("--offline", action="store_true", help="never reach the network (datasets' cache only)")
@@ -123,6 +125,14 @@ def check_args(parser: ArgumentParser, args: argparse.Namespace):
                 parser.error(f"{flag} {path} is not a file")
     if args.output and not Path(args.output).absolute().parent.is_dir():
         parser.error(f"--output {args.output}: the folder {Path(args.output).parent} does not exist; create it")
+    # The rule of every command that writes (`checkpoint/atomic.py`), checked before the model loads
+    if args.output:
+        from labml_nn.neox.checkpoint.atomic import check_target
+        check_target(args.output, overwrite=args.overwrite, folder=False, name="--output", reads=_reads(args))
+
+
+def _reads(args: argparse.Namespace) -> list:
+    return [args.checkpoint, args.tokenizer, args.lambada_file, *(args.text_file or [])]
 
 
 def resolve_tasks(args: argparse.Namespace) -> List[str]:
@@ -238,7 +248,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     if args.output:
         keep = {k: results[k] for k in ("results", "versions", "n-shot", "n-samples", "configs", "run")
                 if k in results}
-        Path(args.output).write_text(json.dumps(keep, indent=2, default=str))
+        from labml_nn.neox.checkpoint.atomic import atomic_file
+        with atomic_file(args.output, overwrite=args.overwrite, name="--output", reads=_reads(args)) as f:
+            f.write(json.dumps(keep, indent=2, default=str))
         print(f"Results written to {args.output}")
     return results
 
