@@ -113,8 +113,8 @@ def test_the_tensor_parallel_page_draws_its_figures_when_it_exists():
     if not (ROOT / "labml_nn" / "neox" / "tensor_parallel.py").exists() or not page.exists():
         pytest.skip("labml_nn/neox/tensor_parallel.py is not in this tree yet")
     text = page.read_text(encoding="utf-8")
-    if "placeholder" in text.lower():
-        pytest.skip("a local placeholder, not the essay")
+    if len((ROOT / "labml_nn" / "neox" / "tensor_parallel.py").read_text(encoding="utf-8").splitlines()) < 5:
+        pytest.skip("a local one-line placeholder, not the essay")
     assert text.count('class="ann-figure') >= 2
     assert re.search(r"chunk\(3\)", _text(text))
 
