@@ -116,6 +116,8 @@ def check_args(parser: ArgumentParser, args: argparse.Namespace):
         parser.error(f"--valid-fraction {args.valid_fraction} must be in [0, 1)")
     if args.lr is not None and not 0 < args.lr < float("inf"):
         parser.error(f"--lr {args.lr} must be a positive number")
+    if not 0 <= args.seed < 2 ** 64:
+        parser.error(f"--seed {args.seed} must be between 0 and 2**64 - 1")
     if args.valid_every < 0:
         parser.error(f"--valid-every {args.valid_every} must be 0 (only at the end) or positive")
     if not args.text.is_file():
@@ -202,7 +204,10 @@ def _finetune(argv: Optional[List[str]] = None):
         raise UsageError(f"--seq-len {seq_len} is longer than the model's context, {config.n_ctx} tokens; "
                          f"choose at most {config.n_ctx}")
     check_free_space(args.out, modules, stored_dtype)
-    train_ids, valid_ids = split_train_valid(tokenize_file(tokenizer, args.text), args.valid_fraction, seq_len)
+    try:
+        train_ids, valid_ids = split_train_valid(tokenize_file(tokenizer, args.text), args.valid_fraction, seq_len)
+    except ValueError as e:
+        raise DataError(f"--text {args.text}: {e}") from None
     train, valid = TokenWindows(train_ids, seq_len), TokenWindows(valid_ids, seq_len) if len(valid_ids) else None
     if rank == 0:
         print(f"{len(train_ids):,} training tokens ({len(train)} windows of {seq_len}), "
@@ -240,8 +245,10 @@ def _finetune(argv: Optional[List[str]] = None):
                                    tokenizer_path=checkpoint.tokenizer_path, dtype=stored_dtype,
                                    extra_files=[trained_file], overwrite=args.overwrite,
                                    reads=[checkpoint.layout.root, args.text])
+        # The hint names generate.py as seen from where the user is, not from the repository's root
+        generate = os.path.relpath(Path(__file__).resolve().parent / "generate.py")
         print(f"Wrote {out} ({config.tensor_parallel_size} tensor-parallel rank(s), {stored_dtype}); "
-              f"generate with: python samples/generate.py --checkpoint {out}")
+              f"generate with: python {generate} --checkpoint {out}")
     if distributed:
         import torch.distributed as dist
         dist.destroy_process_group()

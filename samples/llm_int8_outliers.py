@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from labml_nn.neox.cli import (DTYPES, ArgumentParser, HelpFormatter, add_model_args, check_model_args, output_home,
-                               quiet_bitsandbytes, run_command)
+                               quiet_bitsandbytes, require_extra, run_command, DataError)
 # The four linear layers of a transformer layer, by their checkpoint names (those LLM.int8 converts)
 from labml_nn.neox.llm_int8 import LINEAR_LAYERS
 
@@ -285,6 +285,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from labml_nn.neox.tokenizer import encode, load_tokenizer
 
     args = parse_args(argv)
+    # The figure needs matplotlib (the int8 extra): say so before the model is loaded and run, not after
+    require_extra("matplotlib", "The outlier figure of samples/llm_int8_outliers.py")
     quiet_bitsandbytes()
     loader = LayerLoader(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
                          trust_pickle=args.trust_pickle, revision=args.revision)
@@ -293,7 +295,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: no tokenizer beside {args.checkpoint}", file=sys.stderr)
         return 2
     tokenizer = load_tokenizer(loader.checkpoint.tokenizer_path)
-    text = args.text_file.read_text() if args.text_file else TEXT
+    try:
+        text = args.text_file.read_text(encoding="utf-8") if args.text_file else TEXT
+    except UnicodeDecodeError as e:
+        raise DataError(f"--text-file {args.text_file} is not UTF-8 text (byte {e.start}); give a text file") from None
     ids = encode(tokenizer, text)[:min(args.max_tokens, config.n_ctx)]
     model = NeoXModel(*loader.load())
 

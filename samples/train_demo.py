@@ -209,6 +209,8 @@ def main():
         if args.state is not None:
             check_target(args.state, overwrite=args.overwrite, reads=reads, folder=False, name="--state")
 
+    if not 0 <= args.seed < 2 ** 64:
+        parser.error(f"--seed {args.seed} must be between 0 and 2**64 - 1")
     torch.manual_seed(args.seed)
     texts = shakespeare_texts(args.texts)
     train_docs, valid_docs = split_works(texts)

@@ -34,7 +34,10 @@ from test_docs_site import ROOT, build_site  # noqa: E402  (shares the session's
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = ROOT / "test-artifacts" / "docs"
+# Screenshots for a person to look at, outside the repository: `$NEOX_TEST_ARTIFACTS/docs`, or the system's
+# temporary folder
+ARTIFACTS = Path(os.environ.get("NEOX_TEST_ARTIFACTS")
+                 or Path(tempfile.gettempdir()) / "labml-nn-neox-test-artifacts") / "docs"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
                   "--disable-default-apps", "--mute-audio", "--hide-scrollbars", "--remote-debugging-pipe"]

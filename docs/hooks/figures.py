@@ -13,9 +13,10 @@ A page's prose can also print numbers its figures' code computes: `{{name}}` in 
 value `name` that a function of `figure_makers.VALUES` gives for that module (the tensor-parallel page's logit
 errors). A name no function gives is a warning, so a number cannot silently go missing.
 
-Drawing takes seconds (the demo model, a random model with outliers), so each SVG is cached in
-`.cache/docs-figures/` (gitignored), keyed by a hash of this file, of `figure_makers.py` and of every file the
-figure reads: a warm build only reads the cache.
+Drawing takes seconds (the demo model, a random model with outliers), so each SVG is cached outside the
+repository, in `docs-figures/` of the folder where our commands write (`~/.cache/labml-nn-neox`, or
+`$LABML_NN_NEOX_HOME`; `cli.output_home`), keyed by a hash of this file, of `figure_makers.py` and of every file
+the figure reads: a warm build only reads the cache.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ import figure_makers
 
 log = logging.getLogger("mkdocs.hooks.annotate")
 
-CACHE = Path(".cache") / "docs-figures"
+
+def _cache_folder() -> Path:
+    from labml_nn.neox.cli import output_home
+    return output_home("docs-figures")
 
 
 @dataclass
@@ -128,7 +132,7 @@ def place(root: Path, modules) -> dict:
             problems.append(f"figure {figure.name}: {figure.module} has no `{figure.symbol}` any more; point the "
                             f"figure at the symbol it illustrates (docs/hooks/figure_makers.py, FIGURES)")
             continue
-        cache = root / CACHE / f"{figure.name}-{_cache_key(root, spec['depends'])}.svg"
+        cache = _cache_folder() / f"{figure.name}-{_cache_key(root, spec['depends'])}.svg"
         if cache.is_file():
             figure.svg = cache.read_text(encoding="utf-8")
         else:
@@ -155,7 +159,7 @@ def _values(root: Path, by_path: dict, problems: list) -> dict:
         if spec["module"] not in by_path:
             continue
         name = spec["make"].__name__
-        cache = root / CACHE / f"values-{name}-{_cache_key(root, spec['depends'])}.json"
+        cache = _cache_folder() / f"values-{name}-{_cache_key(root, spec['depends'])}.json"
         if cache.is_file():
             found = json.loads(cache.read_text(encoding="utf-8"))
         else:

@@ -104,14 +104,17 @@ class RotaryEmbedding(nn.Module):
 
     # $\cos m\theta$ and $\sin m\theta$ for positions up to at least `end`, `[positions, d]` (each angle twice,
     # once per feature of its pair); built for 2048 positions, doubled when a longer sequence arrives.
+    # Built outside inference mode even when generation (under `torch.inference_mode`) asks first: tensors made
+    # there cannot be saved for a backward pass, and the same model may train afterwards.
     def tables(self, end: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         cached = self._cos_sin
         if cached is None or cached[0].shape[0] < end or cached[0].device != device:
             length = max(end, 2048 if cached is None else 2 * cached[0].shape[0])
-            positions = torch.arange(length, device=device, dtype=torch.float32)
-            angles = torch.outer(positions, self.theta.to(device))
-            angles = torch.cat((angles, angles), dim=-1)
-            self._cos_sin = cached = (angles.cos(), angles.sin())
+            with torch.inference_mode(False):
+                positions = torch.arange(length, device=device, dtype=torch.float32)
+                angles = torch.outer(positions, self.theta.to(device))
+                angles = torch.cat((angles, angles), dim=-1)
+                self._cos_sin = cached = (angles.cos(), angles.sin())
         return cached
 
     # `x` is `[B, T, ..., D]` (heads, and queries and keys together, after `T`). Its first token sits in slot

@@ -125,7 +125,8 @@ def _run(argv: List[str]) -> int:
                 raise CheckpointError(f"{len(problems)} file(s) failed verification:\n  " + "\n  ".join(problems))
             print(f"Every file in {args.dest or default_dir()} matches its recorded SHA-256")
             return 0
-        path = download_20b(args.dest, base_url=args.base_url)
+        # labml draws its bars with terminal escape codes, so only on a terminal
+        path = download_20b(args.dest, base_url=args.base_url, progress=sys.stdout.isatty())
         print(f"Downloaded to {path}")
         return 0
     if args.max_shard_mb < 1:
@@ -136,7 +137,8 @@ def _run(argv: List[str]) -> int:
                               dtype=args.dtype, trust_pickle=args.trust_pickle, overwrite=args.overwrite,
                               report=args.report, warn_above=args.warn_above,
                               max_shard_bytes=args.max_shard_mb * 1024 ** 2, revision=args.revision,
-                              mlp_names=args.mlp_names)
+                              mlp_names=args.mlp_names,
+                              progress=sys.stdout.isatty())
     print(format_report(report))
     if report["non_finite"]:
         names = report["non_finite"]

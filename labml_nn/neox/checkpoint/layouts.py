@@ -253,6 +253,8 @@ def _read_weight_map(folder: Path, name: str) -> Dict[str, str]:
         raise CheckpointError(str(e)) from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); re-download it.") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be an index of shards; re-download it.") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{path} is not an index of shards: it needs a `weight_map` object mapping each "

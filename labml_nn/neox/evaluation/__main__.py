@@ -141,6 +141,9 @@ def resolve_tasks(args: argparse.Namespace) -> List[str]:
     `--text-file` adds `text_local`. A local task without its file is an error that says which flag to give.
     """
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks and not args.text_file:
+        raise UsageError(f"--tasks {args.tasks!r} names no task; give comma-separated task names, such as "
+                         f"{DEFAULT_TASKS} or shakespeare_cloze,shakespeare_text")
     if args.lambada_file:
         tasks = [LAMBADA_TASK if t == "lambada_openai" else t for t in tasks]
     if args.text_file and TEXT_TASK not in tasks:
@@ -197,7 +200,10 @@ def _evaluate(args: argparse.Namespace, tasks: List[str], only_local: bool) -> d
 
     limit = None if args.limit is None else (args.limit if args.limit < 1 else int(args.limit))
     with tempfile.TemporaryDirectory() as task_dir:
-        write_local_tasks(task_dir, lambada_file=args.lambada_file, text_files=args.text_file)
+        try:
+            write_local_tasks(task_dir, lambada_file=args.lambada_file, text_files=args.text_file)
+        except ValueError as e:
+            raise DataError(str(e)) from None
         manager = task_manager(task_dir, include_defaults=not only_local)
         unknown = [t for t in tasks if t not in manager.all_tasks]
         if unknown:
@@ -243,6 +249,13 @@ def _number(value) -> str:
 def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
     quiet_bitsandbytes()
+    if args.int8 and args.int8_implementation == "bitsandbytes":
+        from labml_nn.neox.llm_int8 import bitsandbytes_problem
+        problem = bitsandbytes_problem(str(args.device).split(":")[0])
+        if problem is not None:
+            print(f"note: {problem}; using the plain PyTorch implementation instead (--int8-implementation "
+                  f"reference)", file=sys.stderr)
+            args.int8_implementation = "reference"
     results = evaluate(args)
     print(format_table(results))
     if args.output:
