@@ -343,7 +343,7 @@ def test_memory_calculator_equals_memory_py(browser, url):
         expected = {"weights": memory.weight_bytes(config, dtype),
                     "kv": memory.kv_cache_bytes(config, batch, tokens, dtype),
                     "activations": memory.activation_bytes(config, batch, tokens, dtype),
-                    "total": memory.inference_bytes(config, dtype, batch, tokens)}
+                    "total": memory.inference_bytes(config, batch, tokens, dtype)}
         assert page["bytes"] == expected, (name, dtype, batch, tokens)
         assert set(page["gpus"]) == set(memory.GPUS)
         for gpu, needed in page["gpus"].items():

@@ -16,6 +16,7 @@ An mkdocs hook (registered under `hooks:` in `mkdocs.yml`). On every build it
   repository when `repo_url` is set;
 * draws the figures (`figures.py`) and places each beside the code it illustrates;
 * places the live widgets and builds the demo model they run (`live.py`);
+* computes the numbers a learner asks for (memory, "Check yourself") from our code (`learner_numbers.py`);
 * cleans the search index (`search_index.py`).
 
 The sources are read by `source_parser.py` (prose and code, with `tokenize` and `ast`); the HTML of the pages
@@ -39,6 +40,7 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
 import crosslinks  # noqa: E402
 import figures  # noqa: E402
 import live  # noqa: E402
+import learner_numbers  # noqa: E402
 import reading_path  # noqa: E402
 import render  # noqa: E402
 import search_index  # noqa: E402
@@ -203,6 +205,8 @@ def module_markdown(module: Module, modules: dict[str, Module] | None = None) ->
     for i, section in enumerate(module.annotated.sections):
         parts.append(f"<!--ann-section:{i}-->\n\n{rewrite_links(section.prose, module, modules)}\n")
     parts.append("<!--ann-end-->\n")
+    if _state.get("numbers"):
+        parts.append(learner_numbers.check_yourself(module.path))
     return "\n".join(parts)
 
 
@@ -259,6 +263,8 @@ def on_config(config):
     _state["builds_on"] = {m.path: crosslinks.imports(m, known) for m in modules}
     _state["figures"] = figures.place(root, modules)
     _state["live"] = live.prepare(root, modules)
+    # "Check yourself" and the memory figures come from `memory.py`: only in a project that has it
+    _state["numbers"] = "labml_nn/neox/memory.py" in {m.path for m in modules}
 
     # the reading path: checked now, reported in `on_files` (where a warning fails `--strict`)
     docs_dir = Path(config.docs_dir)
@@ -305,7 +311,15 @@ _MD_LINK = re.compile(r"\[([^\]\n]+)\]\(((?:labml_nn|samples|reference)/[^)\s#]+
 
 
 def on_page_markdown(markdown, page, config, files):
-    """The home page's map of the modules is the reading path, written where `<!--reading-path-->` stands."""
+    """
+    The memory figures (`<!--memory...-->`, `learner_numbers.py`) on every page; on the home page, the map of the
+    modules, the reading path, written where `<!--reading-path-->` stands.
+    """
+    if _state.get("numbers"):
+        markdown = learner_numbers.substitute(markdown)
+        if page.file.src_uri not in _state["by_page"]:
+            # a page of docs/ on the core path ends with its questions too (module pages get theirs in Markdown)
+            markdown = markdown.rstrip() + "\n\n" + learner_numbers.check_yourself(page.file.src_uri)
     if page.file.src_uri != "index.md":
         return markdown
     pages = {f.src_uri for f in files}

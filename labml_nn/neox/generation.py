@@ -11,8 +11,14 @@ Two things make the loop fast:
 * **Logits for the last position only.** During the prompt step only the last position's logits are needed, so
   the others skip the readout (`NeoXModel`'s `last_only`).
 
-`model` is a `NeoXModel` (`model.py`), or any sequence of `model.py`'s modules (the loader's, in a list or an
-`nn.Sequential`), which we run as one.
+`model` is a `NeoXModel`, or a list of `model.py`'s modules (the loader's), which we run as one.
+
+## Why decoding is memory-bound
+
+Each step multiplies every weight once per sequence: 2 FLOPs a parameter, 41 GFLOP for 20B, while all 41.1 GB
+of its fp16 weights ([memory.py](memory.py)) stream from memory, one FLOP per byte read. A GPU computes hundreds
+of FLOPs in the time it reads a byte, so a step takes as long as reading the weights and the cache; a batch of
+$B$ sequences reuses each byte $B$ times. ([cpu_decoding.py](cpu_decoding.py) measures this on a CPU.)
 
 ## Choosing the next token
 
@@ -23,11 +29,8 @@ tokens whose probabilities add up to at least $p$.
 
 ## Prompts of different lengths
 
-Prompts of different lengths share a batch by **left padding**: `left_pad` puts each row's padding before its
-prompt, so that all rows end in the same slot and their next tokens go in the same slots. `padding` `[B]`, the
-number of padding tokens of each row, goes into the cache, and `model.py`'s attention reads it from there:
-each row's rotary positions start at its first real token and no query sees a padding key, so every row
-generates what it generates alone.
+`left_pad` puts each row's padding before its prompt, so all rows end in the same slot; `padding` `[B]` goes
+into the cache, where `model.py`'s attention reads it (each row then generates what it generates alone).
 """
 
 from typing import Iterator, Optional, Sequence, Tuple

@@ -2,8 +2,8 @@ r"""
 # Memory: what the model needs, in bytes
 
 How many parameters has GPT-NeoX-20B, how many bytes are they in fp16 or int8, how big is its key-value cache,
-and which GPU holds it? Every page of this site that gives such a number takes it from the functions below,
-which compute it from a `NeoXConfig`'s shapes, so the numbers cannot disagree with the model or with each other.
+and which GPU holds it? The functions below compute it from a `NeoXConfig`'s shapes; every such number on this
+site is theirs (pages of `docs/` take them at build time, and `tests/test_docs_core_path.py` holds the rest).
 
 **Units.** GB means $10^9$ bytes everywhere on this site (a GiB, $2^{30}$ bytes, is 7% more: 20B's 41.1 GB of
 fp16 weights are 38.3 GiB).
@@ -118,7 +118,7 @@ def activation_bytes(config: NeoXConfig, batch: int = 1, tokens: int = 2048, dty
     return batch * tokens * per_token * _bytes_per(_activation_dtype(dtype))
 
 
-def inference_bytes(config: NeoXConfig, dtype: str = "fp16", batch: int = 1, tokens: int = 2048) -> int:
+def inference_bytes(config: NeoXConfig, batch: int = 1, tokens: int = 2048, dtype: str = "fp16") -> int:
     """Weights, a full key-value cache of `tokens` and the activations of a forward pass over them."""
     return (weight_bytes(config, dtype) + kv_cache_bytes(config, batch, tokens, dtype)
             + activation_bytes(config, batch, tokens, dtype))
@@ -169,7 +169,7 @@ def fits(model: Union[str, NeoXConfig], gpu: Union[str, int], dtype: str = "fp16
     """
     config = KNOWN_MODELS[model] if isinstance(model, str) else model
     memory = GPUS[gpu] if isinstance(gpu, str) else int(gpu)
-    return inference_bytes(config, dtype, batch, tokens) <= memory * n_gpus
+    return inference_bytes(config, batch, tokens, dtype) <= memory * n_gpus
 
 
 # `python -m labml_nn.neox.memory`: the table above, for every model of `KNOWN_MODELS`
