@@ -70,8 +70,8 @@ from typing import List, Optional, TextIO
 
 import torch
 
-from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, add_model_args, check_model_args,
-                               run_command)
+from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, add_model_args, announce_source,
+                               check_model_args, run_command)
 
 
 # ## Command-line arguments
@@ -130,7 +130,9 @@ def load(args: argparse.Namespace, progress: bool):
     checkpoint = args.checkpoint
     try:
         loader = LayerLoader(checkpoint, dtype=DTYPES[args.dtype], device=args.device,
-                                   trust_pickle=args.trust_pickle, progress=progress, revision=args.revision)
+                                   trust_pickle=args.trust_pickle, progress=progress, revision=args.revision,
+                             base=args.base)
+        announce_source(loader.checkpoint)
         tokenizer_path = args.tokenizer or loader.checkpoint.tokenizer_path
         if tokenizer_path is None:
             raise UsageError(f"No tokenizer found beside {checkpoint} (20B_tokenizer.json or tokenizer.json); "

@@ -41,6 +41,7 @@ from typing import Dict, List, Tuple
 
 from .files import CheckpointError, load_torch_file
 from .parts import Part, hf_weights, pipeline_stages
+from .sources import HF_WEIGHT_FILES, PIPELINE_FILE, SEQUENTIAL_FILE
 
 # One rank's tensors of one part, and the file they came from
 RankTensors = Tuple[str, Dict[str, "torch.Tensor"]]
@@ -124,7 +125,7 @@ def _check_indices(found: set, n_layers: int, config_key: str, where: str):
 # a missing one is named, with the rank and the part it holds.
 class PipelineLayout(Layout):
     name = "pipeline"
-    PATTERN = re.compile(r"layer_(\d+)-model_(\d+)-model_states\.pt$")
+    PATTERN = PIPELINE_FILE
 
     def __init__(self, location: Location, config, trust_pickle: bool):
         super().__init__(location, config, trust_pickle)
@@ -183,7 +184,7 @@ class PipelineLayout(Layout):
 # is there and that rank 0's holds weights for exactly the stages the config implies.
 class SequentialLayout(Layout):
     name = "sequential"
-    PATTERN = re.compile(r"mp_rank_(\d+)_model_states\.pt$")
+    PATTERN = SEQUENTIAL_FILE
     KEY = re.compile(r"sequential\.(\d+)\.(.+)$")
 
     def __init__(self, location: Location, config, trust_pickle: bool):
@@ -267,8 +268,7 @@ class HFLayout(Layout):
     name = "huggingface"
     config_format = "huggingface"
     config_keys = HF_KEYS
-    WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors",
-                    "pytorch_model.bin.index.json", "pytorch_model.bin")
+    WEIGHT_FILES = HF_WEIGHT_FILES
 
     def __init__(self, location: Location, config, trust_pickle: bool):
         super().__init__(location, config, trust_pickle)
