@@ -171,8 +171,17 @@ class LayerLoader:
         iterator = zip(parts, placement)
         if self.progress:
             iterator = monit.iterate("Load layers", list(iterator))
+        embedding = None
         for part, device in iterator:
-            yield self._load_part(part, device)
+            module = self._load_part(part, device)
+            # Tied embeddings: the readout's weight is the embedding's parameter itself, as in transformers, so
+            # that training updates both as one
+            if part.kind == "embedding":
+                embedding = module
+            elif (part.kind == "readout" and embedding is not None and self.checkpoint.readout_is_embedding
+                  and embedding.word_embeddings.weight.device == module.final_linear.weight.device):
+                module.final_linear.weight = embedding.word_embeddings.weight
+            yield module
         self._warn_about_divergence()
 
     # Tensors every tensor-parallel rank holds a copy of (the layer norms) should agree, but in large trained

@@ -99,6 +99,10 @@ class Layout:
     def load(self, part: Part) -> List[RankTensors]:
         raise NotImplementedError
 
+    # Whether the files hold a readout of their own (a model with tied embeddings may not; `reader.py`)
+    def has_readout(self) -> bool:
+        return True
+
     def embedding_rows(self) -> List[int]:
         return [t["word_embeddings.weight"].shape[0] if "word_embeddings.weight" in t else 0
                 for _, t in self.load(Part("embedding"))]
@@ -313,6 +317,9 @@ class HFLayout(Layout):
     def rel(self, path) -> str:
         return str(path)
 
+    def has_readout(self) -> bool:
+        return (Part("readout"), "final_linear.weight") in self.where
+
     def embedding_rows(self) -> List[int]:
         return [t["word_embeddings.weight"].shape[0] for _, t in self.load(Part("embedding"))
                 if "word_embeddings.weight" in t]
@@ -320,6 +327,14 @@ class HFLayout(Layout):
     def load(self, part: Part) -> List[RankTensors]:
         part.check(self.n_layers)
         wanted = {name: where for (p, name), where in self.where.items() if p == part}
+        # A folder saved from transformers' bare `GPTNeoXModel` has the layers and no language-model head:
+        # nothing to re-download, the model simply has no readout
+        if part.kind == "readout" and not wanted:
+            raise CheckpointError(
+                f"{self.folder} has no readout: no `embed_out.weight` (or `lm_head.weight`) beside the layers, as "
+                f"when a transformers `GPTNeoXModel` (the model without its language-model head) is saved. It cannot "
+                f"predict tokens. Save the `GPTNeoXForCausalLM` instead; or, if the readout is meant to be the "
+                f"embedding, set `tie_word_embeddings: true` in its config.json.")
         tensors, files = {}, sorted({file for _, file in wanted.values()})
         for file in files:
             names = {name: stored for name, (stored, f) in wanted.items() if f == file}

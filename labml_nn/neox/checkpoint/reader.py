@@ -58,6 +58,11 @@ class Checkpoint:
         self.merge_adapter = True
         self.source_note: Optional[str] = None
 
+    # Whether the readout is the embedding's matrix itself (tied, and no readout of its own in the files)
+    @property
+    def readout_is_embedding(self) -> bool:
+        return self.config.tie_word_embeddings and not self.layout.has_readout()
+
     @property
     def divergence(self) -> List[Divergence]:
         """The divergence records of the replicated tensors read so far, in the order they were read."""
@@ -76,6 +81,10 @@ class Checkpoint:
         error (or strange text) inside the model.
         """
         part.check(self.config.n_layers)
+        # Tied embeddings (`tie_word_embeddings`): the readout is the embedding's matrix, unless the files hold a
+        # readout of their own, which transformers then uses untied (and so do we)
+        if part.kind == "readout" and self.config.tie_word_embeddings and not self.layout.has_readout():
+            return {"final_linear.weight": self.read(Part("embedding"))["word_embeddings.weight"]}
         ranks = self.layout.load(part)
         if part.kind == "layer":
             ranks = [(source, respell_mlp(tensors, "dense")) for source, tensors in
