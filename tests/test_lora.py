@@ -256,3 +256,11 @@ def test_an_adapter_loads_by_hub_name_and_revision(peft_adapter, tmp_path, monke
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     loader = LayerLoader("someone/pythia-tiny-lora", revision="v1", progress=False)
     assert (logits(NeoXModel(*loader.load()), ids) - expected).abs().max().item() < TOLERANCE
+
+
+def test_an_adapter_folder_without_its_tensors_is_named_as_an_incomplete_adapter(peft_adapter, tmp_path):
+    root, _, _ = peft_adapter
+    (tmp_path / "adapter_config.json").write_bytes((root / "adapter" / "adapter_config.json").read_bytes())
+    with pytest.raises(CheckpointError, match="LoRA adapter's adapter_config.json but not its tensors") as error:
+        open_checkpoint(tmp_path)
+    assert "No checkpoint found" not in str(error.value)

@@ -181,6 +181,9 @@ def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicate
     if replicated not in ("average", "first"):
         raise CheckpointError(f"replicated={replicated!r}: choose 'average' or 'first'.")
     folder = resolve_checkpoint(path, revision)
+    if folder_kind(folder) == "incomplete_adapter":
+        raise CheckpointError(f"{folder} holds a LoRA adapter's adapter_config.json but not its tensors "
+                              f"(adapter_model.safetensors): copy or download the whole adapter folder.")
     if folder_kind(folder) == "peft_adapter":
         return _open_adapter(folder, base, trust_pickle=trust_pickle, replicated=replicated,
                              check_rotary=check_rotary)

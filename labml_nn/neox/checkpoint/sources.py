@@ -17,6 +17,7 @@ once:
 | `"sequential"` | `mp_rank_RR_model_states.pt` files (other gpt-neox runs) |
 | `"huggingface"` | `config.json` with `model.safetensors` (or shards, or `pytorch_model.bin`) |
 | `"peft_adapter"` | `adapter_config.json` with `adapter_model.safetensors` (or `.bin`): a LoRA adapter, not a model |
+| `"incomplete_adapter"` | `adapter_config.json` without the adapter's tensors |
 | `"config_only"` | `config.json` and no weights: an interrupted download, or a model saved without them |
 | `"unknown"` | none of these |
 
@@ -68,6 +69,8 @@ def folder_kind(folder: Union[str, Path]) -> str:
         return "unknown"
     if (folder / ADAPTER_CONFIG).is_file() and any((folder / n).is_file() for n in ADAPTER_WEIGHTS):
         return "peft_adapter"
+    if (folder / ADAPTER_CONFIG).is_file() and not (folder / CONFIG_FILE).is_file():
+        return "incomplete_adapter"
     if (folder / CONFIG_FILE).is_file():
         return "huggingface" if any((folder / n).is_file() for n in HF_WEIGHT_FILES) else "config_only"
     # gpt-neox: the files themselves, or those of the step folder `latest` names, or of a single `global_step*`
@@ -130,6 +133,10 @@ def check_complete(folder: Path, name: str, revision: Optional[str]):
             f"{what}: the Hugging Face cache at {folder} holds {CONFIG_FILE} but no weights ({HF_WEIGHT_FILES[1]} "
             f"or {HF_WEIGHT_FILES[3]}): the download was interrupted. Download it again with the network on "
             f"(`hf download {name}{' --revision ' + revision if revision else ''}`, or delete {folder} and rerun).")
+    if kind == "incomplete_adapter":
+        raise CheckpointError(f"{what}: the Hugging Face cache at {folder} holds the LoRA adapter's {ADAPTER_CONFIG} "
+                              f"but not its {ADAPTER_WEIGHTS[0]}: the download was interrupted. Download it again "
+                              f"with the network on.")
     if kind == "unknown":
         raise CheckpointError(f"{what} has no {CONFIG_FILE} and no {ADAPTER_CONFIG} in {folder}: it is not a "
                               f"Hugging Face GPT-NeoX model or adapter, or (offline) the cache holds only some of "
