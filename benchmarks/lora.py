@@ -106,10 +106,11 @@ def run_one(method: str, steps: int, device: str, seed: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description="LoRA against BitFit and FFN fine-tuning of the demo model on "
                                                  "the held-out plays, at equal steps")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--one", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps of each method")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the batches and of LoRA's initialisation")
+    parser.add_argument("--one", choices=METHODS, help="run one method in this process and print its row as JSON "
+                                                       "(how the benchmark runs each method)")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.steps, args.device, args.seed)))
