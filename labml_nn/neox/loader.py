@@ -118,6 +118,9 @@ class LayerLoader:
                  base: Union[str, Path, None] = None, adapter: str = "merge"):
         if adapter not in ("merge", "apply"):
             raise ValueError(f"adapter={adapter!r}: choose 'merge' or 'apply'")
+        if adapter == "apply" and is_llm_int8:
+            raise ValueError("LLM.int8 converts every linear layer, adapters included: load a LoRA adapter with "
+                             "adapter='merge' (the default) to quantize the merged weights")
         self.checkpoint = open_checkpoint(path, replicated=replicated, trust_pickle=trust_pickle, revision=revision,
                                           base=base)
         self.checkpoint.merge_adapter = adapter == "merge"

@@ -26,9 +26,10 @@ has not trained yet is the same in both.
 
 ## The scale $\alpha / r$
 
-The update is multiplied by $\alpha / r$. With Adam, the size of each step of $A$ and $B$ is about the learning
-rate whatever their gradients' scale, so the update $BA$ grows with $r$; dividing by $r$ keeps its size about
-the same when one tries another rank, and $\alpha$ (often $2r$, or a fixed 16) sets it once. A variant,
+The update is multiplied by $\alpha / r$. With Adam, each step moves every entry of $A$ and $B$ by about the
+learning rate whatever the gradients' scale, and each entry of $BA$ is a sum of $r$ products, so the update
+tends to grow with $r$; dividing by $r$ lets one try another rank without retuning the learning rate (the LoRA
+paper's reason), and $\alpha$ (often $2r$, or a fixed 16) sets the size once. A variant,
 rsLoRA (peft's `use_rslora`), divides by $\sqrt r$ instead; we read and write that too.
 
 ## Which layers
