@@ -285,7 +285,8 @@ def write_json(path: Path, config: NeoXConfig, settings, best, floors, args):
             run["ctranslate2_tokens_per_s"] = round(best(row, "ctranslate2"), 1)
         runs.append(run)
     path.write_text(json.dumps({
-        "about": "Decoding speed against the memory-bandwidth floor, drawn on the website (generation.py). One "
+        "about": "Decoding speed against the speed memory bandwidth allows (floor_tokens_per_s: a ceiling on "
+                 "tokens/s, a floor on the time a step takes), drawn on the website (cpu_decoding.py). One "
                  "entry of `runs` per row of a benchmark table; add rows (a GPU, another machine, a faster model) "
                  "and the figure follows. tokens/s count the tokens after the first of each row, summed over the "
                  "batch; floor = the fastest read bandwidth of the run / bytes read per decoding step, times the "

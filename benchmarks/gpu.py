@@ -7,7 +7,16 @@ Everything a CUDA machine should tell us, in one unattended run of a few minutes
   decode tokens/s and first-token latency, ours (`generation.generate_stream`) against transformers'
   `generate` on the same weights, at batch 1 and 8 (a 64-token prompt, 128 greedy tokens, best of `--rounds`),
   with the **HBM floor**: a decoding step reads every weight once plus the KV cache, so it cannot take less
-  than `bytes / read bandwidth` (the bandwidth of a plain `sum()` over 1 GiB). Both must give the same tokens.
+  than `bytes / read bandwidth` (the bandwidth of a plain `sum()` over 1 GiB).
+* **The CUDA graph** (`static_decoding.py`, `prepare_for_gpu_decoding`): the same rows for our static step
+  compiled with `torch.compile(mode="reduce-overhead")`, plus the seconds its compile and capture take for each
+  batch size and the peak GPU memory of a batch size's whole run, eager against graph. (On a CPU, `--tiny` runs
+  the static step uncompiled: the same code, no graph.) `--no-cuda-graph` leaves these rows out.
+* **Same tokens**: in fp32 all three must give the same greedy tokens. In fp16 two correct programs can pick
+  different tokens where the two largest logits are closer than their rounding (`benchmarks/fp16_ties.py`): where
+  tokens differ, the first differing step is checked in fp32 (our model, a copy in fp32) and the section fails
+  only when that is not a near-tie (the two picks are not fp32's top two, or their margin is wider than the
+  distance between our and transformers' fp16 logits on that context).
 * **LLM.int8** through bitsandbytes (`llm_int8.py`): the logits' error against fp16 on a `[8, 64]` batch,
   the weights' memory and the peak memory of that forward pass.
 * **Fine-tuning** a few steps under autocast (bf16 where the GPU has it, else fp16 with a gradient scaler) with
@@ -68,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="optimizer steps of the fine-tuning section (default: 5; tiny: 2)")
     parser.add_argument("--eval-limit", type=int, default=None,
                         help="documents of the evaluation task (default: 200; tiny: 8)")
+    parser.add_argument("--no-cuda-graph", action="store_true",
+                        help="leave out the compiled static decoding step (static_decoding.py) and its rows")
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write the table (default: benchmarks/results/gpu.md, or gpu-tiny.md)")
     args = parser.parse_args(argv)
@@ -185,25 +196,76 @@ def bytes_per_step(model, config: NeoXConfig, batch: int, context: int) -> int:
     return element * (weights + batch * config.n_layers * 2 * context * config.d_model)
 
 
+# Our static step, compiled and captured on CUDA; on a CPU the same step uncompiled (no graphs there)
+def static_decoder(ours, device: str):
+    from labml_nn.neox.static_decoding import StaticDecoder, prepare_for_gpu_decoding
+
+    if device.startswith("cuda"):
+        return prepare_for_gpu_decoding(ours), "CUDA graph"
+    return StaticDecoder(*ours, compile=None), "static step, eager"
+
+
+# Where two token arrays `[B, new]` differ: for each differing row, the first differing step checked in fp32
+# (`fp16_ties.divergence`). Returns the note for the table, and whether every difference is a near-tie.
+def same_tokens_note(name, a, b, ids, ours, hf, dtype):
+    if torch.equal(a, b):
+        return f"same tokens as {name}: True", True
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fp16_ties import divergence
+
+    ours32 = copy.deepcopy(ours).float()
+    checks = [divergence(ids[row], a[row].to(ids.device), b[row].to(ids.device), ours32, ours, hf, dtype)
+              for row in range(a.shape[0]) if not torch.equal(a[row], b[row])]
+    del ours32
+    ties = all(c["near_tie"] for c in checks)
+    margins = ", ".join(f"{c['margin']:.2g} (noise {c['distance']:.2g}, ranks {c['ranks'][0]}/{c['ranks'][1]})"
+                        for c in checks)
+    return (f"same tokens as {name}: False, {len(checks)} of {a.shape[0]} rows, fp32 top-2 margin at the first "
+            f"difference {margins}: {'near-ties' if ties else 'NOT near-ties'}"), ties
+
+
 def decode_section(args, config, rows):
     dtype = DTYPES[args.dtype]
     ours, hf = make_models(config, args.device, dtype)
     bandwidth = read_bandwidth(args.device, n_bytes=(1 << 30) if not args.tiny else (1 << 24))
     rows.append(["decode", "read bandwidth (GB/s)", f"{bandwidth / 1e9:.0f}", "", "the HBM floor's basis"])
+    from labml_nn.neox.static_decoding import StaticDecodingUnavailable
+
+    failures = []
+    graph, graph_name = None, None
+    if not args.no_cuda_graph:
+        try:
+            graph, graph_name = static_decoder(ours, args.device)
+        except StaticDecodingUnavailable as e:
+            rows.append(["decode", "CUDA graph", "", "", f"unavailable: {e}"])
+            failures.append(f"the CUDA graph is unavailable: {e}")
     for batch in (1, 8):
         ids = torch.randint(0, config.n_vocab, (batch, args.prompt_tokens), device=args.device,
                             generator=torch.Generator(device=args.device).manual_seed(batch))
-        # One warm-up each (kernels, caches), then the rounds
+        contenders = {"ours": ours, "transformers": hf}
+        # One warm-up each (kernels, caches), then the rounds; the graph's warm-up compiles and captures first, and
+        # the memory it keeps (its cache at full length, the graph's pool) is what it holds afterwards
         time_ours(ours, ids, 2, args.device)
         time_transformers(hf, ids, 2, args.device)
-        best = {"ours": (None, float("inf"), float("inf")), "transformers": (None, float("inf"), float("inf"))}
+        if graph is not None:
+            contenders["graph"] = graph
+            sync(args.device)
+            held = torch.cuda.memory_allocated() if args.device.startswith("cuda") else 0
+            compile_seconds = graph.warm_up(batch, args.prompt_tokens + args.new_tokens)
+            sync(args.device)
+            held = (torch.cuda.memory_allocated() - held) / 2 ** 30 if args.device.startswith("cuda") else None
+            time_ours(graph, ids, 2, args.device)
+        best = {name: (None, float("inf"), float("inf")) for name in contenders}
+        peak = {}
         for _ in range(args.rounds):
-            for name, run in (("ours", lambda: time_ours(ours, ids, args.new_tokens, args.device)),
-                              ("transformers", lambda: time_transformers(hf, ids, args.new_tokens, args.device))):
-                tokens, first, rest = run()
+            for name, model in contenders.items():
+                run = time_transformers if name == "transformers" else time_ours
+                peak_memory_reset(args.device)
+                tokens, first, rest = run(model, ids, args.new_tokens, args.device)
+                peak[name] = peak_memory_gib(args.device)
                 old = best[name]
                 best[name] = (tokens, min(old[1], first), min(old[2], rest))
-        same = torch.equal(best["ours"][0], best["transformers"][0])
+        note, tie = same_tokens_note("transformers", best["ours"][0], best["transformers"][0], ids, ours, hf, dtype)
         steps = args.new_tokens - 1
         speed = {name: batch * steps / rest for name, (_, _, rest) in best.items()}
         context = args.prompt_tokens + args.new_tokens // 2
@@ -211,12 +273,35 @@ def decode_section(args, config, rows):
         rows.append([f"decode batch {batch}", "decode tokens/s", f"{speed['ours']:.1f}",
                      f"{speed['transformers']:.1f}",
                      f"{speed['ours'] / speed['transformers']:.2f}x transformers; floor {floor:.0f} tokens/s, "
-                     f"ours {100 * speed['ours'] / floor:.0f}% of it; same tokens: {same}"])
+                     f"ours {100 * speed['ours'] / floor:.0f}% of it; {note}"])
         rows.append([f"decode batch {batch}", f"first token, {args.prompt_tokens}-token prompt (ms)",
                      f"{1000 * best['ours'][1]:.1f}", f"{1000 * best['transformers'][1]:.1f}", ""])
-        if not same:
-            raise AssertionError(f"batch {batch}: our greedy tokens differ from transformers'")
-    del hf
+        failures += [] if tie else [f"batch {batch}: our greedy tokens differ from transformers' (not a near-tie)"]
+        if graph is None:
+            continue
+        graph_note, graph_tie = same_tokens_note("ours eager", best["graph"][0], best["ours"][0], ids, ours, hf,
+                                                 dtype)
+        error = f"; fell back: {graph.compile_error}" if graph.compile_error else ""
+        rows.append([f"decode batch {batch}", f"decode tokens/s, {graph_name}", f"{speed['graph']:.1f}",
+                     f"{speed['transformers']:.1f}",
+                     f"{speed['graph'] / speed['transformers']:.2f}x transformers, "
+                     f"{speed['graph'] / speed['ours']:.2f}x ours eager; {100 * speed['graph'] / floor:.0f}% of the "
+                     f"floor; {graph_note}{error}"])
+        rows.append([f"decode batch {batch}", f"first token, {args.prompt_tokens}-token prompt (ms), {graph_name}",
+                     f"{1000 * best['graph'][1]:.1f}", f"{1000 * best['transformers'][1]:.1f}", ""])
+        rows.append([f"decode batch {batch}", f"compile and capture (s), {graph_name}", f"{compile_seconds:.1f}", "",
+                     "once per batch size and cache length, before the first token"])
+        if peak["graph"] is not None:
+            rows.append([f"decode batch {batch}", "peak GPU memory during a generation (GiB), CUDA graph",
+                         f"{peak['graph']:.2f}", f"{peak['transformers']:.2f}",
+                         f"ours eager {peak['ours']:.2f}; the graph's warm-up kept {held:.2f} GiB (its cache at full "
+                         f"length and the graph's pool)"])
+        failures += [] if graph_tie else [f"batch {batch}: the graph's tokens differ from ours (not a near-tie)"]
+        if graph.compile_error:
+            failures.append(f"the compiled step fell back: {graph.compile_error}")
+    del hf, graph
+    if failures:
+        raise AssertionError("; ".join(failures))
     return ours
 
 

@@ -110,7 +110,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--distributed", choices=["ddp", "fsdp"], default="ddp",
                         help="under torchrun: replicate the model (ddp) or shard it (fsdp)")
     parser.add_argument("--log-dir", type=Path, default=output_home("logs"), help="where labml writes its logs")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it exists (only on success; never --checkpoint, the current folder, "
+                             "or a folder holding other files than a checkpoint's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batches' order and sampling")
     args = parser.parse_args(argv)
     check_args(parser, args)
@@ -133,6 +135,8 @@ def check_args(parser: ArgumentParser, args: argparse.Namespace):
         parser.error(f"--valid-fraction {args.valid_fraction} must be in [0, 1)")
     if args.lr is not None and not 0 < args.lr < float("inf"):
         parser.error(f"--lr {args.lr} must be a positive number")
+    if not 0 <= args.seed < 2 ** 64:
+        parser.error(f"--seed {args.seed} must be between 0 and 2**64 - 1")
     if args.valid_every < 0:
         parser.error(f"--valid-every {args.valid_every} must be 0 (only at the end) or positive")
     if args.train == "lora":
@@ -146,8 +150,11 @@ def check_args(parser: ArgumentParser, args: argparse.Namespace):
         parser.error(f"--text {args.text} is not a file; give the UTF-8 text to train on")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file, not a folder; choose a folder to write the checkpoint to")
-    if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
-        parser.error(f"--out {args.out} exists and is not empty: choose another --out, or pass --overwrite")
+    # The rule of every command that writes (`checkpoint/atomic.py`): an empty folder is free, a full one is
+    # replaced only with --overwrite, and never the checkpoint or the text this run reads, nor the current folder
+    from labml_nn.neox.checkpoint.atomic import check_target
+    check_target(args.out, overwrite=args.overwrite or (args.out.is_dir() and not any(args.out.iterdir())),
+                 reads=[args.checkpoint, args.text], name="--out")
 
 
 # The written checkpoint is about the size of the model in its stored dtype, plus the trained tensors in fp32.
@@ -234,7 +241,10 @@ def _finetune(argv: Optional[List[str]] = None):
                          f"choose at most {config.n_ctx}")
     if args.train != "lora":
         check_free_space(args.out, modules, stored_dtype)
-    train_ids, valid_ids = split_train_valid(tokenize_file(tokenizer, args.text), args.valid_fraction, seq_len)
+    try:
+        train_ids, valid_ids = split_train_valid(tokenize_file(tokenizer, args.text), args.valid_fraction, seq_len)
+    except ValueError as e:
+        raise DataError(f"--text {args.text}: {e}") from None
     train, valid = TokenWindows(train_ids, seq_len), TokenWindows(valid_ids, seq_len) if len(valid_ids) else None
     if rank == 0:
         print(f"{len(train_ids):,} training tokens ({len(train)} windows of {seq_len}), "
@@ -278,9 +288,12 @@ def _finetune(argv: Optional[List[str]] = None):
                                         extra={"base": str(checkpoint.layout.root.resolve())})
             out = write_checkpoint(args.out, modules, tensor_parallel_size=config.tensor_parallel_size,
                                    tokenizer_path=checkpoint.tokenizer_path, dtype=stored_dtype,
-                                   extra_files=[trained_file], overwrite=args.overwrite)
+                                   extra_files=[trained_file], overwrite=args.overwrite,
+                                   reads=[checkpoint.layout.root, args.text])
+        # The hint names generate.py as seen from where the user is, not from the repository's root
+        generate = os.path.relpath(Path(__file__).resolve().parent / "generate.py")
         print(f"Wrote {out} ({config.tensor_parallel_size} tensor-parallel rank(s), {stored_dtype}); "
-              f"generate with: python samples/generate.py --checkpoint {out}")
+              f"generate with: python {generate} --checkpoint {out}")
     if distributed:
         import torch.distributed as dist
         dist.destroy_process_group()

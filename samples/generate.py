@@ -5,7 +5,9 @@ This sample puts the pieces together: `LayerLoader` (loader.py) reads a checkpoi
 on a CPU `prepare_for_cpu_decoding` (cpu_decoding.py) makes its fp32 products fast (with a small kernel of our
 own, built on the first run with a model of 100 MB or more), `generate_stream` (generation.py) runs the model
 with a key-value cache and picks one token per step, and the tokenizer's `StreamDecoder` turns each token into
-text as soon as it is chosen, so the text appears as it is generated.
+text as soon as it is chosen, so the text appears as it is generated. On a GPU, `prepare_for_gpu_decoding`
+(static_decoding.py) compiles the decoding step and captures it as a CUDA graph, once per batch size, before the
+first generation's prompt runs (counted in that prompt's time); `--no-cuda-graph` turns it off.
 
 With no arguments it loads the **demo model** that ships with the package: a tiny GPT-NeoX trained on
 Shakespeare's plays, stored in the same layout as the 20B slim weights (two tensor-parallel ranks) with its
@@ -55,7 +57,8 @@ labml's loading progress bar.
 
 For `--prompt-file` (one prompt per line) it writes one JSON object per prompt,
 `{"prompt": ..., "completion": ..., "prompt_tokens": ..., "new_tokens": ..., "tokens_per_second": ...}`, to
-`--output`, or to standard output when no `--output` is given; then standard output holds nothing but the JSON
+`--output` (written beside it as `NAME.tmp-XXXX` and renamed when every prompt is done; an existing file is
+replaced only with `--overwrite`, and never the prompt file), or to standard output when no `--output` is given; then standard output holds nothing but the JSON
 lines (labml's progress bar, which it draws on standard output, is then left out). With `--batch-size N`, N
 prompts of different lengths generate together, left-padded to one length (`generation.left_pad`); their
 `prompt_seconds` and `tokens_per_second` are then the batch's.
@@ -93,9 +96,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     source.add_argument("--prompt-file", type=Path,
                         help="a text file with one prompt per line; writes one JSON line per prompt")
     source.add_argument("--interactive", action="store_true",
-                        help="ask for a prompt, generate, and ask again (an empty line or Ctrl-D quits)")
-    parser.add_argument("--output", type=Path, help="with --prompt-file: write the JSON lines here "
-                                                    "(default: standard output)")
+                        help="ask for a prompt, generate, and ask again (an empty line or Ctrl-D quits; Ctrl-C "
+                             "stops the generation under way)")
+    parser.add_argument("--output", type=Path, help="with --prompt-file: write the JSON lines here, all at once "
+                                                    "when every prompt is done (default: standard output)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output if it exists (only when every prompt is done; never the prompt file)")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="with --prompt-file: how many prompts generate together, left-padded to one length "
                              "(faster per prompt; greedy completions are the same as one at a time)")
@@ -105,12 +111,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=0.95,
                         help="sample only among the most likely tokens whose probabilities add up to p")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
+    parser.add_argument("--no-cuda-graph", action="store_true",
+                        help="on a GPU, decode with the eager step instead of the compiled step captured as a CUDA "
+                             "graph (which is compiled first, once per batch size; static_decoding.py)")
     args = check_model_args(parser, parser.parse_args(argv))
     if args.output is not None and args.prompt_file is None:
         parser.error("--output is for --prompt-file")
+    # Where the lines go is checked before the model loads: not the prompt file, nothing that exists unless
+    # --overwrite (`checkpoint/atomic.py`, the rule of every command that writes)
+    if args.output is not None:
+        from labml_nn.neox.checkpoint.atomic import check_target
+        check_target(args.output, overwrite=args.overwrite, reads=[args.prompt_file, args.checkpoint, args.tokenizer],
+                     folder=False, name="--output")
     from labml_nn.neox.generation import check_sampling_args
     try:
-        check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+        check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     except ValueError as e:
         # The library names its arguments as Python does (`top_p`); the command line spells them `--top-p`
         parser.error("--" + str(e).replace("_", "-", 2))
@@ -139,7 +154,8 @@ def load(args: argparse.Namespace, progress: bool):
                              f"pass --tokenizer PATH.")
         tokenizer = load_tokenizer(tokenizer_path)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
+        # A checkpoint that is damaged or does not fit its config is a data error (exit 1), as in `merge`
+        raise DataError(str(e)) from None
     try:
         check_vocabulary(tokenizer, loader.config.n_vocab, tokenizer_path)
     except ValueError as e:
@@ -149,7 +165,21 @@ def load(args: argparse.Namespace, progress: bool):
     # machine for a model of 100 MB or more; `cpu_decoding.py`): same names, same values, same tokens
     if str(args.device) == "cpu":
         model = prepare_for_cpu_decoding(model)
+    # On a GPU, the decoding step compiled and captured as a CUDA graph (`static_decoding.py`), unless turned off
+    elif str(args.device).startswith("cuda") and not args.no_cuda_graph:
+        model = prepare_for_gpu_or_say_why(model)
     return model, tokenizer
+
+
+# The compiled step where it can run; where it cannot, the model as it is, and one line on stderr that says why. (A
+# compile that fails does the same, from `StaticDecoder`, when the first generation starts.)
+def prepare_for_gpu_or_say_why(model):
+    from labml_nn.neox.static_decoding import StaticDecodingUnavailable, prepare_for_gpu_decoding
+    try:
+        return prepare_for_gpu_decoding(model)
+    except StaticDecodingUnavailable as e:
+        print(f"[decoding without a CUDA graph: {e}]", file=sys.stderr, flush=True)
+        return model
 
 
 # ## Generating for one prompt
@@ -160,7 +190,7 @@ def load(args: argparse.Namespace, progress: bool):
 # printed.
 def complete(model, tokenizer, prompt: str, args: argparse.Namespace, on_text=None) -> dict:
     from labml_nn.neox.generation import generate_stream
-    from labml_nn.neox.tokenizer import StreamDecoder, encode
+    from labml_nn.neox.tokenizer import StreamDecoder, encode, known_id
 
     config = model[0].config
     ids = encode(tokenizer, prompt) if prompt else [config.eos_token_id]
@@ -188,6 +218,9 @@ def complete(model, tokenizer, prompt: str, args: argparse.Namespace, on_text=No
         if on_text is not None and text:
             on_text(text)
     end = time.perf_counter()
+    unknown = [token for token in new_ids if not known_id(tokenizer, token)]
+    if unknown:
+        warn_unknown_ids(unknown, len(new_ids))
     # The stream holds back the bytes of a character that is not complete yet; if the generation stops in the
     # middle of one, those bytes are printed as decoding all the tokens at once prints them (as U+FFFD), so that
     # the completion is the same streamed or batched
@@ -212,7 +245,7 @@ def complete(model, tokenizer, prompt: str, args: argparse.Namespace, on_text=No
 # step runs every prompt, and each later step one token of every row.
 def complete_batch(model, tokenizer, prompts: List[str], args: argparse.Namespace) -> List[dict]:
     from labml_nn.neox.generation import generate_stream, left_pad
-    from labml_nn.neox.tokenizer import encode
+    from labml_nn.neox.tokenizer import encode, known_id
 
     config = model[0].config
     encoded = [encode(tokenizer, prompt) or [config.eos_token_id] for prompt in prompts]
@@ -238,12 +271,25 @@ def complete_batch(model, tokenizer, prompts: List[str], args: argparse.Namespac
                 ended[row] = token in config.stop_token_ids
                 new[row].append(token)
     end = time.perf_counter()
+    for tokens in new:
+        unknown = [token for token in tokens if not known_id(tokenizer, token)]
+        if unknown:
+            warn_unknown_ids(unknown, len(tokens))
     decode_time = end - (first_token_at or end)
     speed = round((n_steps - 1) / decode_time, 2) if n_steps > 1 and decode_time > 0 else None
     return [{"prompt": prompt, "completion": tokenizer.decode(tokens, skip_special_tokens=True),
              "prompt_tokens": len(ids) if prompt else 0, "new_tokens": len(tokens),
              "prompt_seconds": round((first_token_at or end) - start, 4), "tokens_per_second": speed}
             for prompt, ids, tokens in zip(prompts, encoded, new)]
+
+
+# An id the tokenizer lacks (one of the model's padding rows, see `tokenizer.check_vocabulary`) decodes to nothing.
+# The model chose it, so it stays in the count of new tokens, and a line on standard error says so, rather than
+# let a completion come out shorter or empty without a word.
+def warn_unknown_ids(unknown: List[int], n_new: int):
+    print(f"warning: {len(unknown)} of the {n_new} generated ids ({', '.join(map(str, sorted(set(unknown))[:5]))}"
+          f"{', ...' if len(set(unknown)) > 5 else ''}) are not in the tokenizer and print nothing; are the "
+          f"model and its tokenizer a pair? (--tokenizer)", file=sys.stderr, flush=True)
 
 
 # The speed line goes to standard error, so that redirecting standard output keeps only the text
@@ -271,26 +317,60 @@ def run_one(model, tokenizer, prompt: Optional[str], args):
     report(result)
 
 
+# In the interactive mode a mistake ends only its turn: a prompt too long, or bytes that are not UTF-8 (a binary
+# file piped in, a terminal in another encoding), get their error line and the next prompt. Ctrl-C during a
+# generation stops that generation and asks again; Ctrl-C or Ctrl-D at the prompt quits.
 def run_interactive(model, tokenizer, args):
-    print("Type a prompt and press Enter; an empty line or Ctrl-D quits.", file=sys.stderr)
+    print("Type a prompt and press Enter; an empty line or Ctrl-D quits. Ctrl-C stops a generation.",
+          file=sys.stderr)
+    # Read bytes that are not UTF-8 as lone surrogates (checked below, line by line) rather than let the decoder
+    # fail on a whole buffer of lines at once
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             prompt = input("\n> ")
         except EOFError:
             break
+        except UnicodeDecodeError as e:
+            print(f"error: the prompt is not UTF-8 text ({e.reason} at byte {e.start}); type it again",
+                  file=sys.stderr)
+            continue
         if not prompt.strip():
             break
+        try:
+            # Python reads bytes that are not UTF-8 as lone surrogates, which no tokenizer can encode
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            print(f"error: the prompt is not UTF-8 text (a byte that is not UTF-8 at character {e.start}); "
+                  f"type it again", file=sys.stderr)
+            continue
         try:
             run_one(model, tokenizer, prompt, args)
         except UsageError as e:
             print(f"error: {e}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("\n[generation stopped]", file=sys.stderr, flush=True)
+
+
+def read_prompts(path: Path) -> List[str]:
+    check_prompt_file(path)
+    try:
+        return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as e:
+        raise DataError(f"--prompt-file {path} is not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}); "
+                        f"give a text file with one prompt per line") from None
+
+
+def check_prompt_file(path: Path):
+    if path.is_dir():
+        raise UsageError(f"--prompt-file {path} is a folder; give a text file with one prompt per line")
+    if not path.is_file():
+        raise UsageError(f"--prompt-file {path} does not exist; give a text file with one prompt per line")
 
 
 def run_prompt_file(model, tokenizer, args, out: TextIO):
-    try:
-        prompts = [line.rstrip("\n") for line in args.prompt_file.read_text().splitlines()]
-    except FileNotFoundError:
-        raise UsageError(f"Prompt file {args.prompt_file} does not exist.") from None
+    prompts = read_prompts(args.prompt_file)
     prompts = [p for p in prompts if p.strip()]
     if not prompts:
         raise UsageError(f"{args.prompt_file} has no prompts (one per line).")
@@ -312,8 +392,8 @@ def _generate(argv: Optional[List[str]] = None) -> int:
     json_to_stdout = args.prompt_file is not None and args.output is None
     progress = sys.stdout.isatty() and not json_to_stdout
     try:
-        if args.prompt_file is not None and not args.prompt_file.is_file():
-            raise UsageError(f"Prompt file {args.prompt_file} does not exist.")
+        if args.prompt_file is not None:
+            check_prompt_file(args.prompt_file)
         start = time.perf_counter()
         model, tokenizer = load(args, progress=progress)
         if not progress:
@@ -323,7 +403,11 @@ def _generate(argv: Optional[List[str]] = None) -> int:
             if json_to_stdout:
                 run_prompt_file(model, tokenizer, args, sys.stdout)
             else:
-                with open(args.output, "w") as out:
+                # Written aside and renamed when every prompt is done: a failed or interrupted run leaves what
+                # was at --output as it was
+                from labml_nn.neox.checkpoint.atomic import atomic_file
+                with atomic_file(args.output, overwrite=args.overwrite, name="--output",
+                                 reads=[args.prompt_file, args.checkpoint, args.tokenizer]) as out:
                     run_prompt_file(model, tokenizer, args, out)
         elif args.interactive:
             run_interactive(model, tokenizer, args)

@@ -93,6 +93,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = check_model_args(parser, parser.parse_args(argv))
     if not args.prompt:
         parser.error("--prompt is empty; give some text to continue")
+    from labml_nn.neox.generation import check_sampling_args
+    try:
+        check_sampling_args(args.max_new_tokens, args.temperature, None, None, args.seed)
+    except ValueError as e:
+        parser.error("--" + str(e).replace("_", "-", 2))
     return args
 
 
@@ -173,8 +178,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     quiet_bitsandbytes()
     device = torch.device(args.device)
+    # Without a working bitsandbytes the sample runs our plain PyTorch implementation, says so in one line first,
+    # and names it everywhere after (the header, the loader), so no library warning repeats it
     if args.implementation == "bitsandbytes" and bitsandbytes_problem(device.type) is not None:
-        print(f"note: {bitsandbytes_problem(device.type)}; the plain PyTorch implementation is used instead")
+        print(f"note: {bitsandbytes_problem(device.type)}; using the plain PyTorch implementation instead "
+              f"(--implementation reference)", file=sys.stderr)
+        args.implementation = "reference"
     print(f"LLM.int8 ({args.implementation}, threshold {args.threshold}) of {args.checkpoint} on {device}")
 
     if device.type == "cuda":

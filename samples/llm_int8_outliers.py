@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from labml_nn.neox.cli import (DTYPES, ArgumentParser, HelpFormatter, add_model_args, check_model_args, output_home,
-                               quiet_bitsandbytes, run_command)
+                               quiet_bitsandbytes, require_extra, run_command, DataError)
 # The four linear layers of a transformer layer, by their checkpoint names (those LLM.int8 converts)
 from labml_nn.neox.llm_int8 import LINEAR_LAYERS
 
@@ -113,7 +113,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", "--output", dest="output", type=Path,
                         default=output_home("figures", "llm_int8_outliers.png"),
                         help="where to write the figure (PNG)")
-    return check_model_args(parser, parser.parse_args(argv))
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it exists (the default figure, in our own folder, is always replaced)")
+    args = check_model_args(parser, parser.parse_args(argv))
+    # The rule of every command that writes (`checkpoint/atomic.py`): a figure the user named is not replaced
+    # unless --overwrite; the default one lives in our own folder (`cli.output_home`) and is
+    if args.output == parser.get_default("output"):
+        args.overwrite = True
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+    from labml_nn.neox.checkpoint.atomic import check_target
+    check_target(args.output, overwrite=args.overwrite, folder=False, name="--out",
+                 reads=[args.checkpoint, args.text_file])
+    return args
 
 
 # ## Recording the inputs of each linear layer
@@ -206,15 +217,19 @@ def systematic(recorder: OutlierRecorder, n_layers: int) -> str:
 #
 # Four panels, one per linear layer, with input dimension across and transformer layer up, a square where the
 # threshold was reached, larger and brighter for more tokens; a fifth panel with each layer's largest $|X_{ik}|$.
-def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path):
+def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path, overwrite: bool = True):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    height = max(4.8, 2 + 0.1 * n_layers)
-    fig, axes = plt.subplots(1, 5, figsize=(22, height), gridspec_kw={"width_ratios": [1, 1, 1, 1, 0.8]})
+    # Two rows: the four linear layers' inputs, and beside them the largest input per layer; sized so that the
+    # text reads at 10 px or more when the website shows it across its page
+    height = max(7.0, 4 + 0.15 * n_layers)
+    fig = plt.figure(figsize=(11, height), layout="constrained")
+    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1, 0.9])
+    axes = [fig.add_subplot(grid[i // 2, i % 2]) for i in range(4)]
     scatter = None
     for ax, name in zip(axes, LINEAR_LAYERS):
         width = None
@@ -225,34 +240,42 @@ def figure(recorder: OutlierRecorder, n_layers: int, title: str, output: Path):
             width = counts.numel()
             hit = counts.nonzero().squeeze(1)
             fraction = counts[hit].float() / recorder.n_tokens
-            scatter = ax.scatter(hit.numpy(), [layer] * hit.numel(), c=fraction.numpy(), s=14 + 60 * fraction.numpy(),
+            scatter = ax.scatter(hit.numpy(), [layer] * hit.numel(), c=fraction.numpy(), s=20 + 60 * fraction.numpy(),
                                  cmap="viridis", vmin=0, vmax=1, marker="s")
         ax.set_xlim(0, width or 1)
         ax.set_ylim(-0.5, n_layers - 0.5)
-        ax.set_title(f"input of {name.split('.')[1]}" + (f" (K = {width})" if width else ""))
-        ax.set_xlabel("input dimension k")
+        ax.set_title(f"input of {name.split('.')[1]}" + (f" (K = {width})" if width else ""), fontsize=12)
+        ax.set_xlabel("input dimension k", fontsize=11)
+        ax.set_ylabel("layer", fontsize=11)
+        ax.tick_params(labelsize=10)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("layer")
     if scatter is not None:
-        fig.colorbar(scatter, ax=axes[3], label=f"fraction of tokens with |x| >= {recorder.threshold:g}")
+        bar = fig.colorbar(scatter, ax=axes, location="bottom", shrink=0.6, aspect=40)
+        bar.set_label(f"fraction of tokens with |x| >= {recorder.threshold:g}", fontsize=11)
+        bar.ax.tick_params(labelsize=10)
 
-    ax = axes[4]
+    ax = fig.add_subplot(grid[:, 2])
     for name in LINEAR_LAYERS:
         values = [float(recorder.magnitude[layer, name].max()) for layer in range(n_layers)
                   if (layer, name) in recorder.magnitude]
         ax.plot(range(len(values)), values, marker="o", label=name.split(".")[1])
     ax.axhline(recorder.threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {recorder.threshold:g}")
     ax.set_yscale("log")
+    # plain numbers on the log axis (10^1's exponent would be set smaller than the text)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("layer")
-    ax.set_title("largest |x| in the input")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("layer", fontsize=11)
+    ax.set_title("largest |x| in the input", fontsize=12)
+    ax.tick_params(labelsize=10)
+    ax.legend(fontsize=10)
     ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
+    fig.suptitle(title, fontsize=12)
+    # Written beside `output` and renamed when complete (`checkpoint/atomic.py`)
+    from labml_nn.neox.checkpoint.atomic import atomic_file
+    with atomic_file(output, overwrite=overwrite, binary=True, name="--out") as f:
+        fig.savefig(f, dpi=110, format=Path(output).suffix.lstrip(".").lower() or "png")
     plt.close(fig)
 
 
@@ -262,6 +285,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from labml_nn.neox.tokenizer import encode, load_tokenizer
 
     args = parse_args(argv)
+    # The figure needs matplotlib (the int8 extra): say so before the model is loaded and run, not after
+    require_extra("matplotlib", "The outlier figure of samples/llm_int8_outliers.py")
     quiet_bitsandbytes()
     loader = LayerLoader(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
                          trust_pickle=args.trust_pickle, revision=args.revision, base=args.base)
@@ -270,7 +295,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: no tokenizer beside {args.checkpoint}", file=sys.stderr)
         return 2
     tokenizer = load_tokenizer(loader.checkpoint.tokenizer_path)
-    text = args.text_file.read_text() if args.text_file else TEXT
+    try:
+        text = args.text_file.read_text(encoding="utf-8") if args.text_file else TEXT
+    except UnicodeDecodeError as e:
+        raise DataError(f"--text-file {args.text_file} is not UTF-8 text (byte {e.start}); give a text file") from None
     ids = encode(tokenizer, text)[:min(args.max_tokens, config.n_ctx)]
     model = NeoXModel(*loader.load())
 
@@ -288,7 +316,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(systematic(recorder, config.n_layers) or "none")
     title = (f"Outlier features of {args.checkpoint.name or args.checkpoint} on {len(ids)} tokens: inputs with "
              f"|x| >= {args.threshold:g}")
-    figure(recorder, config.n_layers, title, args.output)
+    figure(recorder, config.n_layers, title, args.output, overwrite=args.overwrite)
     print(f"\nFigure saved to {args.output}")
     return 0
 

@@ -191,17 +191,26 @@ def main():
     parser.add_argument("--evaluate", type=Path, nargs="?", const=DEMO_CHECKPOINT,
                         help="only print the validation figures of a written checkpoint (default: the demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out and --state if they exist (only on success; never what this run reads)")
     args = parser.parse_args()
     if args.replace_shipped_demo and args.out is not None:
         parser.error("give either --out or --replace-shipped-demo, not both")
-    overwrite = args.replace_shipped_demo
+    overwrite = args.replace_shipped_demo or args.overwrite
     if args.replace_shipped_demo:
         args.out = DEMO_CHECKPOINT
     elif args.out is None:
         args.out = output_home("models", time.strftime("demo-%Y%m%d-%H%M%S"))
-    if not args.evaluate and args.out.exists() and not overwrite:
-        parser.error(f"{args.out} exists; choose a new --out (the checkpoint is written into a new folder)")
+    # The rule of every command that writes (`checkpoint/atomic.py`), checked before the training
+    if not args.evaluate:
+        from labml_nn.neox.checkpoint.atomic import check_target
+        reads = [args.texts, args.from_state]
+        check_target(args.out, overwrite=overwrite, reads=reads, name="--out")
+        if args.state is not None:
+            check_target(args.state, overwrite=args.overwrite, reads=reads, folder=False, name="--state")
 
+    if not 0 <= args.seed < 2 ** 64:
+        parser.error(f"--seed {args.seed} must be between 0 and 2**64 - 1")
     torch.manual_seed(args.seed)
     texts = shakespeare_texts(args.texts)
     train_docs, valid_docs = split_works(texts)
@@ -245,15 +254,17 @@ def main():
                 trainer.train()
             print(f"\nTraining took {(time.time() - start) / 60:.1f} minutes")
             if args.state:
-                torch.save({"config": config.to_dict(), "tokenizer": tokenizer_path.read_text(),
-                            "layers": [m.state_dict() for m in layers]}, args.state)
+                from labml_nn.neox.checkpoint.atomic import atomic_file
+                with atomic_file(args.state, overwrite=args.overwrite, binary=True, name="--state") as f:
+                    torch.save({"config": config.to_dict(), "tokenizer": tokenizer_path.read_text(),
+                                "layers": [m.state_dict() for m in layers]}, f)
 
         # ### Writing the checkpoint
         #
         # The 20B slim layout with two tensor-parallel ranks, written into a temporary folder beside `--out`
         # and renamed when complete, so that an interrupted run never leaves a half-written checkpoint.
         write_checkpoint(args.out, layers, tensor_parallel_size=2, tokenizer_path=tokenizer_path,
-                         dtype=DTYPES[args.dtype], overwrite=overwrite)
+                         dtype=DTYPES[args.dtype], overwrite=overwrite, reads=[args.texts, args.from_state])
         print(f"Checkpoint written to {args.out}")
 
     # ### The figures, from the checkpoint as written (with fp16-rounded weights)

@@ -312,3 +312,42 @@ def hf_logits(model, seed: int = 0, batch: int = 2, length: int = 12) -> torch.T
     ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=gen)
     with torch.no_grad():
         return model(ids).logits
+
+
+def make_attention_sensitive_hf_model(seed: int = 0, **overrides):
+    r"""
+    A tiny model whose greedy tokens depend on attention. In `make_tiny_hf_model`'s model the argmax is decided by
+    each token's own path through the FFNs, so a wrong rotary sign or attention scale leaves greedy tokens as they
+    were; here the queries and keys are 4x larger (scores 16x, so attention is sharp and position matters), the
+    attention's output 4x larger and the FFN's 4x smaller. `attention_mutations` checks that this holds.
+    """
+    model = make_tiny_hf_model(seed, **overrides)
+    with torch.no_grad():
+        for layer in model.gpt_neox.layers:
+            layer.attention.query_key_value.weight.mul_(4)
+            layer.attention.dense.weight.mul_(4)
+            layer.mlp.dense_4h_to_h.weight.mul_(0.25)
+    return model
+
+
+def attention_mutations():
+    r"""
+    Two plausible bugs as `(name, patch)` pairs, each `patch(monkeypatch)` applying one to `model.py`: keys and
+    queries rotated the wrong way (the sign of $\sin$), and scores scaled by $1/D$ instead of $1/\sqrt{D}$. A test
+    that compares tokens checks with them that its model can tell.
+    """
+    import torch.nn.functional as F
+    from labml_nn.neox import model as model_py
+
+    def wrong_rotary_sign(monkeypatch):
+        tables = model_py.RotaryEmbedding.tables
+        monkeypatch.setattr(model_py.RotaryEmbedding, "tables",
+                            lambda self, end, device: (lambda cs: (cs[0], -cs[1]))(tables(self, end, device)))
+
+    def wrong_attention_scale(monkeypatch):
+        def attend(self, q, k, v, offset, padding=None):
+            return F.scaled_dot_product_attention(q, k, v, scale=1 / q.shape[-1], **self._mask(offset, q.shape[2],
+                                                                                              q.device, padding))
+        monkeypatch.setattr(model_py.Attention, "attend", attend)
+
+    return [("wrong rotary sign", wrong_rotary_sign), ("wrong attention scale", wrong_attention_scale)]

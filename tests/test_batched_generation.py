@@ -14,7 +14,8 @@ pytest.importorskip("transformers")
 
 from labml_nn.neox.generation import generate, left_pad  # noqa: E402
 from labml_nn.neox.model import KVCache  # noqa: E402
-from helpers import make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
+from helpers import (attention_mutations, make_attention_sensitive_hf_model, make_tiny_hf_model,  # noqa: E402
+                     our_model_from_hf, random_ids)
 
 # Three prompts of 3, 11 and 7 tokens: the padding is 8, 0 and 4
 LENGTHS = (3, 11, 7)
@@ -68,8 +69,9 @@ def test_the_padding_id_does_not_matter():
     assert torch.equal(a[real], b[real])
 
 
-def test_greedy_tokens_equal_transformers_batched_generate_with_left_padding():
-    hf = make_tiny_hf_model(seed=26)
+def test_greedy_tokens_equal_transformers_batched_generate_with_left_padding(monkeypatch):
+    # On a model whose greedy tokens depend on attention; checked at the end
+    hf = make_attention_sensitive_hf_model(seed=26)
     model = our_model_from_hf(hf)
     prompts = uneven_prompts(hf.config.vocab_size, seed=27)
     ids, padding = left_pad(prompts, pad_id=0)
@@ -82,3 +84,8 @@ def test_greedy_tokens_equal_transformers_batched_generate_with_left_padding():
     for row, prompt in enumerate(prompts):
         alone = generate(model, torch.tensor([prompt]), 20, eos_token_id=None)
         assert torch.equal(got[row, ids.shape[1]:], alone[0, len(prompt):])
+    for name, mutate in attention_mutations():
+        with monkeypatch.context() as patch:
+            mutate(patch)
+            wrong = generate(our_model_from_hf(hf), ids, 20, temperature=0.0, eos_token_id=None, padding=padding)
+            assert not torch.equal(wrong, expected), name

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("samples/*.py"), *ROOT.glob("benchmarks/*.py")])
-MODULES = ["labml_nn.neox.checkpoint.__main__", "labml_nn.neox.evaluation.__main__"]
+MODULES = ["labml_nn.neox.checkpoint.__main__", "labml_nn.neox.evaluation.__main__", "labml_nn.neox.onnx_export"]
 
 
 # A BaseException, so that a command's `run_command` (which turns every Exception into a message) lets it through

@@ -34,7 +34,10 @@ from test_docs_site import ROOT, build_site  # noqa: E402  (shares the session's
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = ROOT / "test-artifacts" / "docs"
+# Screenshots for a person to look at, outside the repository: `$NEOX_TEST_ARTIFACTS/docs`, or the system's
+# temporary folder
+ARTIFACTS = Path(os.environ.get("NEOX_TEST_ARTIFACTS")
+                 or Path(tempfile.gettempdir()) / "labml-nn-neox-test-artifacts") / "docs"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
                   "--disable-default-apps", "--mute-audio", "--hide-scrollbars", "--remote-debugging-pipe"]
@@ -408,3 +411,51 @@ def test_the_site_works_from_disk(browser):
     browser.screenshot(ARTIFACTS / "from-disk-model-1280.png")
     assert found["url"].startswith("file://") and found["url"].endswith("neox/model.html"), found
     assert found["title"].startswith("GPT-NeoX model") and found["sections"] > 10, found
+
+
+# The smallest text of each figure as the browser shows it. A figure is an SVG in an `<img>`, scaled to the width
+# it is shown at: text of `f` units (the SVG's own, matplotlib writes them as `font-size: 10px`) in an SVG whose
+# viewBox is `W` units wide, shown `w` CSS px wide (the image's box less its padding), is `f * w / W` px tall.
+FIGURE_TEXT = """Promise.all([...document.querySelectorAll('.ann-figure')].map(async figure => {
+  const img = figure.querySelector('img'), box = figure.querySelector('a');
+  await img.decode().catch(() => null);
+  const svg = new DOMParser().parseFromString(await (await fetch(img.src)).text(), 'image/svg+xml').documentElement;
+  const sizes = [];
+  for (const e of svg.querySelectorAll('*')) {
+    const style = (e.getAttribute('style') || '') + ';font-size:' + (e.getAttribute('font-size') || '');
+    for (const m of style.matchAll(/font(?:-size)?:[^;]*?([0-9.]+)px/g)) sizes.push(parseFloat(m[1]));
+  }
+  const css = getComputedStyle(img);
+  const shown = img.getBoundingClientRect().width - parseFloat(css.paddingLeft) - parseFloat(css.paddingRight);
+  return {id: figure.id, texts: sizes.length, smallest: Math.min(...sizes) * shown / svg.viewBox.baseVal.width,
+          scrolls: box.scrollWidth > box.clientWidth + 1, cue: figure.classList.contains('ann-figure-scrolls'),
+          page: document.documentElement.scrollWidth > window.innerWidth + 1};
+}))"""
+
+
+def test_every_figure_s_text_is_at_least_10_px_at_1280_and_390(browser, real_url):
+    site = build_site("real")
+    pages = sorted({p for p in _annotated_pages(site) if 'class="ann-figure' in (site / p).read_text(encoding="utf-8")})
+    for width in (1280, 390):
+        browser.set_width(width)
+        measured, bad = 0, []
+        for page in pages:
+            browser.goto(f"{real_url}/{page}")
+            for found in browser.evaluate(FIGURE_TEXT):
+                measured += 1
+                where = f"{page} {found['id']} at {width} px"
+                if not found["texts"] or found["smallest"] < 10 - 0.05:
+                    bad.append(f"{where}: smallest text {found['smallest']:.1f} px ({found['texts']} sizes)")
+                if found["page"]:
+                    bad.append(f"{where}: the page scrolls sideways")
+                # on a wide screen every figure fits its column; on a phone a figure too wide to shrink scrolls in
+                # its own box, and says so
+                if width == 1280 and found["scrolls"]:
+                    bad.append(f"{where}: wider than its column")
+                if found["cue"] != found["scrolls"]:
+                    bad.append(f"{where}: scrolls {found['scrolls']} but its cue is {found['cue']}")
+        assert measured >= 11
+        assert not bad, "\n".join(bad)
+    browser.set_width(390)
+    browser.goto(f"{real_url}/labml_nn/neox/tensor_parallel.html#figure-tp-qkv-layout")
+    browser.screenshot(ARTIFACTS / "tensor-parallel-figure-390.png")

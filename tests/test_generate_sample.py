@@ -137,3 +137,15 @@ def test_bad_input_fails_with_a_message_not_a_traceback(sample, checkpoint, tmp_
 
     assert sample.main(["--checkpoint", str(checkpoint), "--prompt-file", str(tmp_path / "none.txt")]) == 2
     assert "none.txt" in capsys.readouterr().err
+
+
+# On a GPU the sample decodes through the compiled static step (`static_decoding.py`) unless `--no-cuda-graph`;
+# where that cannot run, it says why in one line and decodes with the model as it is. (Here, a model on the CPU.)
+def test_without_a_cuda_graph_the_sample_says_why_in_one_line_and_goes_on(sample, capsys):
+    from helpers import our_model_from_hf
+
+    model = our_model_from_hf(make_tiny_hf_model())
+    assert sample.prepare_for_gpu_or_say_why(model) is model
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("[decoding without a CUDA graph: the model is on cpu")
+    assert sample.main(["--help"]) == 0 and "--no-cuda-graph" in capsys.readouterr().out

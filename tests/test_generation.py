@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 
 from labml_nn.neox.generation import generate, generate_stream, sample_next  # noqa: E402
 from labml_nn.neox.model import KVCache  # noqa: E402
-from helpers import make_tiny_hf_model, our_model_from_hf, random_ids  # noqa: E402
+from helpers import (attention_mutations, make_attention_sensitive_hf_model, make_tiny_hf_model,  # noqa: E402
+                     our_model_from_hf, random_ids)
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +75,78 @@ def test_two_generations_share_no_state(hf_and_ours):
 
 # ## Greedy decoding against transformers
 
-def test_greedy_tokens_equal_transformers_generate(hf_and_ours):
-    hf, model = hf_and_ours
+# On a model whose greedy tokens depend on attention (`helpers.make_attention_sensitive_hf_model`): the test checks
+# that a wrong rotary sign or a wrong attention scale would change them, so that passing means something
+def test_greedy_tokens_equal_transformers_generate(monkeypatch):
+    hf = make_attention_sensitive_hf_model(seed=3)
+    model = our_model_from_hf(hf)
     ids = random_ids(hf.config.vocab_size, batch=2, length=8, seed=5)
     expected = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24,
                            min_new_tokens=24, pad_token_id=0)
     got = generate(model, ids, 24, temperature=0.0, eos_token_id=None)
     assert torch.equal(got, expected)
+    for name, mutate in attention_mutations():
+        with monkeypatch.context() as patch:
+            mutate(patch)
+            model = our_model_from_hf(hf)
+            assert not torch.equal(generate(model, ids, 24, temperature=0.0, eos_token_id=None), expected), name
+
+
+# ## The cache against transformers' cache
+#
+# Step by step, with the same weights: a prompt of 7 tokens, a chunk of 4, then one token at a time; at every step
+# our logits with our `KVCache` against transformers' with its `past_key_values`. On the attention-sensitive model,
+# so that a cache that stored keys before rotating them, or in the wrong slots, shows.
+def hf_step(hf, ids, past):
+    """transformers' forward with its cache: `(logits, cache)`. transformers 5.x names the cache `cache` (it was
+    `past_key_values`, still accepted with a deprecation warning)."""
+    import inspect
+    name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    out = hf(ids, use_cache=True, **({name: past} if past is not None else {}))
+    return out.logits, out[name] if name in out else out.past_key_values
+
+
+def test_cached_logits_equal_transformers_cached_logits_step_by_step():
+    hf = make_attention_sensitive_hf_model(seed=8)
+    model = our_model_from_hf(hf)
+    ids = random_ids(hf.config.vocab_size, batch=2, length=20, seed=9)
+    chunks = [(0, 7), (7, 11)] + [(t, t + 1) for t in range(11, 20)]
+    cache, past = KVCache(max_len=20), None
+    with torch.no_grad():
+        for start, end in chunks:
+            ours = model(ids[:, start:end], cache)
+            logits, past = hf_step(hf, ids[:, start:end], past)
+            assert (ours - logits).abs().max().item() < 1e-4, (start, end)
+    assert cache.offset == 20
+
+
+# The same comparison holds only if it can fail: a wrong rotary sign or attention scale breaks it
+def test_the_cache_comparison_catches_attention_bugs(monkeypatch):
+    hf = make_attention_sensitive_hf_model(seed=8)
+    ids = random_ids(hf.config.vocab_size, batch=2, length=12, seed=9)
+    with torch.no_grad():
+        _, past = hf_step(hf, ids[:, :8], None)
+        expected, _ = hf_step(hf, ids[:, 8:], past)
+    for name, mutate in attention_mutations():
+        with monkeypatch.context() as patch:
+            mutate(patch)
+            model, cache = our_model_from_hf(hf), KVCache(max_len=12)
+            with torch.no_grad():
+                model(ids[:, :8], cache)
+                assert (model(ids[:, 8:], cache) - expected).abs().max().item() > 1e-2, name
+
+
+# ## A model that generated can train
+#
+# Generation runs under `torch.inference_mode`; the rotary tables it makes on the first call must still be usable
+# by a forward pass that records gradients (a notebook that samples, then fine-tunes).
+def test_a_model_that_generated_can_train():
+    model = our_model_from_hf(make_tiny_hf_model(seed=12))
+    ids = random_ids(96, batch=2, length=6, seed=13)
+    generate(model, ids, 3)
+    model.train()
+    model(ids).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_batch_rows_generate_as_they_would_alone(hf_and_ours):

@@ -119,6 +119,71 @@ def test_reference_layer_computes_the_decomposition_formula():
     assert relative_error(y, expected) < 1e-6
 
 
+# The outlier rule itself, $|X_{ik}| \ge \alpha$ for some token $i$, on inputs that tell it from its plausible
+# mistakes: a column negative in every row (missed without the absolute value), columns whose largest magnitude is
+# just above, exactly at, or just below the threshold (misjudged by another threshold, or by `>` for `>=`). Which
+# columns are outliers is written out here, not computed by a rule, and the layer's output must equal the
+# decomposition with exactly those columns taken out.
+NEAR_THRESHOLD = {  # column: (its entries, set below; whether it is an outlier at alpha = 6)
+    7: ("-9 in every row", True),
+    19: ("+6.5 in one row", True),
+    33: ("-6.0 in one row, exactly the threshold", True),
+    50: ("-5.9 in every row", False),
+    61: ("+5.99 in one row", False),
+}
+
+
+def test_outlier_columns_are_those_with_an_entry_of_magnitude_at_least_the_threshold():
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(24, 256, generator=gen).clamp(-3, 3)
+    x[:, 7] = -9.0
+    x[4, 19] = 6.5
+    x[9, 33] = -6.0
+    x[:, 50] = -5.9
+    x[2, 61] = 5.99
+    outlier = torch.zeros(256, dtype=torch.bool)
+    outlier[[column for column, (_, is_outlier) in NEAR_THRESHOLD.items() if is_outlier]] = True
+
+    layer = Int8Linear.from_linear(random_linear(5), threshold=6.0)
+    expected = decomposition(layer, x, outlier)
+    assert relative_error(layer(x), expected) < 1e-6
+    # The inputs can tell: the same formula with any one of these columns judged the other way is far off
+    for column, (what, is_outlier) in NEAR_THRESHOLD.items():
+        wrong = outlier.clone()
+        wrong[column] = not is_outlier
+        assert relative_error(decomposition(layer, x, wrong), expected) > 1e-4, what
+
+
+def decomposition(layer: Int8Linear, x: torch.Tensor, outlier: torch.Tensor) -> torch.Tensor:
+    """The formula of `test_reference_layer_computes_the_decomposition_formula`, in float64, for given columns."""
+    x64, w_q, s_w, b = x.double(), layer.weight.double(), layer.weight_step.double(), layer.bias.double()
+    regular = x64.masked_fill(outlier, 0.0)
+    s_x = regular.abs().amax(dim=1) / 127
+    x_q = torch.round(regular / s_x[:, None])
+    w_hat = w_q * s_w[:, None]
+    return x64[:, outlier] @ w_hat[:, outlier].t() + (s_x[:, None] * s_w[None, :]) * (x_q @ w_q.t()) + b
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_one_signed_outlier_column_is_kept_in_floating_point(implementation):
+    r"""
+    Column 7 is $-20$ in every row. Taken out, it is exact and the rest quantize with steps set by entries of about
+    3; left in, it would set every row's step at $20/127$ and the small entries would lose most of their bits.
+    """
+    _needs(implementation)
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(24, 256, generator=gen).clamp(-3, 3)
+    x[:, 7] = -20.0
+    x = x.half().float()
+    linear = random_linear(6)
+    with torch.no_grad():
+        linear.weight.copy_(linear.weight.half().float())
+        exact = linear(x).double()
+        plain = make_llm_int8_linear(linear, 0.0, implementation)(x)
+    y = make_llm_int8_linear(linear, 6.0, implementation)(x)
+    assert relative_error(y, exact) < relative_error(plain, exact) / 3
+
+
 # ## Reference against bitsandbytes
 
 def test_reference_matches_bitsandbytes_on_the_same_layer():

@@ -9,9 +9,14 @@ A figure names the module and the symbol (a class, a function, `Class.method`) i
 it in the prose column of the section whose code holds that symbol's `def`, or in a row of its own above that
 section (`wide`). A symbol that no longer exists is a warning, which fails `mkdocs build --strict`.
 
-Drawing takes seconds (the demo model, a random model with outliers), so each SVG is cached in
-`.cache/docs-figures/` (gitignored), keyed by a hash of this file, of `figure_makers.py` and of every file the
-figure reads: a warm build only reads the cache.
+A page's prose can also print numbers its figures' code computes: `{{name}}` in a comment block is replaced by the
+value `name` that a function of `figure_makers.VALUES` gives for that module (the tensor-parallel page's logit
+errors). A name no function gives is a warning, so a number cannot silently go missing.
+
+Drawing takes seconds (the demo model, a random model with outliers), so each SVG is cached outside the
+repository, in `docs-figures/` of the folder where our commands write (`~/.cache/labml-nn-neox`, or
+`$LABML_NN_NEOX_HOME`; `cli.output_home`), keyed by a hash of this file, of `figure_makers.py` and of every file
+the figure reads: a warm build only reads the cache.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import html
 import io
 import logging
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -29,7 +35,10 @@ import figure_makers
 
 log = logging.getLogger("mkdocs.hooks.annotate")
 
-CACHE = Path(".cache") / "docs-figures"
+
+def _cache_folder() -> Path:
+    from labml_nn.neox.cli import output_home
+    return output_home("docs-figures")
 
 
 @dataclass
@@ -47,9 +56,9 @@ class Figure:
         return f"figures/{self.name}.svg"
 
 
-def _cache_key(root: Path, figure: Figure, depends: tuple) -> str:
+def _cache_key(root: Path, depends: tuple) -> str:
     digest = hashlib.sha256()
-    for path in (Path(__file__), Path(figure_makers.__file__)):
+    for path in (Path(__file__), *sorted(Path(figure_makers.__file__).parent.glob("figure_makers*.py"))):
         digest.update(path.read_bytes())
     for name in depends:
         for path in sorted((root / name).rglob("*")) if (root / name).is_dir() else [root / name]:
@@ -123,7 +132,7 @@ def place(root: Path, modules) -> dict:
             problems.append(f"figure {figure.name}: {figure.module} has no `{figure.symbol}` any more; point the "
                             f"figure at the symbol it illustrates (docs/hooks/figure_makers.py, FIGURES)")
             continue
-        cache = root / CACHE / f"{figure.name}-{_cache_key(root, figure, spec['depends'])}.svg"
+        cache = _cache_folder() / f"{figure.name}-{_cache_key(root, spec['depends'])}.svg"
         if cache.is_file():
             figure.svg = cache.read_text(encoding="utf-8")
         else:
@@ -138,7 +147,54 @@ def place(root: Path, modules) -> dict:
                 old.unlink()
             cache.write_text(figure.svg, encoding="utf-8")
         placed.setdefault(figure.module, {}).setdefault(anchor, []).append(figure)
-    return {"placed": placed, "problems": problems}
+    return {"placed": placed, "problems": problems, "values": _values(root, by_path, problems)}
+
+
+def _values(root: Path, by_path: dict, problems: list) -> dict:
+    """`{module path: {name: text}}` from `figure_makers.VALUES`, cached like the figures."""
+    import json
+
+    values: dict = {}
+    for spec in figure_makers.VALUES:
+        if spec["module"] not in by_path:
+            continue
+        name = spec["make"].__name__
+        cache = _cache_folder() / f"values-{name}-{_cache_key(root, spec['depends'])}.json"
+        if cache.is_file():
+            found = json.loads(cache.read_text(encoding="utf-8"))
+        else:
+            try:
+                found = _compute(root, spec["make"])
+            except Exception as e:
+                problems.append(f"values {name} ({spec['module']}) could not be computed: {type(e).__name__}: {e}")
+                continue
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            for old in cache.parent.glob(f"values-{name}-*.json"):
+                old.unlink()
+            cache.write_text(json.dumps(found, indent=1), encoding="utf-8")
+        values.setdefault(spec["module"], {}).update(found)
+    return values
+
+
+def _compute(root: Path, make) -> dict:
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    for name in [m for m in sys.modules if m == "labml_nn" or m.startswith("labml_nn.")]:
+        del sys.modules[name]
+    return {k: str(v) for k, v in make(root).items()}
+
+
+_VALUE = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
+
+
+def fill_values(text: str, values: dict, where: str) -> str:
+    """`{{name}}` in a page's prose replaced by its computed value; an unknown name is a warning."""
+    def one(m):
+        if m.group(1) in values:
+            return f'<span class="ann-value" title="computed while building the site">{values[m.group(1)]}</span>'
+        log.warning(f"{where}: no computed value `{m.group(1)}` (docs/hooks/figure_makers*.py, VALUES)")
+        return m.group(0)
+    return _VALUE.sub(one, text)
 
 
 def add_files(files, config, figures: dict) -> None:
@@ -152,10 +208,33 @@ def add_files(files, config, figures: dict) -> None:
                 files.append(File.generated(config, figure.src_uri, content=figure.svg))
 
 
-def figure_html(figure: Figure, src: str) -> str:
-    # the caption's `$...$` is marked for KaTeX as arithmatex marks the pages' maths
-    caption = re.sub(r"\$([^$]+)\$", lambda m: f'<span class="arithmatex">\\({m.group(1)}\\)</span>',
-                     figure.caption)
+def figure_html(figure: Figure, src: str, values: dict | None = None) -> str:
+    # the caption's `{{name}}` are the module's computed values; its `$...$` is marked for KaTeX as arithmatex
+    # marks the pages' maths
+    caption = fill_values(figure.caption, values or {}, f"figure {figure.name}'s caption")
+    caption = re.sub(r"\$([^$]+)\$", lambda m: f'<span class="arithmatex">\\({m.group(1)}\\)</span>', caption)
+    width = legible_width(figure.svg)
+    style = f' style="min-width: {width}px"' if width else ""
     return (f'<figure class="ann-figure{" ann-figure-wide" if figure.wide else ""}" id="figure-{figure.name}">'
-            f'<a href="{src}" title="Open the figure on its own"><img src="{src}" alt="{html.escape(figure.alt)}">'
-            f"</a><figcaption>{caption}</figcaption></figure>")
+            f'<a href="{src}" title="Open the figure on its own"><img src="{src}" alt="{html.escape(figure.alt)}"'
+            f"{style}></a><figcaption>{caption}</figcaption></figure>")
+
+
+# ## Text that stays legible
+#
+# An SVG in an `<img>` is scaled to the width it is shown at, its text with it: text of $f$ units in a figure
+# $W$ units wide, shown $w$ px wide, is $f w / W$ px tall. So the smallest text reads at 10 px or more when
+# $w \ge 10 W / f_{\min}$, plus the image's padding (`annotate.css`). The figure is never shown narrower than
+# that: on a narrow screen it keeps that width and scrolls sideways in its own box (`figures.js` marks it, and
+# the caption says so), where shrinking it would make the text unreadable.
+MIN_TEXT_PX = 10
+PADDING_PX = 12
+
+
+def legible_width(svg: str) -> int:
+    view = re.search(r'viewBox="[-\d.]+ [-\d.]+ ([\d.]+) [\d.]+"', svg)
+    sizes = [float(m) for m in re.findall(r"font-size:\s*([\d.]+)px", svg)]
+    sizes += [float(m) for m in re.findall(r"font:[^;\"]*?([\d.]+)px", svg)]
+    if not view or not sizes:
+        return 0
+    return math.ceil(MIN_TEXT_PX * float(view.group(1)) / min(sizes)) + PADDING_PX

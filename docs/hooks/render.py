@@ -127,16 +127,18 @@ def module_page(html_text: str, module, state, page, files, source_url, check_ma
     tail = tail.removeprefix("</p>")
     pieces = _SECTION_MARK.split(head)
     check_maths(pieces[0], f"{module.path}, the module docstring")
-    out = [xref(pieces[0], None)]
+    values = state["figures"]["values"].get(module.path, {})
+    out = [figures.fill_values(xref(pieces[0], None), values, f"{module.path}, the module docstring")]
     placed = state["figures"]["placed"].get(module.path, {})
     for index, prose in zip(pieces[1::2], pieces[2::2]):
         section = module.annotated.sections[int(index)]
         check_maths(prose, f"{module.path}:{section.first_line}")
-        prose = xref(prose.strip(), section.anchor)
+        prose = figures.fill_values(xref(prose.strip(), section.anchor), values,
+                                    f"{module.path}:{section.first_line}")
         if not section.prose and section.code:
             prose = _imports_prose(module, section, state, page, files)
         for figure in placed.get(section.anchor, []):
-            drawn = figures.figure_html(figure, url(page, files, figure.src_uri))
+            drawn = figures.figure_html(figure, url(page, files, figure.src_uri), values)
             if figure.wide:
                 out.append(f'<div class="ann-figure-row">{drawn}</div>')
             else:

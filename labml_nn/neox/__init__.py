@@ -18,6 +18,8 @@ The package is built in layers, each page leaning only on the ones before it:
   with the kernel of `cpu_gemv.py`); `llm_int8.py` quantizes it to half the memory; `training/` (a dataset of
   text windows, the choice of what trains, the training loop) trains and fine-tunes it; `evaluation/` scores it
   on LAMBADA with lm-eval.
+* `onnx_export.py` writes the model as an ONNX graph with its key-value cache as inputs and outputs, which
+  runs in a browser (the site's live model) and in Hugging Face's tools.
 * `cli.py` holds what every command line shares (the `--checkpoint`, `--device` and `--dtype` options, errors).
 
 Notation used on every page: `B` batch, `T` sequence length, `H` heads, `D` head dimension, `C = H * D` the

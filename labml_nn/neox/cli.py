@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -135,6 +136,40 @@ def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     return args
 
 
+# ## Optional parts
+#
+# The first README command installs what generating with the demo model needs; each other part is an extra of
+# `pyproject.toml`. A command that needs one checks for it first, before any work and before `--help` (which
+# needs the part's modules to describe it), and says in one line which extra to install, instead of a
+# `ModuleNotFoundError` traceback or a failure after minutes of computing. `EXTRAS` maps a module to its extra.
+EXTRAS = {"lm_eval": "eval", "bitsandbytes": "int8", "matplotlib": "int8"}
+
+
+class MissingExtraError(Exception):
+    """A module of an optional part is not installed: exit status 1, naming the extra to install."""
+
+
+def missing_extra(module: str, purpose: str) -> Optional[str]:
+    """The one-line message when `module` cannot be imported, else `None` (nothing is imported)."""
+    import importlib.util
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return None
+    extra = EXTRAS[module]
+    return (f"{purpose} needs {module}, which is not installed: pip install -e \".[{extra}]\" in the clone "
+            f"(or pip install \"labml-nn-neox[{extra}]\")")
+
+
+def require_extra(module: str, purpose: str):
+    """Stop with `MissingExtraError` when `module` (a key of `EXTRAS`) cannot be imported."""
+    message = missing_extra(module, purpose)
+    if message is not None:
+        raise MissingExtraError(message)
+
+
 # bitsandbytes logs two messages that are noise to our users. When imported on a CPU with AVX-512 bf16, it warns
 # that it could not load an optional 4-bit kernel package (`kernels`); nothing here uses 4-bit products. And on
 # a CPU in fp32, `Linear8bitLt` warns at every call that it rounds its inputs to fp16 before quantizing them to
@@ -188,17 +223,29 @@ def run_command(main, argv=None) -> int:
     r"""
     Run a command's `main(argv)` under the convention above and return its exit status: `main`'s own (0 when it
     returns `None`), 2 for a `UsageError`, 1 for a data error (`DataError`, a checkpoint or config error, an
-    `OSError` such as a missing file or a full disk), 130 on Ctrl-C. Any other exception is a bug of ours: one line
-    saying so, exit status 1. Use it as `sys.exit(run_command(main))`.
+    `OSError` such as a missing file or a full disk), 130 on Ctrl-C, 141 without a word when the program reading
+    our output stops reading (`| head`). Any other exception is a bug of ours: one line saying so, exit status 1.
+    Use it as `sys.exit(run_command(main))`.
     """
     import sys
     import traceback
     from labml_nn.neox.checkpoint.files import CheckpointError
     from labml_nn.neox.config import ConfigError
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Run with standard output closed (`>&-`), Python has no `sys.stdout` at all, and the first `print` or
+    # `isatty` would fail as a bug of ours
+    if sys.stdout is None:
+        print("error: standard output is closed; redirect it to a file or to /dev/null instead", file=sys.stderr)
+        return 2
     try:
         status = main(argv)
         return 0 if status is None else int(status)
+    except BrokenPipeError:
+        # The reader of our output went away (`| head -1`): stop quietly, as Unix tools do, with the status of a
+        # process ended by SIGPIPE, 128 + 13. Standard output now points at /dev/null, so that Python's last
+        # flush at exit does not fail again.
+        _silence_stdout()
+        return 141
     except SystemExit as e:
         # argparse's --help, and commands that still stop with a message of their own
         if isinstance(e.code, str):
@@ -214,9 +261,18 @@ def run_command(main, argv=None) -> int:
         if isinstance(e, UsageError):
             print(f"error: {e}", file=sys.stderr)
             return 2
-        if isinstance(e, (DataError, CheckpointError, ConfigError, OSError)):
+        if isinstance(e, (DataError, CheckpointError, ConfigError, MissingExtraError, OSError)):
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"error: an unexpected {type(e).__name__}: {e}. This is a bug of ours: rerun with --debug and "
               f"report the traceback", file=sys.stderr)
         return 1
+
+
+def _silence_stdout():
+    import sys
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -383,9 +383,16 @@ def _read_keys(source, kind: str) -> "tuple[str, dict]":
         values = parse(read_config_text(path))
     except syntax_error as e:
         raise ConfigError(f"{path} is not valid {kind}: {e}") from None
+    except RecursionError:
+        raise ConfigError(_too_deep(path)) from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path} does not hold {shape} but a {type(values).__name__}")
     return str(path), values
+
+
+# A config nested thousands of levels deep (`[[[[...]]]]`) is no config, and the parsers recurse once per level
+def _too_deep(path) -> str:
+    return f"{path} is nested too deeply to be a config (a config is a flat mapping of keys); re-download it"
 
 
 # The many names of the two GELUs across gpt-neox and transformers, mapped to one of `ACTIVATIONS`

@@ -685,13 +685,24 @@ def _build_gemv():
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
     except ImportError:
         pass
+    folder = None
     try:
         # The source goes into PyTorch's build folder for the kernel, rewritten only when it changed (PyTorch
         # rebuilds when the source does). `load`, not `load_inline`: the latter adds `torch/extension.h`, which
         # needs Python's C headers (`python3-dev`), which many machines lack.
         folder = Path(cpp_extension._get_build_directory(KERNEL_NAME, verbose=False))
         source = folder / f"{KERNEL_NAME}.cpp"
-        if not (folder / f"{KERNEL_NAME}.so").exists():
+        library = folder / f"{KERNEL_NAME}.so"
+        # A build folder we may not write (a cache shared read-only, a container's image): PyTorch's `load` would
+        # fail taking its lock there, so a build of this very source is loaded as it is, and without one we say
+        # which folder and which variable
+        if not os.access(folder, os.W_OK):
+            if library.exists() and source.exists() and source.read_text() == GEMV_SOURCE:
+                torch.ops.load_library(str(library))
+                return torch.ops.neox_cpu.gemv
+            raise KernelUnavailable(f"its build folder {folder} is read-only and holds no build of this kernel; "
+                                    f"set TORCH_EXTENSIONS_DIR to a folder you can write")
+        if not library.exists():
             print("Compiling our CPU kernels for decoding (once on this machine, about 10 s)...", file=sys.stderr,
                   flush=True)
         if not source.exists() or source.read_text() != GEMV_SOURCE:
@@ -700,8 +711,12 @@ def _build_gemv():
             partial.replace(source)
         cpp_extension.load(KERNEL_NAME, sources=[str(source)], is_python_module=False,
                            extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
+    except KernelUnavailable:
+        raise
     except Exception as e:  # a missing ninja, a compiler error, a build folder that cannot be written
-        raise KernelUnavailable(f"building it failed: {_first_error(str(e))}") from e
+        where = f"in {folder}" if folder is not None else "in PyTorch's build folder"
+        raise KernelUnavailable(f"building it {where} failed: {_first_error(str(e))} (TORCH_EXTENSIONS_DIR "
+                                f"chooses the build folder)") from e
     finally:
         os.environ["PATH"] = path
     return torch.ops.neox_cpu.gemv

@@ -47,16 +47,29 @@ def as_model(model) -> NeoXModel:
     return NeoXModel(*(model if isinstance(model, (nn.Sequential, list, tuple)) else [model]))
 
 
+def _config(model):
+    for module in as_model(model):
+        config = getattr(module, "config", None)
+        if config is not None:
+            return config
+    return None
+
+
 def context_length(model) -> Optional[int]:
     r"""
     The longest context the model was trained on, read from the config its modules carry; `None` for a model
     with dynamic RoPE scaling, which is made to read past it (`model.py`'s `RotaryEmbedding`).
     """
-    for module in as_model(model):
-        config = getattr(module, "config", None)
-        if config is not None:
-            return None if getattr(config, "rotary_scaling_type", "linear") == "dynamic" else config.n_ctx
-    return None
+    config = _config(model)
+    if config is None or getattr(config, "rotary_scaling_type", "linear") == "dynamic":
+        return None
+    return config.n_ctx
+
+
+def vocabulary_size(model) -> Optional[int]:
+    """`V`, the rows of the model's embedding, read from the config its modules carry."""
+    config = _config(model)
+    return None if config is None else config.n_vocab
 
 
 class ContextLengthWarning(UserWarning):
@@ -83,10 +96,14 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: Option
     r"""
     Pick the next token for each row of `logits` `[B, V]`; returns `[B]`.
     """
-    if temperature <= 0:
+    # A temperature too small for fp32 to hold is 0 in fp32: its limit, greedy decoding
+    if temperature < torch.finfo(torch.float32).tiny:
         return logits.argmax(dim=-1)
-    # Sample in fp32: fp16 logits divided by a small $\tau$ can overflow
-    logits = logits.float() / temperature
+    # Sample in fp32, and subtract the largest logit first: $p_i$ is the same, and $(z_i - \max z) / \tau$ is at
+    # most 0, so a small $\tau$ sends the unlikely tokens to $-\infty$ instead of the likely ones to $+\infty$
+    # (whose softmax is `NaN`)
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k > 0:
         # Everything below the $k$-th largest logit is removed
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
@@ -110,7 +127,8 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: Option
 # A wrong argument here does not crash: a negative temperature would quietly mean greedy decoding, `top_p=1.5`
 # would mean no filter, a negative `max_new_tokens` would return the prompt. So every argument is checked once,
 # before the first step, and a wrong one is a `ValueError` that names it and its valid range.
-def check_sampling_args(max_new_tokens: int, temperature: float, top_k: Optional[int], top_p: Optional[float]):
+def check_sampling_args(max_new_tokens: int, temperature: float, top_k: Optional[int], top_p: Optional[float],
+                        seed: Optional[int] = None):
     import math
 
     def number(name, value, kinds=(int, float)):
@@ -133,6 +151,41 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: Optional
         number("top_p", top_p)
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p={top_p} must be in (0, 1] (or None for no nucleus filter)")
+    if seed is not None:
+        # PyTorch's generators take a 64-bit seed; a larger one fails deep inside the first step
+        number("seed", seed, (int,))
+        if not 0 <= seed < 2 ** 64:
+            raise ValueError(f"seed={seed} must be between 0 and 2**64 - 1 = {2 ** 64 - 1}")
+
+
+# ## Checking the prompt
+#
+# The ids index the embedding's rows: an id outside `0 .. V - 1` would fail with PyTorch's bare `index out of
+# range in self` on a CPU (and a device-side assert that ends the process on a GPU). `padding` must leave every
+# row at least one real token: a row of padding alone has nothing to continue. Both are checked once, on the
+# prompt; every later id comes from the readout, so it is a row of the embedding.
+def check_prompt(prompt_ids: torch.Tensor, n_vocab: Optional[int], padding: Optional[torch.Tensor] = None):
+    if prompt_ids.dim() != 2:
+        raise ValueError(f"prompt_ids must be [B, T], got shape {tuple(prompt_ids.shape)}")
+    if prompt_ids.dtype.is_floating_point or prompt_ids.dtype.is_complex or prompt_ids.dtype == torch.bool:
+        raise ValueError(f"prompt_ids must hold integer token ids, not {prompt_ids.dtype}")
+    batch_size, n_prompt = prompt_ids.shape
+    if n_prompt == 0:
+        raise ValueError("the prompt is empty; for unconditional generation start from the end-of-text token")
+    smallest, largest = int(prompt_ids.min()), int(prompt_ids.max())
+    if smallest < 0 or (n_vocab is not None and largest >= n_vocab):
+        bad = smallest if smallest < 0 else largest
+        raise ValueError(f"prompt_ids holds the token id {bad}, outside the model's vocabulary 0 .. "
+                         f"{'V - 1' if n_vocab is None else n_vocab - 1}; encode the prompt with the model's own "
+                         f"tokenizer")
+    if padding is not None:
+        if tuple(padding.shape) != (batch_size,) or padding.dtype.is_floating_point:
+            raise ValueError(f"padding must be [B] = [{batch_size}] integer counts, one per row of prompt_ids, got "
+                             f"{padding.dtype} of shape {tuple(padding.shape)}")
+        if int(padding.min()) < 0 or int(padding.max()) >= n_prompt:
+            raise ValueError(f"padding {padding.tolist()} must count 0 .. {n_prompt - 1} padding tokens per row: "
+                             f"each row of the {n_prompt}-token prompt needs at least one real token (left_pad "
+                             f"makes both)")
 
 
 # Logits that are NaN or infinite come from broken weights (a half-written or corrupt file) or from an overflow
@@ -174,15 +227,13 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     has no default limit.
 
     The model is used as it is: nothing here changes its weights or their layout. On a CPU, call
-    `prepare_for_cpu_decoding` (`cpu_decoding.py`) once beforehand to decode faster.
+    `prepare_for_cpu_decoding` (`cpu_decoding.py`) once beforehand to decode faster; on a GPU, pass the model
+    `prepare_for_gpu_decoding` returns (`static_decoding.py`).
     """
-    check_sampling_args(max_new_tokens, temperature, top_k, top_p)
+    check_sampling_args(max_new_tokens, temperature, top_k, top_p, seed)
     model = as_model(model)
-    if prompt_ids.dim() != 2:
-        raise ValueError(f"prompt_ids must be [B, T], got shape {tuple(prompt_ids.shape)}")
+    check_prompt(prompt_ids, vocabulary_size(model), padding)
     batch_size, n_prompt = prompt_ids.shape
-    if n_prompt == 0:
-        raise ValueError("the prompt is empty; for unconditional generation start from the end-of-text token")
     max_len = max_len or context_length(model) or n_prompt + max_new_tokens
     if n_prompt > max_len:
         raise ValueError(f"the prompt has {n_prompt} tokens but the model's context is {max_len}; "
@@ -203,7 +254,8 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     generator = None
 
     # Each call makes its own cache, sized for the prompt and the new tokens: nothing carries over between calls
-    cache = KVCache(n_prompt + max_new_tokens, padding=padding)
+    # The model makes it (`NeoXModel.new_cache`): a new `KVCache`, or a static decoder's own buffers, emptied
+    cache = model.new_cache(batch_size, n_prompt + max_new_tokens, padding)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=prompt_ids.device)
     # The first step runs the whole prompt
     ids = prompt_ids

@@ -254,8 +254,11 @@ def bitsandbytes_problem(device_type: str) -> Optional[str]:
     """
     try:
         import bitsandbytes  # noqa: F401
-    except Exception as e:  # ImportError, or a broken native library
-        return f"bitsandbytes could not be imported ({type(e).__name__}: {e}); `pip install bitsandbytes`"
+    except ModuleNotFoundError:
+        return 'bitsandbytes is not installed (the int8 extra: pip install -e ".[int8]")'
+    except Exception as e:  # a broken native library
+        return (f"bitsandbytes could not be imported ({type(e).__name__}: {e}); reinstall the int8 extra, "
+                f"pip install -e \".[int8]\"")
     try:
         linear = nn.Linear(32, 32).to(device_type)
         x = torch.randn(20, 32, device=device_type)

@@ -136,16 +136,20 @@ class RotaryEmbedding(nn.Module):
     # The tables of $\cos m\theta$ and $\sin m\theta$ for positions $m$ up to at least `end`. They are built once
     # for 2048 positions, doubled when a longer sequence arrives, and rebuilt when the device changes. The angles
     # $m \theta_i$ are `[positions, d/2]`; each is repeated for both features of its pair, `[positions, d]`.
+    # They are built outside inference mode even when the first call comes from generation (which runs under
+    # `torch.inference_mode`): tensors made there cannot be saved for a backward pass, and the same model may
+    # train afterwards.
     def tables(self, end: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.dynamic and end > self.n_ctx:
             return self._dynamic_tables(end, device)
         cached = self._cos_sin
         if cached is None or cached[0].shape[0] < end or cached[0].device != device:
             length = max(end, 2048 if cached is None else 2 * cached[0].shape[0])
-            positions = torch.arange(length, device=device, dtype=torch.float32)
-            angles = torch.outer(positions, self.theta.to(device))
-            angles = torch.cat((angles, angles), dim=-1)
-            self._cos_sin = cached = (angles.cos(), angles.sin())
+            with torch.inference_mode(False):
+                positions = torch.arange(length, device=device, dtype=torch.float32)
+                angles = torch.outer(positions, self.theta.to(device))
+                angles = torch.cat((angles, angles), dim=-1)
+                self._cos_sin = cached = (angles.cos(), angles.sin())
         return cached
 
     # With dynamic scaling and $N$ = `end` > $n$: $b'$, then $\theta_i = b'^{-2i/d}$, each step as transformers
@@ -186,6 +190,12 @@ class RotaryEmbedding(nn.Module):
             shape = (x.shape[0], n_tokens) + (1,) * (x.dim() - 3) + (d,)
             cos = cos[positions].to(x.dtype).view(shape)
             sin = sin[positions].to(x.dtype).view(shape)
+        return self.rotate(x, cos, sin)
+
+    # The rotation itself, for `cos` and `sin` rows that broadcast against `x[..., :d]` (`static_decoding.py` picks
+    # them with positions held in a tensor)
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        d = self.d_rotary
         # Split off the features that rotate; the rest pass through
         x_rot, x_pass = x[..., :d], x[..., d:]
         # "Rotate half": $x' = [-x_{d/2:d}, x_{0:d/2}]$, so that feature $i$ meets its partner $i + d/2$
@@ -270,6 +280,15 @@ class KVCache:
     def advance(self, n_new: int):
         """Called (by `NeoXModel.forward`) after the whole model has seen `n_new` new tokens."""
         self.offset += n_new
+
+    def reset(self, padding: Optional[torch.Tensor] = None):
+        """
+        Forget every token but keep the buffers, for another generation of the same batch size from slot 0 (with
+        its own `padding`). `static_decoding.py` needs its buffers to stay where they are.
+        """
+        self.offset = 0
+        self.padding = padding
+        self._padding_on = {}
 
 
 class Attention(nn.Module):
@@ -524,6 +543,11 @@ class NeoXModel(nn.Sequential):
         if cache is not None:
             cache.advance(ids.shape[1])
         return x
+
+    # The cache a generation of `batch_size` rows and up to `max_len` positions fills (`generation.py` asks for
+    # it): a new `KVCache`. A model that decodes otherwise (`static_decoding.py`) gives its own.
+    def new_cache(self, batch_size: int, max_len: int, padding: Optional[torch.Tensor] = None) -> KVCache:
+        return KVCache(max_len, padding=padding)
 
 
 def build_layers(config: NeoXConfig) -> list:

@@ -41,17 +41,36 @@ def load_tokenizer(path: Union[str, Path], revision: Optional[str] = None) -> To
         raise ValueError(f"{found} is not a tokenizers JSON file ({e})") from None
 
 
-# A tokenizer and a model are a pair: every id the tokenizer can produce must be a row of the model's embedding,
-# or the embedding fails with PyTorch's bare `index out of range in self` at the first unlucky word. The padded
-# vocabulary of the model is larger than the tokenizer (50,432 rows for 50,277 tokens in the 20B model), never
-# smaller; we check it once, when both are loaded.
+# A tokenizer and a model are a pair, and we check it both ways once, when both are loaded.
+#
+# Every id the tokenizer can produce must be a row of the model's embedding, or the embedding fails with
+# PyTorch's bare `index out of range in self` at the first unlucky word. And every id the model can produce should
+# be one the tokenizer can print, or generation emits ids that decode to nothing. The padded vocabulary of the
+# model is a little larger than the tokenizer (50,432 rows for 50,277 tokens in the 20B model, 50,304 in Pythia):
+# gpt-neox rounds it up to a multiple of `make_vocab_size_divisible_by` (128) times the tensor-parallel degree, so
+# the rows beyond the tokenizer number fewer than `PADDING_ROWS`, and a model never learns to choose them. A model
+# with `PADDING_ROWS` or more rows beyond its tokenizer (a 50,304-row model with the demo's 4,096-id tokenizer) is
+# paired with the wrong tokenizer, and refused. A padding row that is chosen anyway (an untrained or broken model)
+# is reported by the generation command, which says how many of its ids printed nothing.
+PADDING_ROWS = 1024
+
+
 def check_vocabulary(tokenizer: Tokenizer, n_vocab: int, tokenizer_path: Union[str, Path, None] = None):
-    """Raise `ValueError` when `tokenizer` has ids outside the model's `n_vocab` embedding rows."""
+    """Raise `ValueError` when `tokenizer` and a model with `n_vocab` embedding rows are not a pair."""
     largest = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
     if n_vocab and largest >= n_vocab:
         raise ValueError(f"the tokenizer {tokenizer_path or ''} has ids up to {largest} but the model's embedding "
                          f"has {n_vocab} rows: they are not a pair. Pass --tokenizer with the model's own "
                          f"tokenizer.json")
+    if n_vocab and n_vocab - (largest + 1) >= PADDING_ROWS:
+        raise ValueError(f"the tokenizer {tokenizer_path or ''} has {largest + 1:,} ids but the model can generate "
+                         f"{n_vocab:,}: the {n_vocab - largest - 1:,} ids beyond the tokenizer would print nothing, "
+                         f"so they are not a pair. Pass --tokenizer with the model's own tokenizer.json")
+
+
+def known_id(tokenizer: Tokenizer, token_id: int) -> bool:
+    """Whether `tokenizer` has an entry for `token_id` (a model's padding rows have none)."""
+    return tokenizer.id_to_token(int(token_id)) is not None
 
 
 def encode(tokenizer: Tokenizer, text: str) -> List[int]:

@@ -17,7 +17,7 @@ a module of `model.py`.
 | [`merge.py`](merge.html) | how each tensor was cut across ranks, so how to glue (and re-cut) it |
 | [`reader.py`](reader.html) | `open_checkpoint`: layout, config, tokenizer, checks, one merged part at a time |
 | [`write.py`](write.html) | writing the gpt-neox layout with any number of ranks, or a Hugging Face folder |
-| [`atomic.py`](atomic.html) | writing a folder all at once or not at all: never deleting what it did not create, cleaning up on TERM/HUP |
+| [`atomic.py`](atomic.html) | writing a folder or a file all at once or not at all: never deleting what it did not create, never replacing what a command reads, cleaning up on TERM/HUP |
 | [`convert.py`](convert.html) | the `merge` command: all or nothing, with a report of how far replicated tensors diverged |
 | [`download.py`](download.html) | fetching the 20B slim weights, resumably, with their SHA-256 recorded (`download --verify`) |
 | [`hub.py`](hub.html) | a Hugging Face Hub name and revision (Pythia's training steps) to a local folder |

@@ -48,7 +48,9 @@ worst tensors, all of them in --report, and a warning above --warn-above.
 
 The output is written to OUT.tmp-XXXX beside OUT and renamed at the end: on failure, Ctrl-C, SIGTERM or SIGHUP,
 OUT does not exist and OUT.tmp-XXXX is removed (after a SIGKILL, by the next merge to OUT). A folder that appears
-at OUT meanwhile is never touched: the merge stops and keeps both.
+at OUT meanwhile is never touched: the merge stops and keeps both. --overwrite replaces an existing OUT (and
+R.json) only when the merge succeeds, and never SRC (nor through a link), the current folder or a folder above
+it, or a folder holding files no checkpoint holds (see labml_nn/neox/checkpoint/atomic.py).
 """
 
 
@@ -97,19 +99,24 @@ def _run(argv: List[str]) -> int:
     merge.add_argument("--max-shard-mb", type=int, default=1024,
                        help="hf: start a new safetensors shard past this size (default 1024 MB, about one 20B "
                             "layer; the merge holds one shard in memory)")
-    merge.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only on success)")
+    merge.add_argument("--overwrite", action="store_true",
+                       help="replace OUT and R.json if they exist (only on success; never SRC, the current folder, "
+                            "or a folder holding other files than a checkpoint's)")
 
     # `download [DEST]`: the 20B slim weights over HTTP, resumable, into a folder that `merge` and the loader read.
     download = commands.add_parser("download", help="download the GPT-NeoX-20B slim weights (resumable)",
                                    description="Download the GPT-NeoX-20B slim weights (about 39 GB: both "
                                                "tensor-parallel ranks, config, tokenizer). Interrupted downloads "
                                                "resume from NAME.part; complete files are skipped. Each file's "
-                                               "SHA-256 is recorded in DEST/SHA256SUMS as it completes.")
+                                               "SHA-256 is recorded in DEST/SHA256SUMS as it completes. A file "
+                                               "found in DEST without a recorded SHA-256 is compared with the "
+                                               "server (size, sampled bytes) and fetched again if they differ.")
     download.add_argument("dest", nargs="?", default=None, help=f"destination folder (default {default_dir()})")
     download.add_argument("--base-url", default=BASE_URL, help="where the slim weights are served")
     download.add_argument("--verify", action="store_true",
                           help="download nothing: recompute every file's SHA-256 and compare it with the one "
-                               "recorded in DEST/SHA256SUMS when the file completed")
+                               "recorded in DEST/SHA256SUMS when the file completed; a file we did not download "
+                               "ourselves fails, named")
 
     # Run the command. An error of ours is expected (a missing file, a wrong layout): it is a `CheckpointError`
     # whose message names the file and the fix, and `run_command` prints it as one line with exit status 1.
@@ -121,7 +128,8 @@ def _run(argv: List[str]) -> int:
                 raise CheckpointError(f"{len(problems)} file(s) failed verification:\n  " + "\n  ".join(problems))
             print(f"Every file in {args.dest or default_dir()} matches its recorded SHA-256")
             return 0
-        path = download_20b(args.dest, base_url=args.base_url)
+        # labml draws its bars with terminal escape codes, so only on a terminal
+        path = download_20b(args.dest, base_url=args.base_url, progress=sys.stdout.isatty())
         print(f"Downloaded to {path}")
         return 0
     if args.max_shard_mb < 1:
@@ -132,8 +140,15 @@ def _run(argv: List[str]) -> int:
                               dtype=args.dtype, trust_pickle=args.trust_pickle, overwrite=args.overwrite,
                               report=args.report, warn_above=args.warn_above,
                               max_shard_bytes=args.max_shard_mb * 1024 ** 2, revision=args.revision,
-                              mlp_names=args.mlp_names, base=args.base)
+                              mlp_names=args.mlp_names, base=args.base,
+                              progress=sys.stdout.isatty())
     print(format_report(report))
+    if report["non_finite"]:
+        names = report["non_finite"]
+        print(f"warning: {len(names)} tensor(s) of {args.src} hold NaN or infinite values ({', '.join(names[:3])}"
+              f"{', ...' if len(names) > 3 else ''}); they were merged as they are, so the merged model computes "
+              f"NaN. The source is damaged or its training diverged: check it, or merge an earlier step.",
+              file=sys.stderr)
     print(f"Wrote {args.out} ({args.format})")
     return 0
 

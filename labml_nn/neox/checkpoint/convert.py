@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..cli import DTYPES, dtype_name
-from .atomic import atomic_folder
+from .atomic import StagedFile, atomic_folder, check_target
 from .files import CheckpointError
 from .merge import Divergence
 from .parts import all_parts
@@ -62,43 +62,63 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
         raise CheckpointError(f"format={format!r}: choose 'neox' (gpt-neox layout) or 'hf' (transformers).")
     if dtype is not None and dtype_name(dtype) not in DTYPES:
         raise CheckpointError(f"dtype={dtype!r}: choose one of {list(DTYPES)}.")
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out} already exists; remove it, choose another name, or pass --overwrite.")
-    # The report's folder is checked now, not after 39 GB are written
-    if report is not None and not Path(report).expanduser().absolute().parent.is_dir():
-        raise CheckpointError(f"--report {report}: the folder {Path(report).parent} does not exist; create it or "
-                              f"choose another path.")
+    # Where we write is checked now (`atomic.check_target`: OUT and the report may not replace SRC, the current
+    # folder, or what exists without `overwrite`), not after 39 GB are written
+    check_target(out, overwrite=overwrite, reads=[src], folder=True)
+    if report is not None:
+        if not Path(report).expanduser().absolute().parent.is_dir():
+            raise CheckpointError(f"--report {report}: the folder {Path(report).parent} does not exist; create it "
+                                  f"or choose another path.")
+        report_path = check_target(report, overwrite=overwrite, reads=[src], folder=False, name="--report")
 
     # Opening checks the layout, the config and that every file is present, before anything is written.
     ckpt = open_checkpoint(src, trust_pickle=trust_pickle, replicated=replicated, revision=revision, base=base)
     if ckpt.source_note:
         print(f"Merging {ckpt.source_note}", file=sys.stderr)
-    with atomic_folder(out, overwrite=overwrite) as tmp, _disk_full_named(out):
-        parts = _with_progress(ckpt, progress)
-        config = ckpt.config.with_updates(tensor_parallel_size=1)
-        torch_dtype = DTYPES[dtype_name(dtype)] if dtype else None
-        if format == "hf":
-            write_hf_checkpoint(tmp, config, parts, tokenizer_path=ckpt.tokenizer_path, dtype=torch_dtype,
-                                max_shard_bytes=max_shard_bytes)
-        else:
-            write_neox_checkpoint(tmp, config, parts, tensor_parallel_size=1, tokenizer_path=ckpt.tokenizer_path,
-                                  dtype=torch_dtype, mlp_names=mlp_names or ckpt.mlp_names)
-        result = divergence_report(ckpt.divergence, warn_above, source=str(src), replicated=replicated,
-                                   tensor_parallel_size=ckpt.config.tensor_parallel_size)
-    if report is not None:
-        Path(report).write_text(json.dumps(result, indent=2))
+    non_finite: List[str] = []
+    staged = None
+    try:
+        with atomic_folder(out, overwrite=overwrite, reads=[src]) as tmp:
+            with _disk_full_named(out):
+                parts = _note_non_finite(_with_progress(ckpt, progress), non_finite)
+                config = ckpt.config.with_updates(tensor_parallel_size=1)
+                torch_dtype = DTYPES[dtype_name(dtype)] if dtype else None
+                if format == "hf":
+                    write_hf_checkpoint(tmp, config, parts, tokenizer_path=ckpt.tokenizer_path, dtype=torch_dtype,
+                                        max_shard_bytes=max_shard_bytes)
+                else:
+                    write_neox_checkpoint(tmp, config, parts, tensor_parallel_size=1,
+                                          tokenizer_path=ckpt.tokenizer_path, dtype=torch_dtype,
+                                          mlp_names=mlp_names or ckpt.mlp_names)
+            result = divergence_report(ckpt.divergence, warn_above, source=str(src), replicated=replicated,
+                                       tensor_parallel_size=ckpt.config.tensor_parallel_size)
+            result["non_finite"] = non_finite
+            # The report is written (and a full disk or `/dev/full` found) before OUT is published, and renamed
+            # into place after: a report that cannot be written leaves no OUT
+            if report is not None:
+                staged = StagedFile(report_path, overwrite=overwrite, label=f"--report {report}")
+                staged.write(json.dumps(result, indent=2))
+        if staged is not None:
+            staged.publish()
+    finally:
+        if staged is not None:
+            staged.discard()
     return result
 
 
-# A full disk shows up as PyTorch's `enforce fail at inline_container.cc` (from `torch.save`) or as an `OSError`
-# with `ENOSPC`; either becomes a message that says where space ran out. The partial output is removed as usual.
+# A full disk shows up as PyTorch's `enforce fail at inline_container.cc` (from `torch.save`), as safetensors'
+# `SafetensorError: ... No space left on device (os error 28)` (an `Exception`, not an `OSError`), or as an
+# `OSError` with `ENOSPC`; each becomes a message that says where space ran out. The partial output is removed as
+# usual.
 @contextmanager
 def _disk_full_named(out: Path):
     import errno
     try:
         yield
-    except (RuntimeError, OSError) as e:
-        full = getattr(e, "errno", None) == errno.ENOSPC or "inline_container" in str(e) or "No space" in str(e)
+    except Exception as e:  # noqa: BLE001 (re-raised unless it is a full disk)
+        text = str(e)
+        full = (getattr(e, "errno", None) == errno.ENOSPC or "No space" in text or "os error 28" in text
+                or (isinstance(e, RuntimeError) and "inline_container" in text))
         if not full:
             raise
         raise CheckpointError(f"writing {out}: the disk is full ({type(e).__name__}: {str(e)[:200]}); the partial "
@@ -112,6 +132,18 @@ def _with_progress(ckpt, progress: bool):
     parts = all_parts(ckpt.config.n_layers)
     for part in (monit.iterate("Merge", parts) if progress else parts):
         yield part, ckpt.read(part)
+
+
+# Tensors holding NaN or infinite values are noted in `non_finite` as they pass: we merge them (a diverged run's
+# checkpoint is exactly what one wants to open in transformers to look at) but say so, in the report and, from the
+# command, on standard error.
+def _note_non_finite(parts, non_finite: List[str]):
+    import torch
+
+    for part, tensors in parts:
+        non_finite.extend(f"{name} of {part}" for name, t in tensors.items()
+                          if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+        yield part, tensors
 
 
 # ## The report

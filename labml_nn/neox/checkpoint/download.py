@@ -16,6 +16,15 @@ A 39 GB download will be interrupted, so each file is fetched **resumably and at
 * if the size comes out wrong (a connection closed early, or a server that sent more than it announced), no
   file appears under the final name: a short `.part` is kept to resume from, an over-long one is deleted.
 
+What the checksums vouch for: `SHA256SUMS` holds the hash of each file *we* downloaded, taken as it completed.
+A file already under its final name with no line there (the sums were lost, or an older version downloaded it)
+is not adopted on its word: its size is compared with the server's, and bytes from its start, middle and end with
+the server's bytes of the same version (`Range` requests pinned by `If-Range` to the `ETag` of the first answer).
+If they disagree, the file is fetched again (into `NAME.part`, replacing the old one only when complete). If they
+agree, the file is kept, and its hash goes to `SHA256SUMS.adopted`, not `SHA256SUMS`: it was compared in part,
+not downloaded, so `download --verify` names it as a file it cannot vouch for (delete it and download again to
+be sure).
+
 Where to? There is no good implicit place for 39 GB, so the command line takes the folder as an argument.
 Without one we use `~/.cache/labml_neox/20B_checkpoints` (or `$LABML_NEOX_CACHE/20B_checkpoints`). We do not use
 `labml`'s data path: it is resolved from the calling file's folder and ends up inside `site-packages` when the
@@ -24,6 +33,7 @@ package is installed.
 
 import http.client
 import os
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -60,12 +70,14 @@ class DownloadError(CheckpointError):
 # `Last-Modified`) the server gave when the `.part` was begun: if the file changed on the server since, the server
 # answers with the whole new file (status 200) instead of splicing its end onto our old beginning. Without such
 # a validator we cannot know, so we start again.
-def download_file(url: str, dest: Path, *, progress: bool = True, timeout: float = 60.0) -> Path:
+def download_file(url: str, dest: Path, *, progress: bool = True, timeout: float = 60.0,
+                  replace: bool = False) -> Path:
     r"""
-    Fetch `url` to `dest`, resuming from `dest.part` if it exists. Returns `dest`.
+    Fetch `url` to `dest`, resuming from `dest.part` if it exists. Returns `dest`. A complete `dest` is kept as it
+    is, unless `replace` (then it is replaced when the new copy is complete).
     """
     dest = Path(dest)
-    if dest.is_file():
+    if dest.is_file() and not replace:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -82,7 +94,7 @@ def download_file(url: str, dest: Path, *, progress: bool = True, timeout: float
             # The server has nothing past our offset: the `.part` is at least as long as the file. We cannot
             # tell a complete file from a damaged one without its size, so we start again.
             part.unlink()
-            return download_file(url, dest, progress=progress, timeout=timeout)
+            return download_file(url, dest, progress=progress, timeout=timeout, replace=replace)
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}. Check the URL, or try again later.") from None
     except (urllib.error.URLError, OSError) as e:
         raise DownloadError(f"{url}: {e}. Check the connection and run again; downloads resume.") from None
@@ -130,9 +142,59 @@ def download_file(url: str, dest: Path, *, progress: bool = True, timeout: float
                                 f"file was deleted. Run again to download it afresh.")
         raise DownloadError(f"{url}: the connection ended after {size} of {total} bytes; {part.name} is kept. "
                             f"Run again to resume.")
-    part.rename(dest)
+    os.replace(part, dest) if replace else part.rename(dest)
     validator_file.unlink(missing_ok=True)
     return dest
+
+
+# ## A file we did not download
+#
+# Is the file at `path` the one the server holds at `url`? We ask for its first `SAMPLE` bytes and read the size
+# from the answer (`Content-Range`, or `Content-Length` from a server that ignores ranges), then the same number
+# of bytes from the middle and the end, each pinned with `If-Range` to the first answer's `ETag`: a server whose
+# file changed in between answers with the whole file (200), and we take that as a disagreement. Returns why the
+# two differ, or `None` when every check agrees.
+SAMPLE = 1 << 16
+
+
+def differs_from_server(url: str, path: Path, *, timeout: float = 60.0) -> Optional[str]:
+    size = path.stat().st_size
+    if size == 0:
+        return "the file here is empty"
+    total, etag, mismatch = None, None, None
+    with open(path, "rb") as f:
+        for start in sorted({0, max(0, size // 2 - SAMPLE // 2), max(0, size - SAMPLE)}):
+            end = min(size, start + SAMPLE) - 1
+            headers = {"Range": f"bytes={start}-{end}"}
+            if etag:
+                headers["If-Range"] = etag
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+                    if r.status == 206:
+                        first, whole = _content_range(r.headers.get("Content-Range"), url)
+                        if first != start:
+                            return f"the server answered from byte {first}, not {start}"
+                    elif start == 0:
+                        length = r.headers.get("Content-Length", "")
+                        whole = int(length) if length.isdigit() else None
+                    else:
+                        return "the server's file changed while we compared (or it ignores ranges)"
+                    theirs = r.read(end - start + 1)
+                    etag = etag or r.headers.get("ETag")
+            except urllib.error.HTTPError as e:
+                return f"the server answered HTTP {e.code}"
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                raise DownloadError(f"{url}: {e}. Check the connection and run again.") from None
+            total = whole if start == 0 else total
+            if total is None:
+                return "the server does not say how long its file is"
+            if total != size:
+                return f"{size} bytes here, {total} on the server"
+            f.seek(start)
+            if f.read(end - start + 1) != theirs:
+                mismatch = f"bytes {start}-{end} differ from the server's"
+                break
+    return mismatch
 
 
 # `Content-Range: bytes START-END/TOTAL`; anything else in a 206 is a server we cannot trust to resume
@@ -179,9 +241,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_sums(dest: Path) -> Dict[str, str]:
+ADOPTED = SUMS + ".adopted"
+
+
+def read_sums(dest: Path, name: str = SUMS) -> Dict[str, str]:
     sums = {}
-    path = Path(dest) / SUMS
+    path = Path(dest) / name
     if path.is_file():
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             digest, _, name = line.partition("  ")
@@ -198,13 +263,28 @@ def download_20b(dest: "str | Path | None" = None, *, base_url: str = BASE_URL,
     """
     dest = Path(dest).expanduser() if dest else default_dir()
     base_url = base_url.rstrip("/") + "/"
-    sums = read_sums(dest)
+    sums, adopted = read_sums(dest), read_sums(dest, ADOPTED)
     for name in files if files is not None else slim_20b_files():
-        path = download_file(base_url + name, dest / name, progress=progress)
-        if name not in sums:
-            sums[name] = sha256_file(path)
-            with open(dest / SUMS, "a", encoding="utf-8") as f:
-                f.write(f"{sums[name]}  {name}\n")
+        url, path, record = base_url + name, dest / name, SUMS
+        if name in sums or (name in adopted and path.is_file()):
+            download_file(url, path, progress=progress)
+            continue
+        if path.is_file():
+            # On disk, but not downloaded by us: compared with the server before it is kept
+            why = differs_from_server(url, path)
+            if why is None:
+                record = ADOPTED
+                print(f"{path} was already here without a recorded SHA-256; it matches the server's size and "
+                      f"sampled bytes, so it is kept, but `download --verify` cannot vouch for it",
+                      file=sys.stderr)
+            else:
+                print(f"{path} does not match the server ({why}); downloading it again", file=sys.stderr)
+                download_file(url, path, progress=progress, replace=True)
+        else:
+            download_file(url, path, progress=progress)
+        (sums if record == SUMS else adopted)[name] = digest = sha256_file(path)
+        with open(dest / record, "a", encoding="utf-8") as f:
+            f.write(f"{digest}  {name}\n")
     return dest
 
 
@@ -214,11 +294,14 @@ def verify_20b(dest: "str | Path | None" = None, *, files: Optional[List[str]] =
     line each (an empty list when every file is as downloaded).
     """
     dest = Path(dest).expanduser() if dest else default_dir()
-    sums, problems = read_sums(dest), []
+    sums, adopted, problems = read_sums(dest), read_sums(dest, ADOPTED), []
     for name in files if files is not None else slim_20b_files():
         path = dest / name
         if not path.is_file():
             problems.append(f"{path} is missing; run download again")
+        elif name in adopted and name not in sums:
+            problems.append(f"{path} was found on disk, not downloaded (it matched the server only in size and "
+                            f"sampled bytes, {dest / ADOPTED}); to vouch for it, delete it and run download again")
         elif name not in sums:
             problems.append(f"{path} has no recorded SHA-256 in {dest / SUMS} (downloaded by an older version?); "
                             f"delete it and run download again")

@@ -110,8 +110,15 @@ class Layout:
 
 # An index outside the map means the config's layer count disagrees with the files (or the files hold a
 # model with stages we do not know). The highest index is the readout, $L + 4$, so it tells us the $L$
-# the files were written for.
+# the files were written for. The other way round, files that form the complete map of another $L$ (with its
+# gap at $L + 2$, which a half-finished download does not have) mean a config that asks for more layers than
+# the files hold: the config is named, not a "missing" file.
 def _check_indices(found: set, n_layers: int, config_key: str, where: str):
+    guess = max(found, default=4) - 4
+    if guess >= 1 and guess != n_layers and found == set(pipeline_stages(guess)):
+        raise CheckpointError(
+            f"{where} holds a complete {guess}-layer model, but the config says `{config_key}: {n_layers}`. If the "
+            f"model has {guess} layers, set `{config_key}: {guess}` in the config.")
     extra = sorted(found - set(pipeline_stages(n_layers)))
     if extra:
         guess = max(found) - 4
@@ -251,6 +258,8 @@ def _read_weight_map(folder: Path, name: str) -> Dict[str, str]:
         raise CheckpointError(str(e)) from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); re-download it.") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be an index of shards; re-download it.") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{path} is not an index of shards: it needs a `weight_map` object mapping each "

@@ -287,6 +287,9 @@ def _read_config(location: Location) -> Tuple[NeoXConfig, str]:
             raise CheckpointError(str(e)) from None
         except yaml.YAMLError as e:
             raise CheckpointError(f"{f} is not valid YAML: {e}") from None
+        except RecursionError:
+            raise CheckpointError(f"{f} is nested too deeply to be a config (a config is a flat mapping of "
+                                  f"keys); copy the config the model was trained with there.") from None
         if not isinstance(loaded, dict):
             raise CheckpointError(f"{f} does not hold a mapping of config keys (`key: value` lines) but a "
                                   f"{type(loaded).__name__}")

@@ -36,7 +36,20 @@ replaced by the end-of-text token. We receive token ids and only have to score t
 so that our results equal its results on the same weights; `tests/test_evaluation.py` checks this.
 """
 
+import sys
 from typing import List, Optional, Sequence, Tuple, Union
+
+from labml_nn.neox.cli import missing_extra
+
+# lm-eval is the `eval` extra. Without it, `python -m labml_nn.neox.evaluation` (even `--help`) says in one line
+# what to install; Python imports this package before it runs `__main__.py`, with `-m` as `sys.argv[0]` while it
+# does so. Imported from Python code, the package raises the same sentence as a `ModuleNotFoundError`.
+_MISSING = missing_extra("lm_eval", "The evaluation")
+if _MISSING is not None:
+    if sys.argv[:1] == ["-m"] and __name__ in getattr(sys, "orig_argv", []):
+        print(f"error: {_MISSING}", file=sys.stderr)
+        sys.exit(1)
+    raise ModuleNotFoundError(_MISSING, name="lm_eval")
 
 import torch
 import torch.nn.functional as F

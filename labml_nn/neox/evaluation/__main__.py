@@ -89,6 +89,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, help="context length (default: the model's, n_ctx)")
     parser.add_argument("--limit", type=float, help="only the first N documents of each task (or a fraction < 1)")
     parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output if it exists (never a file this run reads)")
     parser.add_argument("--lambada-file", help="read lambada_openai from this local lambada_test.jsonl")
     parser.add_argument("--text-file", nargs="+", help="held-out text (.txt files or one .jsonl) for text_local")
     parser.add_argument("--offline", action="store_true", help="never reach the network (datasets' cache only)")
@@ -123,6 +125,14 @@ def check_args(parser: ArgumentParser, args: argparse.Namespace):
                 parser.error(f"{flag} {path} is not a file")
     if args.output and not Path(args.output).absolute().parent.is_dir():
         parser.error(f"--output {args.output}: the folder {Path(args.output).parent} does not exist; create it")
+    # The rule of every command that writes (`checkpoint/atomic.py`), checked before the model loads
+    if args.output:
+        from labml_nn.neox.checkpoint.atomic import check_target
+        check_target(args.output, overwrite=args.overwrite, folder=False, name="--output", reads=_reads(args))
+
+
+def _reads(args: argparse.Namespace) -> list:
+    return [args.checkpoint, args.tokenizer, args.lambada_file, *(args.text_file or [])]
 
 
 def resolve_tasks(args: argparse.Namespace) -> List[str]:
@@ -131,6 +141,9 @@ def resolve_tasks(args: argparse.Namespace) -> List[str]:
     `--text-file` adds `text_local`. A local task without its file is an error that says which flag to give.
     """
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks and not args.text_file:
+        raise UsageError(f"--tasks {args.tasks!r} names no task; give comma-separated task names, such as "
+                         f"{DEFAULT_TASKS} or shakespeare_cloze,shakespeare_text")
     if args.lambada_file:
         tasks = [LAMBADA_TASK if t == "lambada_openai" else t for t in tasks]
     if args.text_file and TEXT_TASK not in tasks:
@@ -188,7 +201,10 @@ def _evaluate(args: argparse.Namespace, tasks: List[str], only_local: bool) -> d
 
     limit = None if args.limit is None else (args.limit if args.limit < 1 else int(args.limit))
     with tempfile.TemporaryDirectory() as task_dir:
-        write_local_tasks(task_dir, lambada_file=args.lambada_file, text_files=args.text_file)
+        try:
+            write_local_tasks(task_dir, lambada_file=args.lambada_file, text_files=args.text_file)
+        except ValueError as e:
+            raise DataError(str(e)) from None
         manager = task_manager(task_dir, include_defaults=not only_local)
         unknown = [t for t in tasks if t not in manager.all_tasks]
         if unknown:
@@ -234,12 +250,21 @@ def _number(value) -> str:
 def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
     quiet_bitsandbytes()
+    if args.int8 and args.int8_implementation == "bitsandbytes":
+        from labml_nn.neox.llm_int8 import bitsandbytes_problem
+        problem = bitsandbytes_problem(str(args.device).split(":")[0])
+        if problem is not None:
+            print(f"note: {problem}; using the plain PyTorch implementation instead (--int8-implementation "
+                  f"reference)", file=sys.stderr)
+            args.int8_implementation = "reference"
     results = evaluate(args)
     print(format_table(results))
     if args.output:
         keep = {k: results[k] for k in ("results", "versions", "n-shot", "n-samples", "configs", "run")
                 if k in results}
-        Path(args.output).write_text(json.dumps(keep, indent=2, default=str))
+        from labml_nn.neox.checkpoint.atomic import atomic_file
+        with atomic_file(args.output, overwrite=args.overwrite, name="--output", reads=_reads(args)) as f:
+            f.write(json.dumps(keep, indent=2, default=str))
         print(f"Results written to {args.output}")
     return results
 

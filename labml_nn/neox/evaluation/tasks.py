@@ -138,18 +138,30 @@ def _write_task(template: str, data_file: Path, out_dir: Path, cache_dir: Option
     (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+# Every line is read before lm-eval sees the file: a line that is not a JSON object with a non-empty string
+# `"text"` would otherwise fail inside `datasets` as a bare `DatasetGenerationError`, or, empty, as a division
+# by zero in the perplexity. Blank lines are skipped, as `datasets` skips them.
 def _check_jsonl(path: PathLike, what: str, hint: str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist. {hint}")
-    with path.open() as f:
-        first = f.readline()
-    try:
-        if "text" not in json.loads(first):
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"{what} {path} is not JSON lines of {{\"text\": ...}}: its first line is "
-                         f"{first[:80]!r}. {hint}") from None
+    n_documents = 0
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                document = json.loads(raw.decode("utf-8"))
+                if not isinstance(document, dict) or not isinstance(document.get("text"), str):
+                    raise ValueError
+            except (ValueError, RecursionError):
+                raise ValueError(f"{what} {path} is not JSON lines of {{\"text\": ...}}: line {number} is "
+                                 f"{raw[:80].decode('utf-8', 'replace')!r}. {hint}") from None
+            if not document["text"].strip():
+                raise ValueError(f"{what} {path}: line {number} has an empty \"text\". {hint}")
+            n_documents += 1
+    if n_documents == 0:
+        raise ValueError(f"{what} {path} holds no documents. {hint}")
     return path
 
 
@@ -166,7 +178,14 @@ def _text_documents(paths: Sequence[PathLike], out_dir: Path) -> Path:
         for path in paths:
             if not path.is_file():
                 raise FileNotFoundError(f"Text file {path} does not exist")
-            out.write(json.dumps({"text": path.read_text(encoding="utf-8")}) + "\n")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"Text file {path} is not UTF-8 text (byte {e.start}); give UTF-8 text") from None
+            if not text.strip():
+                raise ValueError(f"Text file {path} is empty: there is nothing to measure the perplexity of; give "
+                                 f"held-out text")
+            out.write(json.dumps({"text": text}) + "\n")
     return documents
 
 

@@ -187,18 +187,19 @@ def model_parts(modules: Sequence[nn.Module], dtype: Optional[torch.dtype] = Non
 
 def write_checkpoint(out_dir: Union[str, Path], modules: Sequence[nn.Module], *, tensor_parallel_size: int = 1,
                      tokenizer_path: Union[str, Path, None] = None, dtype: Optional[torch.dtype] = None,
-                     extra_files: Sequence[Path] = (), overwrite: bool = False) -> Path:
+                     extra_files: Sequence[Path] = (), overwrite: bool = False, reads: Sequence = ()) -> Path:
     r"""
     Write `modules` as a gpt-neox checkpoint (the 20B slim layout) at `out_dir`, all at once or not at all: the
     files go to a temporary folder beside `out_dir`, which is renamed when complete. `extra_files` are copied
-    in too (such as the file of fine-tuned tensors).
+    in too (such as the file of fine-tuned tensors). `reads` are the paths the caller read (its checkpoint), which
+    `overwrite` never replaces (`checkpoint/atomic.py`).
     """
     from labml_nn.neox.checkpoint import write_neox_checkpoint
     from labml_nn.neox.checkpoint.atomic import atomic_folder
     out = Path(out_dir)
     # An empty folder at `out` (made by the user for us) counts as free
     replace = overwrite or (out.is_dir() and not out.is_symlink() and not any(out.iterdir()))
-    with atomic_folder(out, overwrite=replace) as tmp:
+    with atomic_folder(out, overwrite=replace, reads=reads) as tmp:
         write_neox_checkpoint(tmp, modules[0].config, model_parts(modules, dtype),
                               tensor_parallel_size=tensor_parallel_size, tokenizer_path=tokenizer_path)
         for f in extra_files:
@@ -219,4 +220,5 @@ def merge_into_checkpoint(base: Union[str, Path], trained_path: Union[str, Path]
     apply_trained(modules, tensors, metadata)
     checkpoint = loader.checkpoint
     return write_checkpoint(out_dir, modules, tensor_parallel_size=loader.config.tensor_parallel_size,
-                            tokenizer_path=checkpoint.tokenizer_path, dtype=dtype, overwrite=overwrite)
+                            tokenizer_path=checkpoint.tokenizer_path, dtype=dtype, overwrite=overwrite,
+                            reads=[checkpoint.layout.root, trained_path])

@@ -58,6 +58,9 @@ def tokenize_file(tokenizer, path: Union[str, Path]) -> torch.Tensor:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"The text file {path} does not exist; pass a UTF-8 text file to train on") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"The text file {path} is not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}); "
+                         f"convert it to UTF-8 (iconv -t UTF-8) or pass a text file") from None
     return tokenize_documents(tokenizer, [text])
 
 
