@@ -204,7 +204,8 @@ def _finetune(argv: Optional[List[str]] = None):
     # ### The model, with the chosen tensors trainable
     devices = args.devices.split(",") if args.devices else None
     loader = LayerLoader(args.checkpoint, dtype=DTYPES[dtype_name], device=device, devices=devices,
-                               trust_pickle=args.trust_pickle, progress=None if rank == 0 else False, revision=args.revision)
+                               trust_pickle=args.trust_pickle, progress=None if rank == 0 else False, revision=args.revision,
+                               base=args.base)
     config, checkpoint = loader.config, loader.checkpoint
     if checkpoint.tokenizer_path is None:
         raise DataError(f"{args.checkpoint} has no tokenizer file; copy the model's tokenizer.json there")
