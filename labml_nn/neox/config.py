@@ -353,6 +353,7 @@ class NeoXConfig:
             "rotary_pct": self.rotary_pct,
             "rotary_emb_base": self.rotary_base,
             "layernorm_epsilon": self.layer_norm_eps,
+            # A model with tied embeddings is written untied, its readout a copy of the embedding (the same logits)
             "no_weight_tying": True,
             "gpt_j_residual": self.parallel_residual,
             "gpt_j_tied": self.tied_layernorms,
