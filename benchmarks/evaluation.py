@@ -1,7 +1,7 @@
 r"""
 # Evaluation benchmark: the demo model on LAMBADA and on held-out Shakespeare, fp32 and LLM.int8
 
-The published GPT-NeoX-20B figures need the 39 GB weights and a GPU. What runs anywhere is the demo model
+The published GPT-NeoX-20B figures need the 41 GB weights and a GPU. What runs anywhere is the demo model
 (`labml_nn/neox/demo/`, a 5.3M-parameter GPT-NeoX trained on Shakespeare by `samples/train_demo.py`). This
 script evaluates it the way the 20B model is evaluated, through `python -m labml_nn.neox.evaluation`'s code
 path (`LayerLoader` + `EvalHarnessAdapter` + `lm_eval.simple_evaluate`), in fp32 and with LLM.int8 layers:

@@ -2,7 +2,7 @@ r"""
 # Training the demo model on Shakespeare
 
 The project ships a small GPT-NeoX, in `labml_nn/neox/demo/`, so that `samples/generate.py` runs offline, on a
-CPU, in seconds, before anyone downloads 39 GB. This script made it; run it again to reproduce it.
+CPU, in seconds, before anyone downloads 41 GB. This script made it; run it again to reproduce it.
 
 It is the 20B architecture at toy size: 4 layers, $C = 256$, 8 heads of $D = 32$ (rotary on a quarter of each
 head, 8 features), parallel residual, tanh GELU, a context of 256 tokens: about 5.3 million parameters, two fifths

@@ -135,9 +135,9 @@ class Browser:
         # fonts (KaTeX's) loaded, then one more frame so that layout has settled
         self.evaluate("document.fonts.ready.then(() => new Promise(r => requestAnimationFrame(() => r(1))))")
 
-    def evaluate(self, expression: str):
+    def evaluate(self, expression: str, timeout: float = 20.0):
         result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                "awaitPromise": True})
+                                                "awaitPromise": True}, timeout=timeout)
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -459,3 +459,74 @@ def test_every_figure_s_text_is_at_least_10_px_at_1280_and_390(browser, real_url
     browser.set_width(390)
     browser.goto(f"{real_url}/labml_nn/neox/tensor_parallel.html#figure-tp-qkv-layout")
     browser.screenshot(ARTIFACTS / "tensor-parallel-figure-390.png")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Code blocks in prose, the sidebar's title and its outline (issue 24)
+# ---------------------------------------------------------------------------------------------------------------
+
+# Code blocks outside the annotated code: which scroll sideways, and whether those carry the cue
+PROSE_CODE = """(() => [...document.querySelectorAll('article pre > code')].filter(c => !c.closest('.ann-code'))
+  .filter(c => c.scrollWidth > c.clientWidth + 1)
+  .map(c => ({where: (c.closest('[id]') || {}).id, cued: c.classList.contains('ann-code-scrolls'),
+              mask: getComputedStyle(c).maskImage || getComputedStyle(c).webkitMaskImage || 'none'})))()"""
+
+
+def _prose_pages(site: Path) -> list[str]:
+    return sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html")
+                  if not p.relative_to(site).as_posix().startswith(("reference/", "source/", "figures/"))
+                  and p.name != "404.html" and "<pre" in p.read_text(encoding="utf-8"))
+
+
+def test_prose_code_blocks_wrap_when_wide_and_scroll_with_a_cue_on_a_phone(browser, real_url):
+    site = build_site("real")
+    pages = _prose_pages(site)
+    for width in (1280, 1440):
+        browser.set_width(width)
+        scrolling = []
+        for page in pages:
+            browser.goto(f"{real_url}/{page}")
+            scrolling += [f"{page}: {found['where']}" for found in browser.evaluate(PROSE_CODE)]
+        assert not scrolling, f"at {width} px, code blocks in prose scroll sideways:\n" + "\n".join(scrolling)
+    # On a phone a block keeps its lines and scrolls: faded at the right edge until scrolled to its end
+    browser.set_width(390)
+    cued = 0
+    for page in pages:
+        browser.goto(f"{real_url}/{page}")
+        for found in browser.evaluate(PROSE_CODE):
+            assert found["cued"] and found["mask"] != "none", f"{page}: {found} scrolls without a cue"
+            cued += 1
+    assert cued > 0, "no code block in prose is wider than a phone: the cue is untested"
+    browser.goto(f"{real_url}/index.html")
+    ended = browser.evaluate("""(() => { const c = document.querySelector('code.ann-code-scrolls');
+        c.scrollLeft = c.scrollWidth; return new Promise(r => setTimeout(() => r(
+          [c.classList.contains('ann-code-end'), getComputedStyle(c).maskImage || getComputedStyle(c).webkitMaskImage]), 100)); })()""")
+    assert ended[0] and ended[1] == "none", ended
+
+
+def test_the_sidebar_title_covers_no_entry_scrolled_beneath_it(browser, real_url):
+    browser.set_width(1280)
+    browser.goto(f"{real_url}/labml_nn/neox/model.html")
+    covered = browser.evaluate("""(() => {
+      const wrap = document.querySelector('.md-sidebar--primary .md-sidebar__scrollwrap');
+      wrap.scrollTop = wrap.scrollHeight / 3;
+      const title = document.querySelector('.md-sidebar--primary .md-nav--primary > .md-nav__title').getBoundingClientRect();
+      const view = wrap.getBoundingClientRect();
+      return [...wrap.querySelectorAll('a.md-nav__link')].map(a => [a.textContent.trim(), a.getBoundingClientRect()])
+        .filter(([, r]) => r.height > 0 && r.bottom > view.top && r.top < view.bottom)
+        .filter(([, r]) => r.top < title.bottom - 1 && r.bottom > title.top + 1 && title.height > 0)
+        .map(([text]) => text);
+    })()""")
+    assert covered == [], f"the sidebar's title covers {covered}"
+
+
+def test_the_outline_highlights_the_section_being_read(browser, real_url):
+    browser.set_width(1280)
+    browser.goto(f"{real_url}/labml_nn/neox/model.html")
+    for heading in ("the-key-value-cache", "multi-head-attention", "feed-forward-network", "transformer-layer"):
+        # the section's heading a quarter of the way down the window: that section fills the screen
+        browser.evaluate(f"""(() => {{ const h = document.getElementById('{heading}');
+            window.scrollTo(0, h.getBoundingClientRect().top + window.scrollY - window.innerHeight / 4); return 1; }})()""")
+        active = browser.evaluate("""new Promise(r => setTimeout(() => r([...document.querySelectorAll(
+            '.md-sidebar--primary .md-nav--secondary a.md-nav__link--active')].map(a => a.getAttribute('href'))), 300))""")
+        assert active == [f"#{heading}"], (heading, active)

@@ -15,6 +15,8 @@ An mkdocs hook (registered under `hooks:` in `mkdocs.yml`). On every build it
 * links each section's line range to the site's own copy of the source (`source/<path>.html`), or to the
   repository when `repo_url` is set;
 * draws the figures (`figures.py`) and places each beside the code it illustrates;
+* places the live widgets and builds the demo model they run (`live.py`);
+* computes the numbers a learner asks for (memory, "Check yourself") from our code (`learner_numbers.py`);
 * cleans the search index (`search_index.py`).
 
 The sources are read by `source_parser.py` (prose and code, with `tokenize` and `ast`); the HTML of the pages
@@ -37,6 +39,8 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import crosslinks  # noqa: E402
 import figures  # noqa: E402
+import live  # noqa: E402
+import learner_numbers  # noqa: E402
 import reading_path  # noqa: E402
 import render  # noqa: E402
 import search_index  # noqa: E402
@@ -201,6 +205,8 @@ def module_markdown(module: Module, modules: dict[str, Module] | None = None) ->
     for i, section in enumerate(module.annotated.sections):
         parts.append(f"<!--ann-section:{i}-->\n\n{rewrite_links(section.prose, module, modules)}\n")
     parts.append("<!--ann-end-->\n")
+    if _state.get("numbers"):
+        parts.append(learner_numbers.check_yourself(module.path))
     return "\n".join(parts)
 
 
@@ -256,6 +262,9 @@ def on_config(config):
     known = {m.path for m in modules}
     _state["builds_on"] = {m.path: crosslinks.imports(m, known) for m in modules}
     _state["figures"] = figures.place(root, modules)
+    _state["live"] = live.prepare(root, modules)
+    # "Check yourself" and the memory figures come from `memory.py`: only in a project that has it
+    _state["numbers"] = "labml_nn/neox/memory.py" in {m.path for m in modules}
 
     # the reading path: checked now, reported in `on_files` (where a warning fails `--strict`)
     docs_dir = Path(config.docs_dir)
@@ -292,6 +301,7 @@ def on_files(files, config):
         if m.api_page:
             files.append(File.generated(config, m.api_page, content=api_markdown(m)))
     figures.add_files(files, config, _state["figures"])
+    live.add_files(files, config, _state["live"])
     return files
 
 
@@ -301,7 +311,15 @@ _MD_LINK = re.compile(r"\[([^\]\n]+)\]\(((?:labml_nn|samples|reference)/[^)\s#]+
 
 
 def on_page_markdown(markdown, page, config, files):
-    """The home page's map of the modules is the reading path, written where `<!--reading-path-->` stands."""
+    """
+    The memory figures (`<!--memory...-->`, `learner_numbers.py`) on every page; on the home page, the map of the
+    modules, the reading path, written where `<!--reading-path-->` stands.
+    """
+    if _state.get("numbers"):
+        markdown = learner_numbers.substitute(markdown)
+        if page.file.src_uri not in _state["by_page"]:
+            # a page of docs/ on the core path ends with its questions too (module pages get theirs in Markdown)
+            markdown = markdown.rstrip() + "\n\n" + learner_numbers.check_yourself(page.file.src_uri)
     if page.file.src_uri != "index.md":
         return markdown
     pages = {f.src_uri for f in files}
@@ -336,7 +354,8 @@ def on_page_content(html_text, page, config, files):
     if module is not None:
         def source_url(start, end):
             return _source_url(config, module, page, files, start, end)
-        return render.module_page(html_text, module, state, page, files, source_url, _check_maths)
+        html_text = render.module_page(html_text, module, state, page, files, source_url, _check_maths)
+        return live.module_page(html_text, module.path, state["live"])
     module = state["by_api"].get(src) or state["by_source"].get(src)
     if module is not None and src == module.api_page:
         return render.api_page(html_text, module, page, files,
@@ -344,6 +363,7 @@ def on_page_content(html_text, page, config, files):
     if module is not None:
         return render.source_page(html_text, module, page, files)
     _check_maths(html_text, src)
+    html_text = live.docs_page(html_text, state["live"], src)
     # the home page and the other pages of docs/ link our code too
     linked, _ = crosslinks.link_code(
         html_text, state["xref"],

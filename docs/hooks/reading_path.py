@@ -8,13 +8,18 @@ pages of `docs/`), one line each, optionally with what the page teaches:
 ```yaml
 extra:
   reading_path:
-    The model:
+    The core path:                      # a part: a list of pages
       - labml_nn/neox/config.py: the model's numbers in one small dataclass
       - labml_nn/neox/model.py
+    Engineering notes:                  # a group of parts: a mapping of parts to lists
+      Checkpoints in detail:
+        - labml_nn/neox/checkpoint/atomic.py
 ```
 
-From it come the navigation (the parts are its sections, each page labelled with its own title), every page's
-Next/Previous (mkdocs follows the navigation) and the map on the home page. Because pages are added and removed
+A top-level key is either a part (a list of pages) or a group of parts (a mapping), so the site can have two
+depths: a core path read end to end, then notes grouped by subject. From it come the navigation (groups and
+parts are its sections, each page labelled with its own title), every page's Next/Previous (mkdocs follows the
+navigation; the footer names the group of the page it points to) and the map on the home page. Because pages are added and removed
 by several people at once, the list is checked against the files: a module that is not on the path, or a line
 that names no file, is a warning, which fails `mkdocs build --strict`, and the message names the line to add or
 remove. Nothing here knows about mkdocs except through the arguments it is given.
@@ -30,6 +35,7 @@ class Stop:
     part: str             # the section of the navigation, "The model"
     path: str             # `labml_nn/neox/model.py`, or a page of docs/ such as `evaluation.md`
     teaches: str | None   # one line for the home page's map
+    group: str = ""       # the top-level key: the part itself, or the group the part belongs to
 
 
 def read(extra: dict | None) -> tuple[list[Stop], list[str]]:
@@ -40,7 +46,16 @@ def read(extra: dict | None) -> tuple[list[Stop], list[str]]:
         return [], ["mkdocs.yml has no `extra: reading_path:` (a mapping of parts to lists of source files); "
                     "without it the navigation is the source tree in alphabetical order"]
     stops: list[Stop] = []
-    for part, entries in raw.items():
+    parts: list[tuple[str, str, object]] = []   # (group, part, entries)
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            parts += [(str(key), str(part), entries) for part, entries in value.items()]
+        else:
+            parts.append((str(key), str(key), value))
+    for group, part, entries in parts:
+        if not isinstance(entries, (list, type(None))):
+            problems.append(f"mkdocs.yml, extra: reading_path, part {part!r}: not a list of `- path` lines")
+            continue
         for entry in entries or []:
             if isinstance(entry, str):
                 path, teaches = entry, None
@@ -50,7 +65,7 @@ def read(extra: dict | None) -> tuple[list[Stop], list[str]]:
                 problems.append(f"mkdocs.yml, extra: reading_path, part {part!r}: {entry!r} is neither "
                                 "`- path` nor `- path: what it teaches`")
                 continue
-            stops.append(Stop(str(part), str(path).strip(), str(teaches).strip() if teaches else None))
+            stops.append(Stop(part, str(path).strip(), str(teaches).strip() if teaches else None, group))
     seen: set[str] = set()
     for stop in stops:
         if stop.path in seen:
@@ -99,12 +114,17 @@ def ordered(stops: list[Stop], existing: list[str]) -> list[Stop]:
 
 
 def nav(stops: list[Stop], page_of: dict[str, str], title_of: dict[str, str]) -> list:
-    """mkdocs `nav` entries, one section per part: `[{part: [{title: page}, ...]}, ...]`."""
-    parts: dict[str, list] = {}
+    """
+    mkdocs `nav` entries, one section per part, `[{part: [{title: page}, ...]}, ...]`, and a group's parts as
+    sections inside the group's: `{group: [{part: [...]}, ...]}`.
+    """
+    groups: dict[str, dict[str, list]] = {}
     for stop in stops:
         page = page_of.get(stop.path, stop.path)
-        parts.setdefault(stop.part, []).append({title_of.get(stop.path, stop.path): page})
-    return [{part: pages} for part, pages in parts.items()]
+        groups.setdefault(stop.group or stop.part, {}).setdefault(stop.part, []).append(
+            {title_of.get(stop.path, stop.path): page})
+    return [{group: parts[group]} if list(parts) == [group] else {group: [{p: pages} for p, pages in parts.items()]}
+            for group, parts in groups.items()]
 
 
 def home_map(stops: list[Stop], page_of: dict[str, str], title_of: dict[str, str],
@@ -112,8 +132,11 @@ def home_map(stops: list[Stop], page_of: dict[str, str], title_of: dict[str, str
     """The home page's map: each part a heading, each stop its title (linked), its file and what it teaches."""
     lines = []
     for i, stop in enumerate(stops):
-        if i == 0 or stops[i - 1].part != stop.part:
-            lines += ["", f"### {stop.part}", ""]
+        group = stop.group or stop.part
+        if i == 0 or (stops[i - 1].group or stops[i - 1].part) != group:
+            lines += ["", f"### {group}", ""]
+        if stop.part != group and (i == 0 or stops[i - 1].part != stop.part):
+            lines += ["", f"#### {stop.part}", ""]
         page = page_of.get(stop.path, stop.path)
         title = title_of.get(stop.path, stop.path)
         teaches = stop.teaches or first_sentence_of.get(stop.path, "")

@@ -7,20 +7,11 @@ be read top to bottom beside its code, and to run on the real checkpoints: the 2
 gpt-neox checkpoint, or a Pythia model in Hugging Face format, by folder or by Hub name and revision
 (`"EleutherAI/pythia-160m"` at any of its 154 training steps).
 
-The package is built in layers, each page leaning only on the ones before it:
-
-* `config.py` holds the model's numbers; `model.py` is the model itself: its modules, the key-value cache
-  (`KVCache`) that attention reads while generating, and `NeoXModel`, the modules in order with the one loop
-  that runs them. It depends on nothing else of ours, so the two files can be copied into other code.
-* `checkpoint/` reads and merges the checkpoint files, one part of the model at a time (`checkpoint/parts.py`);
-  `loader.py`'s `LayerLoader` turns them into `model.py`'s modules, one layer at a time.
-* `tokenizer.py` and `generation.py` sample text from the model (`cpu_decoding.py` makes that fast on a CPU,
-  with the kernel of `cpu_gemv.py`); `llm_int8.py` quantizes it to half the memory; `training/` (a dataset of
-  text windows, the choice of what trains, the training loop) trains and fine-tunes it; `evaluation/` scores it
-  on LAMBADA with lm-eval.
-* `onnx_export.py` writes the model as an ONNX graph with its key-value cache as inputs and outputs, which
-  runs in a browser (the site's live model) and in Hugging Face's tools.
-* `cli.py` holds what every command line shares (the `--checkpoint`, `--device` and `--dtype` options, errors).
+The site reads at two depths. **The core path**, read end to end, is the model and how it runs: `config.py`,
+`model.py` (with its key-value cache), `memory.py` (what it all weighs), `tokenizer.py` and `generation.py`, how
+20B is split over GPUs, `llm_int8.py`, evaluation with lm-eval and fine-tuning. **Engineering notes** follow:
+the checkpoint files in detail (`checkpoint/`, `loader.py`), fast decoding on a CPU (`cpu_decoding.py`), the
+training loop, the samples, the command lines and the ONNX export (`onnx_export.py`, the site's live model).
 
 Notation used on every page: `B` batch, `T` sequence length, `H` heads, `D` head dimension, `C = H * D` the
 hidden size, `V` the vocabulary. Shapes are written `[B, T, H, D]`.
@@ -42,6 +33,9 @@ tokenizer = load_tokenizer(path)
 ids = torch.tensor([encode(tokenizer, "ROMEO:")])
 print(tokenizer.decode(generate(model, ids, 20)[0].tolist()))
 ```
+
+A Pythia model at one of its 154 training steps is a Hub name and a revision:
+`LayerLoader("EleutherAI/pythia-160m", revision="step3000")` (`checkpoint/hub.py`).
 """
 
 # The names this package exports. Each is imported only when first used (PEP 562's module `__getattr__`), so that

@@ -1,17 +1,10 @@
 r"""
 # The model's configuration
 
-Every GPT-NeoX model, from Pythia-70M to the 20B model, is the same program with different numbers. This
-module holds those numbers in one small dataclass, `NeoXConfig`, and reads them from the two places they are
-found in the wild:
-
-* a **gpt-neox YAML config** (`configs/20B.yml` beside the 20B slim weights), where keys are written
-  either `num_layers` or `num-layers`, and keys that are absent take gpt-neox's defaults;
-* a **Hugging Face `config.json`** (every Pythia model), written by transformers 4.x (`rotary_pct`,
-  `rotary_emb_base`) or 5.x (`rope_parameters: {rope_theta, partial_rotary_factor}`).
-
-The model code (`model.py`) depends on nothing else of ours but this file, so both can be copied into
-another project together.
+Every GPT-NeoX model, from Pythia-70M to 20B, is the same program with different numbers. `NeoXConfig` holds
+them, read from a **gpt-neox YAML config** (`configs/20B.yml`; `num_layers` or `num-layers`, absent keys take
+gpt-neox's defaults) or a **Hugging Face `config.json`** (Pythia; transformers 4.x or 5.x spellings).
+`model.py` depends on nothing else of ours.
 
 ## The numbers of the 20B model
 
@@ -28,12 +21,12 @@ another project together.
 
 ## Every key that changes what a model computes
 
-A key we do not read is a key whose effect we silently drop, so every key of gpt-neox's model arguments
-(`NeoXArgsModel`, and the few elsewhere that change a trained model's outputs) and of transformers'
-`GPTNeoXConfig` is in one of these tables: **read** into a field above; **refused** with a `ConfigError` naming it
-and what supporting it would take, whenever its value asks for something `model.py` does not compute; or
-**irrelevant** to a trained model's outputs. `tests/test_config.py` holds gpt-neox's list of keys and fails when
-one is missing here.
+A key we do not read is an effect we silently drop, so every model key of gpt-neox and of transformers is
+**read**, **refused** (a `ConfigError` naming it, when its value asks for something `model.py` does not compute)
+or **irrelevant** to a trained model's outputs; `tests/test_config.py` fails when one is missing here.
+
+<details markdown="1">
+<summary>The keys of gpt-neox and of transformers, one by one</summary>
 
 | gpt-neox key | status | what it does |
 |---|---|---|
@@ -63,6 +56,8 @@ one is missing here.
 | `tie_word_embeddings` | read | the readout is the embedding's matrix, unless the file holds a readout of its own (as transformers does) |
 | `model_type`, `attention_bias` | refused | unless `gpt_neox`, true |
 | `attention_dropout`, `hidden_dropout`, `classifier_dropout`, `initializer_range`, `use_cache`, `bos_token_id`, `pad_token_id`, `is_decoder` | irrelevant | training, caching and other heads |
+
+</details>
 """
 
 import json
@@ -368,9 +363,8 @@ class NeoXConfig:
 
 # ## Helpers
 #
-# A config file, gpt-neox's YAML or transformers' `config.json`, or the dictionary it parses to; returns a name
-# for error messages and the keys. gpt-neox's configs parse with PyYAML's `safe_load` despite their comments and
-# trailing commas. Either file must hold a mapping of keys (`key: value` lines, or a JSON object).
+# A config file (gpt-neox's YAML, which PyYAML's `safe_load` parses despite its comments and trailing commas, or
+# `config.json`) or its dictionary: returns a name for error messages and the keys.
 def _read_keys(source, kind: str) -> "tuple[str, dict]":
     if isinstance(source, Mapping):
         return ("config" if kind == "YAML" else "config.json"), dict(source)
@@ -538,12 +532,9 @@ def _refuse_unbuilt_neox_keys(name: str, values: Mapping[str, Any]):
 
 # ## Checking the values
 #
-# A config file is input from outside: a number may be a word (`num_layers: four`), a list (`hidden_size: [256]`),
-# zero or negative, and a flag may be the *string* `"false"`, which Python's `bool` reads as true. Each would
-# otherwise surface deep inside as a bare `ValueError`, `ZeroDivisionError` or, worse, a model built from the
-# wrong value. So every key we read is checked once, before it is used, and a wrong one names the file, the key,
-# the value and what it should be. Numbers written as strings (`"1e-5"`, which PyYAML reads as a string) are
-# accepted when they parse; flags must be YAML's `true`/`false`.
+# A config file is input from outside: `num_layers: four`, `hidden_size: [256]`, or the *string* `"false"` (true to
+# Python's `bool`). Every key we read is checked once, before use; a wrong one names the file, the key, the value
+# and what it should be. Numbers written as strings (`"1e-5"`) are accepted when they parse.
 #
 # What each kind accepts: `count` an integer $\geq 1$, `size` an integer $\geq 0$, `positive` a finite number
 # $> 0$, `fraction` a number in $(0, 1]$, `flag` `true` or `false`, `mapping` a `{key: value}` table.

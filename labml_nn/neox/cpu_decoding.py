@@ -21,102 +21,54 @@ function that silently changes how its caller's model runs is a side effect the 
 
 ## Where a decoding step's time goes
 
-Each decoding step multiplies one token's vector (or one per row of the batch) by every weight matrix of the
-model. These are matrix-vector products: each weight is read once from memory and used for a handful of
-multiply-adds, so a step can be no faster than reading all the weights, `weight bytes / read bandwidth`, the
-*memory floor* that `benchmarks/generate.py` prints. On our 2-core test machine (AMD EPYC, AVX-512; random
-Pythia-160M-shaped weights, 49 products of 504 MB per step, `benchmarks/RESULTS.md`) the products are ~86% of a
-step with PyTorch's own products, and what limits them is not the arithmetic but how MKL, PyTorch's CPU BLAS, walks
-the memory:
+Each decoding step multiplies one token's vector (or one per row of the batch) by every weight matrix: matrix-vector
+products, each weight read once from memory for a handful of multiply-adds. So a step can be no faster than
+`weight bytes / read bandwidth`, the *memory floor* that `benchmarks/generate.py` prints (the products are ~86% of a
+Pythia-160M step with PyTorch's own products). What holds PyTorch's products back is how MKL, its CPU BLAS, walks
+the memory; it leaves two things on the table:
 
-| the 49 products of one step, read speed (a quiet moment) | batch 1 | batch 8 |
-|---|---|---|
-| `nn.Linear` as loaded, weights `[out, in]` row by row, 2 threads | 13.5 GB/s | 8.8 GB/s |
-| the same weights stored column by column, 2 threads | 18.5 GB/s | 8.0 GB/s |
-| as loaded, the two halves of the rows as one `torch.bmm`, 2 threads | 24.6 GB/s | 12.8 GB/s |
-| **our kernel** (`cpu_gemv.py`), as loaded, 2 threads | **27.7 GB/s** | **20.4 GB/s** |
-| `nn.Linear` as loaded, 1 thread | 13.8 GB/s | 7.1 GB/s |
-| column by column, 1 thread | 18.5 GB/s | 7.0 GB/s |
-| **our kernel**, as loaded, 1 thread | **19.3 GB/s** | **12.0 GB/s** |
-| (reading memory with `sum()`, the floor) | 27-33 GB/s (2 threads), 21-22 (1) | |
-
-(The kernel's rows were measured on later days than the others; in its first run the two halves read 20.8 and
-11.7 GB/s at two threads and column-major MKL 18.5 at one: the machine varies by 10-20% from hour to hour.)
-
-MKL leaves two things on the table.
-
-* **The second core.** MKL's fp32 matrix-vector product runs on one core whatever `torch.set_num_threads` says;
-  at batch 1 the second core idles.
-* **The layout.** `nn.Linear` computes $x W^\top$ with $W$ stored `[out, in]`, row after row, and MKL's
-  matrix-vector product reads the transposed layout (each column of $W$ contiguous) about 1.35 times faster.
+* **The second core.** MKL's fp32 matrix-vector product runs on one core whatever `torch.set_num_threads` says.
+* **The layout.** `nn.Linear` stores $W$ `[out, in]`, row after row; MKL reads the transposed layout (each column
+  contiguous) about 1.35 times faster.
 
 Our kernel (`cpu_gemv.py`, C++ compiled on the user's machine) takes both: it shares each weight's rows among the
-threads, reads them as they were loaded, and at batch 8 reads each weight from memory once for all eight rows of
-input, in tiles that keep the cores' multiply-add units busier than MKL's products of a few rows do on this AMD
-machine (77-109 against 48-71 GFLOP/s at 16-32 rows). `prepare_for_cpu_decoding` uses it for up to
-`MAX_KERNEL_ROWS` rows of input. Where it cannot be built (no C++ compiler, not Linux on x86-64), two ways around
-MKL's limits built from PyTorch's own ops take its place:
+threads, reads them as loaded, and at batch 8 reads each weight once for all eight rows of input. At batch 1 on
+two threads it reads about twice as fast as `nn.Linear`, near what a plain `sum()` over memory reads (the table,
+and how it varies from hour to hour, are in `benchmarks/RESULTS.md`, "CPU decoding"). `prepare_for_cpu_decoding`
+uses it for up to `MAX_KERNEL_ROWS` rows of input. Where it cannot be built (no C++ compiler, not Linux on
+x86-64), two ways around MKL's limits built from PyTorch's own ops take its place:
 
 * **The halves, with two threads or more.** `torch.bmm` over a batch of two matrices gives each core one of
-  them. So we multiply by the two halves of each weight's rows, $W = [W_a; W_b]$, as one `bmm` of
-  $x$ `[2, N, in]` (the same $x$ twice, an expanded view, no copy) by $[W_a^\top, W_b^\top]$ `[2, in, out/2]`,
-  and lay the two results side by side: $x W^\top = [x W_a^\top, x W_b^\top]$. The halves are views of the
-  weight as it was loaded (rows $0 \dots out/2 - 1$ and the rest), so nothing is copied.
-* **Column by column, on one thread.** With one thread `bmm` does the halves one after the other, no faster than
-  `nn.Linear`; what helps then is the layout, so we store each fp32 weight column by column: `W.t()` is
-  contiguous, `W` keeps its shape and values, and `F.linear` computes the same thing.
+  them: one `bmm` of $x$ `[2, N, in]` (the same $x$ twice, an expanded view) by the two halves of the rows,
+  $[W_a^\top, W_b^\top]$ `[2, in, out/2]`, laid side by side: $x W^\top = [x W_a^\top, x W_b^\top]$. The
+  halves are views of the loaded weight; nothing is copied.
+* **Column by column, on one thread.** Each fp32 weight stored column by column: `W.t()` is contiguous, `W` keeps
+  its shape and values, and `F.linear` computes the same thing.
 
-With many tokens (the prompt) a matrix-matrix product is bound by arithmetic, not memory, and MKL's GEMM already
-uses every core, so above `MAX_KERNEL_ROWS` (and `MAX_BMM_TOKENS`) rows a `DecodingLinear` calls `F.linear` on
-its whole weight.
+With many tokens (the prompt) a product is bound by arithmetic, not memory, and MKL's GEMM already uses every
+core, so above `MAX_KERNEL_ROWS` (and `MAX_BMM_TOKENS`) rows a `DecodingLinear` calls `F.linear`.
+
+fp16 and bf16 weights, and weights on a GPU, are left alone (MKL's half-precision product is about 10 times
+slower on the transposed layout; cuBLAS reads both layouts at full speed). On a machine whose cores are busy with
+other work, a product split over two cores waits for the slower one:
+`prepare_for_cpu_decoding(model, halves=False, kernel=False)` keeps to one thread's choice, the column-major layout.
 
 ### Less around the products
 
-Once the products read at memory speed, what is left of a step is everything around them. With the products
-replaced by empty tensors, a batch-1 step of Pythia-160M took 2.3-2.6 ms on the test machine with the prepared
-modules called one by one: some 100 small PyTorch ops a layer (the rotary embeddings alone 15, the views, the cache's
-copies, the layer norms, the additions), module calls, and PyTorch's GELU, which inside a step costs 40-50 us a
-layer because the weights streaming past have evicted its code (`cpu_gemv.py`). Against a 10-11 ms step at two
-threads, that is a fifth of it. So the kernel does more of a step:
+Once the products read at memory speed, what is left of a step is everything around them: some 100 small PyTorch
+ops a layer (rotary embeddings, views, the cache's copies, layer norms, additions), module calls, and PyTorch's GELU,
+whose code the weights streaming past evict from the caches. Together about a fifth of a step. So the kernel does
+more of it:
 
 * `DecodingFFN`: the GELU is applied by the kernel as it writes the first product's outputs;
 * `DecodingAttention`: everything between `query_key_value` and `dense` (rotary embeddings, writing the cache,
   attention) is one call;
 * `DecodingLayer`: a whole layer is one call (`layer_step`), when all its parts are prepared.
 
-What is left at batch 1 besides the products is Python's 0.36 ms a step, some 7-15 us a layer before the first layer
-norm, and attention, 42-49 us a layer at two threads and 64-72 at one, bound by reading a cache that the weights
-streaming past have pushed out of the caches (measured by timing the phases inside `layer_step`). In whole generations, same process, alternating:
-the layer as one call gives 10% more tokens per second at batch 1 with two threads than the same modules called one
-by one, and 2% with one. The three together, against the version before them (alternating processes, three rounds,
-the same greedy tokens): batch 8 268-278 to 350-363 tokens/s (+30%), batch 1 with one thread +9-18% a round; batch
-1 with two threads moved more with the machine than with the code (-18% to +20%).
-
-### What did not hold up
-
-* **oneDNN's linear** (`torch.ops.mkldnn._linear_pointwise` on a packed weight) reads 8.1 GB/s at batch 8 (vs 6.6
-  for MKL on the usual layout) and the same ~19 GB/s as MKL at batch 1: behind `bmm` at both, and its packed weight
-  is an opaque tensor that a state dict cannot hold, so it would break "same names, same values".
-* **More than two pieces** (`bmm` over 4 or 8 slices of the rows) is no faster on two cores.
-* **A compiled reduction**: `(W * x).sum(-1)` under `torch.compile`, which inductor turns into a vectorised
-  OpenMP loop over the rows, reads 23.7 GB/s at batch 1 and 12.0 at batch 8, behind `bmm` and our kernel.
-* **Other ready-made products.** numpy's (OpenBLAS, its own thread pool) reads 22-24 GB/s at batch 1 and 8 GB/s at
-  batch 8, and its threads then compete with PyTorch's; MKL's matrix-matrix product with the input padded to two
-  rows reads 23 GB/s at batch 1 and falls to 9.5 GB/s from 5 rows on.
-* **Inside our kernel**, handing out rows to threads as they free up and AVX-512's wider registers were within
-  noise; what did help (tiles of four weight rows by three input rows, prefetching by hand) is explained in
-  `cpu_gemv.py`. Also within noise (0.98-1.04 times the tokens per second, paired rounds; `benchmarks/RESULTS.md`):
-  one OpenMP region for a whole layer, with barriers in place of five fork-joins and the waiting thread prefetching
-  its next weight; and, for attention, prefetching the cache or scoring one key row at a time.
-* **fp16 and bf16 weights** are left alone: MKL's half-precision matrix-vector product is about 10 times slower on
-  the transposed layout. On a GPU, cuBLAS reads both layouts at full speed, so GPU weights are left alone too.
-* **A busy machine.** A product split over two cores waits for the slower of them. In whole generations with other
-  jobs holding the cores (load average 5-8 on two cores), the halves lost to one-core column-major products with two
-  threads (2.5 against 4.1 tokens/s) and tied with one thread (16.2 against 17.3). On a shared machine,
-  `prepare_for_cpu_decoding(model, halves=False, kernel=False)` takes the one-thread choice, the column-major
-  layout. (The kernel splits its work over the threads the same way; `torch.set_num_threads(1)` keeps it on one.)
-* **torch's dynamic int8 quantization** decodes 2.6 times faster, but it changes the values; it is a different
-  step (LLM.int8 has its own page), not a faster way to compute the same thing.
+What is left besides the products is Python's share of a step and attention, bound by reading a cache that the
+weights have pushed out of the caches. The phase timings, the gains of each step and the attempts that did not hold
+up (oneDNN, more pieces, a compiled reduction, numpy, other kernel variants, dynamic int8) are recorded in
+`benchmarks/RESULTS.md`.
 
 ## Memory
 
@@ -152,10 +104,8 @@ MAX_BMM_TOKENS = 16
 # page tables. With the usual 4 KB pages, a 504 MB step crosses 123,000 pages, and the hardware prefetcher, which
 # does not follow a stream across a page boundary, starts again at each. Linux's *transparent huge pages* map 2 MB
 # at once; where the system offers them (`/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`),
-# we copy the weights into memory that asks for them (`madvise(MADV_HUGEPAGE)`). On the test machine, reading 491
-# MB from huge pages against small ones, alternating in one process (best of 7): a plain `sum()`, 54 against 39
-# GB/s with two threads and 29 against 21 with one; our kernel at batch 1, 50 against 34 and 28 against 20. (The
-# machine's speed also varies by 10-30% from hour to hour.)
+# we copy the weights into memory that asks for them (`madvise(MADV_HUGEPAGE)`). On the test machine that read
+# memory about 1.4 times faster, for `sum()` and for our kernel alike (`benchmarks/RESULTS.md`).
 #
 # A 2 MB page can only back a whole 2 MB-aligned range of one memory map. So all the weights go into one map, cut
 # into one tensor per weight (`torch.frombuffer` at successive offsets: each weight has a storage of its own, as

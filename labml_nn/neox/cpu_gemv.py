@@ -21,19 +21,9 @@ It is compiled on the user's machine the first time it is needed (about 10 s; Py
 `~/.cache/torch_extensions`, or `$TORCH_EXTENSIONS_DIR`, and later processes load it in a fraction of a second).
 It reads the weight as loaded, `[out, in]` row by row, so nothing is copied.
 
-On the 2-core test machine, over the 49 products of a Pythia-160M step (504 MB), in one process against the first
-version of this kernel (one row of the weight at a time, no prefetching):
-
-| read speed, GB/s | batch 1 | batch 2 | batch 4 | batch 8 | batch 16 |
-|---|---|---|---|---|---|
-| this kernel, 2 threads | 27.7 | 26.8 | 25.4 | 20.4 | 13.2 |
-| the first version, 2 threads | 28.3 | 26.0 | 19.1 | 12.2 | 7.7 |
-| this kernel, 1 thread | 19.3 | 17.8 | 15.3 | 12.0 | |
-| the first version, 1 thread | 20.0 | 15.4 | 10.2 | 7.1 | |
-
-(Medians of 11 rounds; reading the same memory with `sum()` gives 29-43 GB/s with 2 threads and 18-24 with one,
-depending on the hour.) At batch 1 a product is bound by memory and both versions read at nearly its speed; from
-batch 4 on, it is bound by how fast one core can multiply and add, which is what the tiles below are about.
+At batch 1 a product is bound by memory, and any sensible kernel reads at nearly memory speed; from batch 4 on it
+is bound by how fast one core multiplies and adds, which is what the tiles below are about (at batch 8 they read
+the weights about 1.7 times faster than one row at a time; the table is in `benchmarks/RESULTS.md`, "CPU decoding").
 
 The kernel needs Linux on x86-64 with AVX2 (every x86 CPU since 2013-2015), a C++ compiler and `ninja` (a
 dependency of this package); without them `prepare_for_cpu_decoding` falls back to the halves and says why.

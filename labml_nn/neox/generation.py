@@ -11,8 +11,14 @@ Two things make the loop fast:
 * **Logits for the last position only.** During the prompt step only the last position's logits are needed, so
   the others skip the readout (`NeoXModel`'s `last_only`).
 
-`model` is a `NeoXModel` (`model.py`), or any sequence of `model.py`'s modules (the loader's, in a list or an
-`nn.Sequential`), which we run as one.
+`model` is a `NeoXModel`, or a list of `model.py`'s modules (the loader's), which we run as one.
+
+## Why decoding is memory-bound
+
+Each step multiplies every weight once per sequence: 2 FLOPs a parameter, 41 GFLOP for 20B, while all 41.1 GB
+of its fp16 weights ([memory.py](memory.py)) stream from memory, one FLOP per byte read. A GPU computes hundreds
+of FLOPs in the time it reads a byte, so a step takes as long as reading the weights and the cache; a batch of
+$B$ sequences reuses each byte $B$ times. ([cpu_decoding.py](cpu_decoding.py) measures this on a CPU.)
 
 ## Choosing the next token
 
@@ -23,11 +29,8 @@ tokens whose probabilities add up to at least $p$.
 
 ## Prompts of different lengths
 
-Prompts of different lengths share a batch by **left padding**: `left_pad` puts each row's padding before its
-prompt, so that all rows end in the same slot and their next tokens go in the same slots. `padding` `[B]`, the
-number of padding tokens of each row, goes into the cache, and `model.py`'s attention reads it from there:
-each row's rotary positions start at its first real token and no query sees a padding key, so every row
-generates what it generates alone.
+`left_pad` puts each row's padding before its prompt, so all rows end in the same slot; `padding` `[B]` goes
+into the cache, where `model.py`'s attention reads it (each row then generates what it generates alone).
 """
 
 import warnings
@@ -99,6 +102,16 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: Option
     # A temperature too small for fp32 to hold is 0 in fp32: its limit, greedy decoding
     if temperature < torch.finfo(torch.float32).tiny:
         return logits.argmax(dim=-1)
+    probs = next_token_distribution(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def next_token_distribution(logits: torch.Tensor, *, temperature: float, top_k: Optional[int] = None,
+                            top_p: Optional[float] = None) -> torch.Tensor:
+    r"""
+    The distribution `sample_next` draws from, `[B, V]`, for `temperature` > 0. (The site's live model computes
+    the same in JavaScript, `docs/javascripts/live/neox.js`, in the same order.)
+    """
     # Sample in fp32, and subtract the largest logit first: $p_i$ is the same, and $(z_i - \max z) / \tau$ is at
     # most 0, so a small $\tau$ sends the unlikely tokens to $-\infty$ instead of the likely ones to $+\infty$
     # (whose softmax is `NaN`)
@@ -118,8 +131,7 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: Option
         drop[..., 0] = False
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits.softmax(dim=-1)
 
 
 # ## Checking the sampling arguments

@@ -1,15 +1,11 @@
 r"""
 # LLM.int8: 8-bit matrix multiplication that keeps the outliers
 
-GPT-NeoX-20B has 20 billion parameters: 39 GB in fp16, more than one 40 GB GPU holds once activations and the
-key-value cache are added. Storing the weights of its linear layers as 8-bit integers halves that.
-[LLM.int8()](https://arxiv.org/abs/2208.07339) (Dettmers et al., 2022) showed how to do it with almost no loss:
-on LAMBADA the 20B model scores 0.7204 in fp16 and 0.7155 in int8 (accuracy, measured with the annotated
-implementation on nn.labml.ai).
-
-Almost all of the model's weights sit in the four linear layers of each transformer layer
-(`query_key_value`, `dense`, `dense_h_to_4h`, `dense_4h_to_h`); this module replaces those with int8 layers.
-Embedding, readout and layer norms stay in floating point.
+GPT-NeoX-20B's weights are 41.1 GB in fp16, more than one 40 GB GPU holds. 97% of them sit in the four linear
+layers of each transformer layer (`query_key_value`, `dense`, `dense_h_to_4h`, `dense_4h_to_h`); stored as 8-bit
+integers, the model is 21.2 GB ([memory.py](memory.py)). [LLM.int8()](https://arxiv.org/abs/2208.07339)
+(Dettmers et al., 2022) does it with almost no loss: LAMBADA accuracy 0.7204 in fp16, 0.7155 in int8 (the
+annotated implementation on nn.labml.ai). Embedding, readout, norms and biases stay in fp16.
 
 ## Absmax quantization
 
@@ -17,8 +13,7 @@ To store a vector $v$ in int8, divide it by the size of one step, $s = \max_j |v
 
 $$v^q = \operatorname{round}(v / s) \in \{-127, \dots, 127\}, \qquad v \approx s\, v^q$$
 
-The rounding error of each entry is at most $s/2$, so the error is small *relative to the largest entry*. One
-large entry makes $s$ large and wipes out the small ones.
+The error is at most $s/2$: small *relative to the largest entry*. One large entry wipes out the small ones.
 
 ## Vector-wise quantization
 
@@ -37,10 +32,10 @@ $$Y \approx \big(s_x\, s_w^\top\big) \odot \big(X^q\, W^{q\top}\big) + b$$
 
 ## Outlier features and the mixed-precision decomposition
 
-This alone works for small models and fails for large ones. From about 6.7B parameters on, a handful of
-hidden dimensions carry values up to 20 times larger than the rest, in nearly every token and every layer
-(run `samples/llm_int8_outliers.py` to see them). One such value in a row of $X$ makes its step $s_{x,i}$ so
-large that the row's ordinary features round to a few levels, or to zero.
+This works for small models and fails for large ones. From about 6.7B parameters on, a handful of hidden
+dimensions carry values up to 20 times larger than the rest, in nearly every token and layer
+(`samples/llm_int8_outliers.py` shows them). One such value makes its row's step $s_{x,i}$ so large that the
+row's ordinary features round to a few levels, or to zero.
 
 LLM.int8 takes those dimensions out. With a threshold $\alpha$ (6.0), the outlier dimensions of this input are
 
@@ -51,11 +46,9 @@ $$O = \{k : \max_i |X_{ik}| \ge \alpha\}$$
 $$Y \approx X_{:,O}\, \hat W_{:,O}^\top
      + \big(s_x\, s_w^\top\big) \odot \big(X^q_{:,\bar O}\, W^{q\top}_{:,\bar O}\big) + b$$
 
-The first term is an ordinary matrix multiplication in floating point (fp16 on a GPU) over the few outlier
-columns; the second is the int8 product over all the others, whose steps $s_{x,i}$ are now taken without the
-outliers. $\hat W = s_w \odot W^q$ are the dequantized weights: we keep only the int8 weights, not an fp16 copy
-(the paper's formula has the fp16 weights; which columns are outliers is only known once the input arrives, and
-bitsandbytes makes the same choice). Weights have no outlier features, so $\hat W$ is close to $W$.
+The first term is a floating-point product over the few outlier columns; the second the int8 product over the
+rest, with steps taken without the outliers. $\hat W = s_w \odot W^q$ are the dequantized weights: we keep only
+int8 weights (the outlier columns are known only once the input arrives; bitsandbytes does the same).
 
 ## Two implementations
 
@@ -63,15 +56,10 @@ bitsandbytes makes the same choice). Weights have no outlier features, so $\hat 
 * `bitsandbytes.nn.Linear8bitLt`, the authors' library, with fused kernels on CUDA. It is the default where it
   works; where it does not, `make_llm_int8_linear` says so and uses `Int8Linear`.
 
-On the same weights they store the same int8 weights and steps, and give the same outputs (to a relative error below
-$10^{-4}$, see `tests/test_llm_int8.py`) except in one detail: an outlier column's entries *below* the threshold. We
-leave the whole column out of the int8 part, as $X_{:,\bar O}$ says; bitsandbytes zeroes only the entries above the
-threshold before taking each row's step, so a column's smaller entries can still set a step, and are then dropped from
-the int8 product all the same. Ours is slightly more accurate for it (about 10% smaller error on random layers); on
-whole models the two are within a few percent (`benchmarks/llm_int8.py`).
-
-Both are for inference: the weights are frozen, and rounding has no useful gradient. This file depends on
-`torch`, and on `bitsandbytes` only when that implementation is asked for.
+They store the same int8 weights and steps and agree to $10^{-4}$ (`tests/test_llm_int8.py`), but for one
+detail: we leave a whole outlier column out of the int8 part, as $X_{:,\bar O}$ says; bitsandbytes zeroes only
+its entries above the threshold (`benchmarks/RESULTS.md` compares the two). Both are for inference: rounding has
+no useful gradient. This file needs `bitsandbytes` only when that implementation is asked for.
 """
 
 import warnings
@@ -222,16 +210,12 @@ class Int8Linear(nn.Module):
 
 # ## The bitsandbytes implementation
 #
-# `Linear8bitLt` with `has_fp16_weights=False` keeps int8 weights (its `weight`, an `Int8Params`) and their
-# steps (`SCB`, the absmax of each row, $127\, s_w$), and computes the decomposition above with `threshold`.
-# We quantize the weight where it already is with bitsandbytes' own `int8_vectorwise_quant` (assigning
-# `Int8Params` from CPU and calling `.to("cuda")` would also quantize, but only from CPU memory).
+# `Linear8bitLt` with `has_fp16_weights=False` keeps int8 weights (an `Int8Params`) and their steps (`SCB`, each
+# row's absmax, $127\, s_w$). We quantize the weight where it is with bitsandbytes' `int8_vectorwise_quant`.
 #
-# Two things to know. On CPU it does the int8 product **only in eval mode**; in train mode it dequantizes the
-# weights and multiplies in floating point. And it rounds its inputs to fp16 before quantizing them, saying so
-# in a warning at every call when the model runs in fp32 (as on CPU). The rounding is harmless (fp16 keeps 11
-# significant bits, int8 only 8), but silencing the message changes the process's logging, which is the
-# caller's to decide: our commands do it (`cli.quiet_bitsandbytes`), this module does not.
+# On CPU it does the int8 product **only in eval mode** (in train mode it dequantizes). It rounds its inputs to
+# fp16 first (harmless: fp16 keeps 11 bits, int8 8) and warns at every call in fp32; silencing that is the
+# caller's choice (our commands do, `cli.quiet_bitsandbytes`).
 def _bitsandbytes_linear(linear: nn.Linear, threshold: float) -> nn.Module:
     import bitsandbytes as bnb
 

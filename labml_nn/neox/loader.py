@@ -16,7 +16,7 @@ config is read from the folder. `checkpoint/` reads and merges the files, one pa
 
 ## Why one layer at a time
 
-The 20B model is 39 GB in fp16. Building the whole model first and then loading a state dict would need
+The 20B model is 41 GB in fp16 ([memory.py](memory.py)). Building the whole model first and then loading a state dict would need
 room for two copies. Instead, `load()` yields the modules one by one: for each part it builds the empty module
 (on PyTorch's `meta` device, which allocates nothing), reads just that part's tensors from disk, moves them to
 the target device and dtype, and yields the finished module before reading the next. Peak memory stays near

@@ -1,27 +1,18 @@
 r"""
 # GPT-NeoX model
 
-This is the whole model: an embedding, a stack of identical transformer layers, a final layer norm and a
-readout. It computes exactly what EleutherAI's [gpt-neox](https://github.com/EleutherAI/gpt-neox) computes for
-GPT-NeoX-20B and the Pythia models, and what Hugging Face's `GPTNeoXForCausalLM` computes on the same weights.
+The whole model: an embedding, a stack of identical transformer layers, a final layer norm and a readout. It
+computes what EleutherAI's [gpt-neox](https://github.com/EleutherAI/gpt-neox) computes for GPT-NeoX-20B and the
+Pythia models, and what Hugging Face's `GPTNeoXForCausalLM` computes on the same weights.
 
-Each piece is its own `nn.Module`, and the model, `NeoXModel` at the end of this page, is the list of them in
-order: `NeoXModel(embedding, *layers, norm, readout)`, an `nn.Sequential` whose `forward` also passes a key-value
-cache to each piece. Keeping the layers separate, rather than inside one big module that builds them, lets the
-loader read the checkpoint one layer at a time (the 20B model is 39 GB in fp16), place layers on different GPUs,
-and load only a few layers for experiments; whatever modules it gives, generation, evaluation and training run
-them through the one `NeoXModel.forward`.
+Each piece is its own `nn.Module`; the model, `NeoXModel` at the end of this page, is the list of them,
+`NeoXModel(embedding, *layers, norm, readout)`, an `nn.Sequential` that also passes a key-value cache to each
+piece. Separate pieces let the loader read the 41 GB of the 20B model ([memory.py](memory.py)) one layer at a
+time and place layers on different GPUs.
 
-Notation used on every page: `B` batch, `T` sequence length, `H` heads, `D` head dimension, `C = H * D` the
-hidden size, `V` the vocabulary. Shapes are written `[B, T, C]`.
-
-The parameter names of every module are the names in the checkpoint files (`query_key_value`,
-`dense_h_to_4h`, ...), so `load_state_dict` takes a checkpoint's tensors as they are.
-
-This file depends on `torch` and on the small `NeoXConfig` dataclass in `config.py`; copy both to use the
-model elsewhere (`tests/test_copy_out.py` does exactly that). The key-value cache, `KVCache`, lives here too,
-beside the attention that reads it: pass one to every `forward` for fast decoding, or for a batch of prompts of
-different lengths.
+Shapes are written `[B, T, C]` (notation on the [overview](__init__.py)). Parameter names are the checkpoint's
+(`query_key_value`, `dense_h_to_4h`, ...), so `load_state_dict` takes its tensors as they are. The file needs only
+`torch` and `NeoXConfig` (`config.py`): copy both to use the model elsewhere (`tests/test_copy_out.py` does).
 """
 
 from __future__ import annotations
@@ -57,8 +48,7 @@ class Embedding(nn.Module):
     Each token id picks a row of a $V \times C$ matrix. GPT-NeoX has no position embedding here: positions enter
     through the rotary embeddings inside attention.
 
-    $V$ is the padded vocabulary: the 20B tokenizer has 50,277 tokens and the embedding has 50,432 rows, a
-    multiple of 256 so that it splits evenly over tensor-parallel GPUs. The extra rows are never looked up.
+    $V$ is padded: 50,277 tokens, 50,432 rows in the 20B model (a multiple of 256, to split evenly over GPUs).
     """
 
     def __init__(self, config: NeoXConfig):
@@ -66,9 +56,8 @@ class Embedding(nn.Module):
         # The config travels with each module, so that code holding only the modules (generation, the
         # evaluation adapter) can read the context length and the vocabulary
         self.config = config
-        # Created empty: `build_layers` initialises every weight, and the loader overwrites them. (`nn.Embedding`'s
-        # own random initialisation would, on the loader's `meta` device, import a large part of PyTorch: about
-        # 2 s and 78 MB the first time.)
+        # Created empty: `build_layers` initialises every weight, and the loader overwrites them (`nn.Embedding`'s
+        # own initialisation is slow to import on the loader's `meta` device)
         self.word_embeddings = nn.Embedding(config.n_vocab, config.d_model,
                                             _weight=torch.empty(config.n_vocab, config.d_model))
 
@@ -96,14 +85,11 @@ class RotaryEmbedding(nn.Module):
     \end{aligned}
     $$
 
-    for $0 \le i < d/2$, with $\theta_i = b^{-2i/d}$ and base $b = 10000$. In vector form, with
-    $x' = [-x_{d/2:d}, x_{0:d/2}]$ ("rotate half"),
-    $\operatorname{RoPE}(x, m) = x \odot \cos(m\theta) + x' \odot \sin(m\theta)$ where $\theta$ lists each
-    $\theta_i$ twice.
+    for $0 \le i < d/2$, with $\theta_i = b^{-2i/d}$ and base $b = 10000$. The other $D - d$ features (72 of 96)
+    pass through unchanged.
 
-    A model fine-tuned with *linear scaling* (position interpolation, transformers' `rope_scaling` of type
-    `linear`) uses the angles $(m / s)\theta_i$ for a factor $s$, so that $s$ times the training context falls
-    within the angles it was trained on; `scaling` is $s$, 1 for every published NeoX model.
+    *Linear scaling* (position interpolation, transformers' `rope_scaling`) divides $m$ by a factor $s$ =
+    `scaling`, 1 for every published NeoX model.
 
     *Dynamic NTK scaling* (transformers' `rope_scaling` of type `dynamic`) leaves the angles alone up to the
     training context $n$ and, for a sequence of $N > n$ positions, raises the base instead,
@@ -125,20 +111,17 @@ class RotaryEmbedding(nn.Module):
         self.dynamic, self.base, self.factor, self.n_ctx = dynamic, base, scaling, n_ctx
         if dynamic:
             scaling = 1.0
-        # $\theta_i / s$ with $\theta_i = b^{-2i/d}$ for $i = 0 \dots d/2 - 1$. The checkpoint stores $\theta$ as
-        # `attention.rotary_emb.inv_freq`; we compute it, and the loader drops that tensor. It is a plain
-        # attribute, not a buffer, so that `model.half()` leaves it in fp32.
+        # $\theta_i / s$ for $i = 0 \dots d/2 - 1$ (the checkpoint's `rotary_emb.inv_freq`, which the loader
+        # drops). A plain attribute, not a buffer, so that `model.half()` leaves it in fp32.
         self.theta = 1.0 / base ** (torch.arange(0, d_rotary, 2, device="cpu").float() / d_rotary) / scaling
         # $\cos m\theta$ and $\sin m\theta$ for positions $0 \dots$ `len - 1`, computed in fp32 and kept here
         # (not as buffers, so that `model.half()` does not round the angles before we use them)
         self._cos_sin: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
-    # The tables of $\cos m\theta$ and $\sin m\theta$ for positions $m$ up to at least `end`. They are built once
-    # for 2048 positions, doubled when a longer sequence arrives, and rebuilt when the device changes. The angles
-    # $m \theta_i$ are `[positions, d/2]`; each is repeated for both features of its pair, `[positions, d]`.
-    # They are built outside inference mode even when the first call comes from generation (which runs under
-    # `torch.inference_mode`): tensors made there cannot be saved for a backward pass, and the same model may
-    # train afterwards.
+    # $\cos m\theta$ and $\sin m\theta$ for positions up to at least `end`, `[positions, d]` (each angle twice,
+    # once per feature of its pair); built for 2048 positions, doubled when a longer sequence arrives.
+    # Built outside inference mode even when generation (under `torch.inference_mode`) asks first: tensors made
+    # there cannot be saved for a backward pass, and the same model may train afterwards.
     def tables(self, end: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.dynamic and end > self.n_ctx:
             return self._dynamic_tables(end, device)
@@ -163,12 +146,9 @@ class RotaryEmbedding(nn.Module):
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos(), angles.sin()
 
-    # `x` is `[B, T, ..., D]`: positions on the second dimension, then any dimensions whose vectors share a
-    # position (the heads, and queries and keys, which we rotate together in one pass). Its first token sits
-    # in slot `offset` of the sequence, after the tokens already in the cache. Without padding, slot and position
-    # are the same. With `padding` `[B]`, row $b$ starts with `padding[b]` padding tokens and its first real token
-    # is at position 0, so the token in slot $s$ is at position $m = s - $ `padding[b]` (padding slots get
-    # position 0; attention ignores them).
+    # `x` is `[B, T, ..., D]` (heads, and queries and keys together, after `T`). Its first token sits in slot
+    # `offset`, after the cached tokens. Row $b$ of a left-padded batch starts with $p_b$ = `padding[b]` padding
+    # tokens, so slot $s$ is at position $m = s - p_b$ (padding slots get position 0; attention ignores them).
     def forward(self, x: torch.Tensor, offset: int, padding: Optional[torch.Tensor] = None) -> torch.Tensor:
         d = self.d_rotary
         if d == 0:
@@ -210,25 +190,23 @@ class KVCache:
     r"""
     ## The key-value cache
 
-    When a model generates text one token at a time, the keys and values of every earlier token are the same at
-    every step: attention at position $t$ only reads keys and values at positions $\le t$. So we compute them
-    once and keep them, and each decoding step feeds only the one new token through the model: generating $n$
-    tokens costs $O(n)$ token-passes instead of $O(n^2)$.
+    Generating one token at a time, the keys and values of earlier tokens never change (position $t$ reads only
+    positions $\le t$). So we keep them, and each step runs only the new token through the model: $n$ tokens
+    cost $O(n)$ token-passes instead of $O(n^2)$.
 
-    **The caller holds it.** There is no module-level state: two generations running side by side have two
-    caches. The caller creates a `KVCache` and passes it to `NeoXModel`'s `forward` (at the end of this page),
-    which hands it to every module and calls `advance(T)` once the whole model has seen the `T` new tokens.
-    `offset` counts the slots already filled, the same in every layer.
+    **Its size.** Each layer keeps a key and a value of $C$ numbers per token: $2 \cdot L \cdot C$ numbers a
+    token. For 20B in fp16 that is 2 × 44 × 6144 × 2 bytes = 1.08 MB a token, **2.21 GB** for one 2,048-token
+    sequence (`memory.py`).
 
-    **It is allocated once.** Each layer's keys and values are a buffer `[B, H, T_max, D]` (`T_max` = `max_len`),
-    made on the layer's device and in its dtype on first use; each step writes into the next free slots.
-    Growing it by concatenation would copy the whole past at every step.
+    **The caller holds it**: no module-level state, so two generations have two caches. `NeoXModel.forward`
+    hands it to every module and calls `advance(T)` after the last one; `offset` counts the filled slots.
 
-    **It knows where each row starts.** A batch of prompts of different lengths is *left-padded* to one length
-    `T`, so that every row's last token is in the same slot and the next tokens of all rows go in the same
-    slots. `padding` `[B]` says how many padding tokens row $b$ starts with. `Attention` reads it twice: the
-    rotary positions of row $b$ start at its first real token, and its queries never see its padding keys.
-    So each row computes exactly what it computes alone.
+    **It is allocated once**: a buffer `[B, H, T_max, D]` per layer for keys and one for values, filled slot by
+    slot (growing it by concatenation would copy the whole past at every step).
+
+    **It knows where each row starts.** Prompts of different lengths are *left-padded*, so all rows' next
+    tokens share a slot; `padding` `[B]` counts each row's padding. Attention uses it for the rotary positions
+    and to hide padding keys, so each row computes what it computes alone.
     """
 
     def __init__(self, max_len: int, padding: Optional[torch.Tensor] = None):
@@ -296,9 +274,10 @@ class Attention(nn.Module):
     ## Multi-head attention
 
     One linear layer, `query_key_value` (weight `[3C, C]`), makes queries, keys and values for all heads at once:
-    `[B, T, C]` $\rightarrow$ `[B, T, 3C]`. Its output is laid out **head by head**: viewed as `[B, T, H, 3, D]`, each
-    head's slice holds that head's query, key and value, $D$ features each. (This is what makes tensor parallelism
-    simple: rank $r$ of $N$ holds a contiguous block of $H/N$ heads, so the ranks' weights concatenate.)
+    `[B, T, C]` $\rightarrow$ `[B, T, 3C]`, laid out **head by head**: viewed as `[B, T, H, 3, D]`, each head's
+    slice holds its query, key and value. So `chunk(3)` of the output would be wrong: its first third is the
+    $q, k, v$ of the first third of the heads, not all the queries. (Head by head is also what lets tensor
+    parallel ranks each hold a block of whole heads.)
 
     Then, for each head,
 
@@ -345,11 +324,9 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(batch_size, n_tokens, -1)
         return self.dense(out)
 
-    # The formula above, for `T` queries in slots `offset ..` and the keys and values before and with them, all
-    # `[B, H, ., D]`. PyTorch's `scaled_dot_product_attention` computes it in one fused kernel; the fused kernels
-    # accumulate $QK^\top$ and the softmax in fp32 even for fp16 inputs, which keeps the 20B model's attention
-    # accurate in half precision. The scale is $1/\sqrt{D}$, its default. (For one new token on a CPU,
-    # `cpu_decoding.py` does all of `forward` in one call of its kernel.)
+    # The formula above, for `T` queries in slots `offset ..`, all `[B, H, ., D]`, in one fused kernel
+    # (`scaled_dot_product_attention`: scale $1/\sqrt{D}$; $QK^\top$ and the softmax in fp32 even for fp16).
+    # (For one new token on a CPU, `cpu_decoding.py` does all of `forward` in one call of its kernel.)
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int,
                padding: Optional[torch.Tensor] = None) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, **self._mask(offset, q.shape[2], q.device, padding))
@@ -360,16 +337,13 @@ class Attention(nn.Module):
         The mask $M$, as `scaled_dot_product_attention`'s arguments. The `T` queries sit in slots
         `offset .. offset + T - 1` and the keys in slots `0 .. offset + T - 1`.
 
-        Without padding: with no cached tokens it is the usual lower triangle (`is_causal`); a single new token
-        attends to everything before it and needs no mask; with `offset` cached tokens and several new ones,
-        query $i$ may see keys $j \le$ `offset + i`, a lower triangle shifted right by `offset`, which
-        `is_causal` (aligned to the top left) does not give.
-
-        With `padding` `[B]`, the mask is per row, `[B, 1, T, offset + T]` (`True` = may attend, the 1 broadcasts
-        over heads): the shifted triangle, and no key in the row's first `padding[b]` slots. A query on padding
-        would then see no key at all, and a softmax over nothing is `NaN`, which would spread through the
-        values of later layers (a zero weight times `NaN` is `NaN`). So every query also sees its own slot: the
-        padding rows compute finite garbage that no real token reads.
+        * no cache: the lower triangle (`is_causal`);
+        * one new token: no mask, it sees everything before it;
+        * `offset` cached and several new: query $i$ sees keys $j \le$ `offset + i`, the triangle shifted right
+          (`is_causal` is aligned top left, so we build it);
+        * with `padding` `[B]`: per row, `[B, 1, T, offset + T]` (`True` = may attend), no key in the row's padding.
+          Each query also sees its own slot, so a padding query is not a softmax over nothing (`NaN`, which would
+          spread to later layers): padding rows compute finite garbage that no real token reads.
         """
         if padding is None and offset == 0:
             return {"is_causal": n_tokens > 1}
@@ -391,18 +365,15 @@ class FFN(nn.Module):
 
     $$\operatorname{FFN}(x) = \operatorname{GELU}(x W_1^\top + b_1) W_2^\top + b_2$$
 
-    with $W_1$ = `dense_h_to_4h.weight`, `[4C, C]`, and $W_2$ = `dense_4h_to_h.weight`, `[C, 4C]`, stored
-    `[out, in]` as `nn.Linear` stores them (hence the transposes): `[B, T, C]` $\rightarrow$ `[B, T, 4C]`
-    $\rightarrow$ `[B, T, C]`. In the 20B model $4C = 24576$.
+    with $W_1$ = `dense_h_to_4h.weight` `[4C, C]` and $W_2$ = `dense_4h_to_h.weight` `[C, 4C]` (stored `[out, in]`,
+    hence the transposes): `[B, T, C]` $\rightarrow$ `[B, T, 4C]` $\rightarrow$ `[B, T, C]`.
 
-    Which GELU depends on how the model was trained. The exact one is $x \Phi(x)$, with $\Phi$ the standard
-    normal CDF. gpt-neox's fused bias-GELU kernel (`bias_gelu_fusion: true`, as in the 20B model) computes the
-    tanh approximation
+    The exact GELU is $x \Phi(x)$ ($\Phi$ the normal CDF). The 20B model was trained with gpt-neox's fused
+    kernel (`bias_gelu_fusion: true`), which computes the tanh approximation
 
     $$\operatorname{GELU}(x) \approx \frac{x}{2}\Big(1 + \tanh\Big(\sqrt{2/\pi}\,\big(x + 0.044715\,x^3\big)\Big)\Big)$$
 
-    They differ by up to about $5 \times 10^{-4}$ per feature, which, summed over 44 layers, is enough to
-    change logits visibly, so we follow the checkpoint's config.
+    They differ by up to $5 \times 10^{-4}$, enough over 44 layers to move the logits, so we follow the config.
     """
 
     def __init__(self, config: NeoXConfig):
@@ -506,20 +477,17 @@ class NeoXModel(nn.Sequential):
     r"""
     ## The model
 
-    The modules in order, `NeoXModel(embedding, *layers, norm, readout)`, mapping ids `[B, T]` to logits
-    `[B, T, V]`. It is an `nn.Sequential` (index it, slice it, iterate over it, save its state dict), and its
-    `forward` is the one loop over the modules that generation, evaluation and training all use:
+    The modules in order, `NeoXModel(embedding, *layers, norm, readout)`: ids `[B, T]` to logits `[B, T, V]`. An
+    `nn.Sequential` (index it, slice it, save its state dict) whose `forward` is the one loop that generation,
+    evaluation and training use:
 
-    * `cache`: a `KVCache`, passed to every module; once the last module has run, the cache moves forward by `T`.
-    * `last_only`: the readout multiplies each position by a `[V, C]` matrix, two thirds of a transformer layer's
-      weights in the 20B model and five times them in Pythia-160M. When only the next token matters (the prompt
-      step of generation), only the last position goes through it, and the logits are `[B, 1, V]`.
-    * `activation_checkpointing`: while training, keep only each transformer layer's input for the backward pass
-      and run the layer again there (`torch.utils.checkpoint`), trading a third more compute for the memory of
-      every activation inside the layers.
+    * `cache`: a `KVCache`, passed to every module, moved forward by `T` at the end.
+    * `last_only`: only the last position goes through the readout (`[B, 1, V]`), when only the next token
+      matters; the readout's `[V, C]` matrix is two thirds of a 20B layer.
+    * `activation_checkpointing`: while training, keep only each layer's input and recompute the layer in the
+      backward pass, a third more compute for much less memory.
 
-    Any of the modules may be missing (`LayerLoader`'s `filter_layers` in `loader.py`) or replaced (an LLM.int8
-    layer, `llm_int8.py`), as long as each takes `(x, cache)`.
+    Modules may be missing (`loader.py`'s `filter_layers`) or replaced (`llm_int8.py`) if each takes `(x, cache)`.
     """
 
     def __init__(self, *modules: nn.Module, activation_checkpointing: bool = False):
@@ -554,14 +522,10 @@ def build_layers(config: NeoXConfig) -> list:
     r"""
     ## The model, from a config
 
-    All the modules in order, with freshly initialised weights: `[Embedding, TransformerLayer × L, FinalNorm,
-    ReadoutLayer]`. `NeoXModel(*build_layers(config))` maps ids `[B, T]` to logits `[B, T, V]`.
-    To use a checkpoint's weights, use `LayerLoader` in `loader.py`, which builds each module and loads its
-    tensors one at a time.
-
-    The initialisation is the one gpt-neox calls `small_init`, used here for every weight: normal with mean 0
-    and standard deviation $\sqrt{2 / (5C)}$. Biases start at zero and layer norms at $\gamma = 1, \beta = 0$.
-    It only matters when training from scratch (`samples/train_demo.py`).
+    All the modules in order, freshly initialised: `[Embedding, TransformerLayer × L, FinalNorm, ReadoutLayer]`;
+    `NeoXModel(*build_layers(config))` maps ids `[B, T]` to logits `[B, T, V]`. (`LayerLoader`, in `loader.py`,
+    gives them a checkpoint's weights.) Every weight starts normal with standard deviation $\sqrt{2 / (5C)}$
+    (gpt-neox's `small_init`), biases at 0, norms at $\gamma = 1, \beta = 0$.
     """
     layers = [Embedding(config)]
     layers += [TransformerLayer(config, i) for i in range(config.n_layers)]

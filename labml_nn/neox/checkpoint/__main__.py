@@ -105,7 +105,7 @@ def _run(argv: List[str]) -> int:
 
     # `download [DEST]`: the 20B slim weights over HTTP, resumable, into a folder that `merge` and the loader read.
     download = commands.add_parser("download", help="download the GPT-NeoX-20B slim weights (resumable)",
-                                   description="Download the GPT-NeoX-20B slim weights (about 39 GB: both "
+                                   description="Download the GPT-NeoX-20B slim weights (about 41 GB: both "
                                                "tensor-parallel ranks, config, tokenizer). Interrupted downloads "
                                                "resume from NAME.part; complete files are skipped. Each file's "
                                                "SHA-256 is recorded in DEST/SHA256SUMS as it completes. A file "

@@ -1,7 +1,7 @@
 r"""
 # Writing a folder or a file all at once, or not at all
 
-A merge of the 20B model writes 39 GB; a fine-tuning run writes a whole checkpoint at its end. Either can fail,
+A merge of the 20B model writes 41 GB; a fine-tuning run writes a whole checkpoint at its end. Either can fail,
 be interrupted or be killed half-way, and a folder that looks complete but is not is worse than no folder. So both
 build their output in a temporary folder beside the final place (on the same file system, so the last step is a
 rename) and rename it only when it is complete: `with atomic_folder(out) as tmp: ...write into tmp...`.
@@ -183,7 +183,7 @@ class OutputRefused(CheckpointError):
 
 # ## May we write there?
 #
-# `check_target` is the rule above, asked before any work so that a refusal costs a second, not a 39 GB merge.
+# `check_target` is the rule above, asked before any work so that a refusal costs a second, not a 41 GB merge.
 # It returns the path to write: absolute, and for a file given through a link, the file the link names (the link
 # stays a link). `reads` are the paths the command reads (a checkpoint, a prompt file, a text); Hub names among
 # them resolve to no existing path and never match.

@@ -6,7 +6,7 @@ it as one rank, either in gpt-neox's own layout (`format="neox"`, which our load
 a transformers `GPTNeoXForCausalLM` folder (`format="hf"`). It is what
 `python -m labml_nn.neox.checkpoint merge` runs.
 
-Two promises make it safe to run on the 39 GB 20B checkpoint:
+Two promises make it safe to run on the 41 GB 20B checkpoint:
 
 * **Nothing half-written.** The output is built in a temporary folder beside `out` (`out.tmp-XXXX`, on the same
   file system, so the final step is a rename) and appears under its name only when every part is written
@@ -63,7 +63,7 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
     if dtype is not None and dtype_name(dtype) not in DTYPES:
         raise CheckpointError(f"dtype={dtype!r}: choose one of {list(DTYPES)}.")
     # Where we write is checked now (`atomic.check_target`: OUT and the report may not replace SRC, the current
-    # folder, or what exists without `overwrite`), not after 39 GB are written
+    # folder, or what exists without `overwrite`), not after 41 GB are written
     check_target(out, overwrite=overwrite, reads=[src], folder=True)
     if report is not None:
         if not Path(report).expanduser().absolute().parent.is_dir():

@@ -1,12 +1,12 @@
 r"""
 # Downloading the 20B slim weights
 
-EleutherAI publishes the GPT-NeoX-20B "slim weights" (fp16 weights without optimizer states, 39 GB) as a plain
+EleutherAI publishes the GPT-NeoX-20B "slim weights" (fp16 weights without optimizer states, 41 GB) as a plain
 folder over HTTP. We fetch the files our reader needs: the tokenizer, the config, `latest`, and the layer files
 of both tensor-parallel ranks (stages 0, 2-45, 47 and 48; see `parts.py` for the index map). The
 `mp_rank_XX_model_states.pt` files beside them hold DeepSpeed's bookkeeping and no weights, so we skip them.
 
-A 39 GB download will be interrupted, so each file is fetched **resumably and atomically**:
+A 41 GB download will be interrupted, so each file is fetched **resumably and atomically**:
 
 * bytes go to `NAME.part`; a later run asks the server only for the rest (an HTTP `Range` request) and
   appends;
@@ -25,7 +25,7 @@ agree, the file is kept, and its hash goes to `SHA256SUMS.adopted`, not `SHA256S
 not downloaded, so `download --verify` names it as a file it cannot vouch for (delete it and download again to
 be sure).
 
-Where to? There is no good implicit place for 39 GB, so the command line takes the folder as an argument.
+Where to? There is no good implicit place for 41 GB, so the command line takes the folder as an argument.
 Without one we use `~/.cache/labml_neox/20B_checkpoints` (or `$LABML_NEOX_CACHE/20B_checkpoints`). We do not use
 `labml`'s data path: it is resolved from the calling file's folder and ends up inside `site-packages` when the
 package is installed.

@@ -14,7 +14,7 @@ with a message for anything else. The user who trusts the file can then pass `tr
 (`--trust-pickle` on the command line); we never fall back to the unrestricted loader on our own.
 
 We also load with `mmap=True`: the file is mapped into memory and a tensor's bytes are read from disk only
-when they are used. Opening all tensor-parallel ranks of the 39 GB checkpoint then costs almost nothing, and the
+when they are used. Opening all tensor-parallel ranks of the 41 GB checkpoint then costs almost nothing, and the
 merge touches one layer at a time.
 """
 

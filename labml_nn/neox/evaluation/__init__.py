@@ -28,12 +28,10 @@ results = simple_evaluate(model=adapter, tasks=["lambada_openai"])
 
 ## What lm-eval does before it asks us
 
-lm-eval's `TemplateLM` (our base class) tokenizes each `(context, continuation)` pair: it encodes
-`context + continuation` together and splits the tokens after the context's, so that a word is tokenized as
-it would be in running text (the continuation carries its leading space, `" word"`). An empty context is
-replaced by the end-of-text token. We receive token ids and only have to score them, in
-`_loglikelihood_tokens`. We follow lm-eval's own `hf` model (`HFLM`) in every choice that changes a number,
-so that our results equal its results on the same weights; `tests/test_evaluation.py` checks this.
+lm-eval's `TemplateLM` (our base class) encodes `context + continuation` together and splits the tokens after
+the context's, so a word is tokenized as in running text (`" word"`, with its space); an empty context becomes
+the end-of-text token. We only score the ids, in `_loglikelihood_tokens`, making every choice lm-eval's own `hf`
+model (`HFLM`) makes, so our numbers equal its numbers on the same weights (`tests/test_evaluation.py`).
 """
 
 import sys
@@ -72,17 +70,14 @@ class EvalHarnessAdapter(TemplateLM):
     r"""
     ## The adapter
 
-    * `model`: a `NeoXModel`, or the modules of `model.py` in order (an `nn.Sequential` or a list), in any dtype
-      (fp32, fp16, bf16) or with LLM.int8 layers, on one device or spread over several.
-    * `tokenizer`: a `tokenizers.Tokenizer` (`tokenizer.load_tokenizer`), or the path of one.
-    * `batch_size`: how many requests run through the model together.
-    * `device`: where input ids are placed; by default the device of the model's first parameter (the
-      embedding). With layers on several GPUs the activations follow the layers.
-    * `max_length`: the longest input in tokens; by default the context the model was trained on, the
-      `n_ctx` of the config its modules carry (2048 for the 20B model).
-    * `max_gen_toks`: how many tokens `generate_until` may produce when the task does not say (256, as HFLM).
-    * `eot_token_id`: the end-of-text token, `0` in the GPT-NeoX tokenizer. It stands in for an empty context,
-      starts a rolling window, pads batches and ends generation.
+    * `model`: a `NeoXModel` or `model.py`'s modules in order, in any dtype or with LLM.int8 layers, on one
+      device or several.
+    * `tokenizer`: a `tokenizers.Tokenizer`, or its path.
+    * `batch_size`: requests run together. `device`: where input ids go (default: the embedding's device).
+    * `max_length`: the longest input in tokens (default: the config's `n_ctx`, 2048 for 20B).
+    * `max_gen_toks`: tokens `generate_until` may produce when the task does not say (256, as HFLM).
+    * `eot_token_id`: end-of-text, `0` for GPT-NeoX: an empty context, a rolling window's start, padding, the end
+      of generation.
     """
 
     def __init__(self, model: Union[nn.Sequential, Sequence[nn.Module]], tokenizer: Union[Tokenizer, str], *,

@@ -1,27 +1,24 @@
 r"""
 # Fine-tuning: choosing what trains, and keeping only that
 
-Fine-tuning continues training a trained model on new text. Updating all 20 billion parameters of GPT-NeoX-20B
-needs, with AdamW in fp32, about 16 bytes per parameter (weights, gradients and two moment estimates): 320 GB.
-Training a small, well-chosen part of the model instead keeps everything else frozen in fp16 and needs optimiser
-state only for that part.
+Fine-tuning continues training a trained model on new text. Updating all 20.6 billion parameters of GPT-NeoX-20B
+with AdamW in fp32 needs about 16 bytes a parameter (weights, gradients, two moments): 330 GB. Training a small
+part instead keeps the rest frozen in fp16, with optimiser state only for that part.
 
 | `train` | what changes | share of the 20B model |
 |---|---|---|
-| `biases` | every bias, of the linear layers and the layer norms ([BitFit](https://arxiv.org/abs/2106.10199)) | 0.015% |
+| `biases` | every bias, of the linear layers and the layer norms ([BitFit](https://arxiv.org/abs/2106.10199)) | 0.0145% |
 | `ffn` | the feed-forward networks, `mlp.dense_h_to_4h` and `mlp.dense_4h_to_h`, weights and biases | 65% |
 | `all` | everything | 100% |
 
-BitFit showed that training only the biases recovers much of what full fine-tuning gains on small tasks; the
-20B model's biases are about 3 million numbers (11 vectors of $C$ per layer), which with their optimiser state
-take a few dozen megabytes beside the 41 GB fp16 model, spread over two GPUs.
+BitFit showed that training only the biases recovers much of what full fine-tuning gains on small tasks. 20B's
+biases are 3 million numbers (11 vectors of $C$ a layer): with their optimiser state, a few dozen MB beside the
+41 GB fp16 model.
 
 ## How a parameter is frozen
 
-Each parameter has `requires_grad`. `select_trainable` sets it to `False` everywhere and back to `True` on the
-chosen tensors; backward then computes no gradient for the rest, and the optimiser (`trainer.py`) takes only the
-parameters that train. The chosen tensors are also converted to fp32, so that a model loaded in fp16 gets fp32
-copies of exactly the parameters that are updated (small updates to fp16 numbers round away).
+`select_trainable` sets `requires_grad` to `False` everywhere but on the chosen tensors, and converts those to
+fp32 (small updates to fp16 numbers round away); the optimiser (`trainer.py`) takes only those.
 
 ## Saving just the trained tensors
 
