@@ -4,7 +4,8 @@ r"""
 This sample continues training a GPT-NeoX checkpoint on a text file and writes the result as a complete
 checkpoint, which `samples/generate.py --checkpoint DIR2` (and anything that reads gpt-neox checkpoints) loads.
 
-It puts together `finetune.py` (choosing what trains: the biases only, the feed-forward networks, or all), 
+It puts together `finetune.py` (choosing what trains: the biases only, the feed-forward networks, or all),
+`lora.py` (or low-rank adapters beside the frozen weights),
 `text_dataset.py` (the text as windows of tokens, with the last 10% held out for validation) and `trainer.py`
 (AdamW, warm-up and cosine schedule, gradient clipping, mixed precision, activation checkpointing).
 
@@ -20,6 +21,9 @@ python samples/finetune.py --checkpoint labml_nn/neox/demo --text my_text.txt --
 python samples/generate.py --checkpoint my_model --prompt "To be"
 python samples/finetune.py --checkpoint ~/data/20B_checkpoints --text my_text.txt --steps 500 --out neox-ft \
     --dtype fp16 --devices cuda:0,cuda:1 --activation-checkpointing --batch-size 4 --seq-len 1024
+python samples/finetune.py --checkpoint labml_nn/neox/demo --text my_text.txt --steps 200 --out my_lora \
+    --train lora --lora-rank 8 --lora-alpha 16 --lora-dropout 0.05      # a peft adapter folder
+python samples/generate.py --checkpoint my_lora --prompt "To be"      # the adapter on the base it names
 torchrun --nproc-per-node 8 samples/finetune.py --checkpoint pythia-1b --text my_text.txt --steps 500 \
     --out pythia-ft --train all --distributed fsdp       # one process per GPU, PyTorch's FSDP
 python samples/finetune.py --help
@@ -30,6 +34,12 @@ degree (1 for a Hugging Face source), its tokenizer and its config, and `finetun
 tensors, which `labml_nn.neox.training.finetune.merge_into_checkpoint` puts back into the source checkpoint. The
 folder is written beside its final place and renamed when complete, so an interrupted run leaves nothing
 half-written.
+
+With `--train lora` the output folder is a LoRA adapter in peft's format instead (`adapter_config.json`, naming the
+base checkpoint in `base_model_name_or_path`, and `adapter_model.safetensors`, a few hundred kilobytes for the
+demo): every command here loads it where a checkpoint goes, on the base it names (or `--base`), and peft loads it on
+transformers' `GPTNeoXForCausalLM` (`checkpoint/adapters.py`). `python -m labml_nn.neox.checkpoint merge ADAPTER OUT
+--format hf` writes the merged model.
 
 ## What it prints
 
@@ -62,7 +72,7 @@ from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, ad
                                check_model_args, output_home, run_command)
 
 # The learning rate that suits each choice: biases tolerate (and need) larger steps than whole matrices
-DEFAULT_LR = {"biases": 1e-3, "ffn": 1e-4, "all": 1e-4}
+DEFAULT_LR = {"biases": 1e-3, "ffn": 1e-4, "all": 1e-4, "lora": 1e-3}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -75,10 +85,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--text", type=Path, required=True, help="a UTF-8 text file to train on")
     parser.add_argument("--out", type=Path, required=True, help="the folder to write the fine-tuned checkpoint to")
     parser.add_argument("--steps", type=int, default=100, help="optimiser steps")
-    parser.add_argument("--train", choices=["biases", "ffn", "all"], default="biases",
-                        help="what trains: every bias (BitFit), the feed-forward networks, or everything")
+    parser.add_argument("--train", choices=["biases", "ffn", "all", "lora"], default="biases",
+                        help="what trains: every bias (BitFit), the feed-forward networks, everything, or LoRA "
+                             "adapters (written as a peft adapter folder)")
     parser.add_argument("--lr", type=float, default=None,
-                        help="peak learning rate; None means 1e-3 for biases, 1e-4 for ffn and all")
+                        help="peak learning rate; None means 1e-3 for biases and lora, 1e-4 for ffn and all")
+    parser.add_argument("--lora-rank", type=int, default=8, help="with --train lora: the rank r of each update")
+    parser.add_argument("--lora-alpha", type=float, default=16.0,
+                        help="with --train lora: alpha; the update is scaled by alpha / r")
+    parser.add_argument("--lora-dropout", type=float, default=0.05,
+                        help="with --train lora: dropout on the adapters' input while training")
+    parser.add_argument("--lora-targets", default="query_key_value,dense,dense_h_to_4h,dense_4h_to_h",
+                        help="with --train lora: the linear layers to adapt, comma-separated, from "
+                             "query_key_value, dense, dense_h_to_4h, dense_4h_to_h")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per step (over all processes)")
     parser.add_argument("--seq-len", type=int, default=None,
                         help="tokens per window; None means the model's context length, at most 512")
@@ -120,6 +139,13 @@ def check_args(parser: ArgumentParser, args: argparse.Namespace):
         parser.error(f"--seed {args.seed} must be between 0 and 2**64 - 1")
     if args.valid_every < 0:
         parser.error(f"--valid-every {args.valid_every} must be 0 (only at the end) or positive")
+    if args.train == "lora":
+        from labml_nn.neox.training.lora import LoRAConfig
+        try:
+            args.lora = LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                                   targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()))
+        except ValueError as e:
+            parser.error(f"--train lora: {e} (--lora-rank, --lora-dropout, --lora-targets)")
     if not args.text.is_file():
         parser.error(f"--text {args.text} is not a file; give the UTF-8 text to train on")
     if args.out.exists() and not args.out.is_dir():
@@ -178,14 +204,25 @@ def _finetune(argv: Optional[List[str]] = None):
     # ### The model, with the chosen tensors trainable
     devices = args.devices.split(",") if args.devices else None
     loader = LayerLoader(args.checkpoint, dtype=DTYPES[dtype_name], device=device, devices=devices,
-                               trust_pickle=args.trust_pickle, progress=None if rank == 0 else False, revision=args.revision)
+                               trust_pickle=args.trust_pickle, progress=None if rank == 0 else False, revision=args.revision,
+                               base=args.base)
     config, checkpoint = loader.config, loader.checkpoint
     if checkpoint.tokenizer_path is None:
         raise DataError(f"{args.checkpoint} has no tokenizer file; copy the model's tokenizer.json there")
     # The dtype the source stores its weights in, which the output keeps
     stored_dtype = next(iter(checkpoint.read(Part("norm")).values())).dtype
+    if checkpoint.source_note and rank == 0:
+        print(f"Starting from {checkpoint.source_note}")
     modules = list(loader.load())
-    select_trainable(modules, args.train)
+    if args.train == "lora":
+        # LoRA adapters on the targeted linear layers, everything else frozen (`training/lora.py`)
+        if checkpoint.adapter is not None:
+            raise UsageError(f"--checkpoint {args.checkpoint} is itself a LoRA adapter: merge it into its base first "
+                             f"(python -m labml_nn.neox.checkpoint merge), then train a new adapter on that")
+        from labml_nn.neox.training.lora import add_lora
+        add_lora(modules, args.lora)
+    else:
+        select_trainable(modules, args.train)
     trained, total = count_parameters(modules)
     if rank == 0:
         print(f"Training {args.train}: {trained:,} of {total:,} parameters ({trained / total:.3%})")
@@ -203,7 +240,8 @@ def _finetune(argv: Optional[List[str]] = None):
     if seq_len > config.n_ctx:
         raise UsageError(f"--seq-len {seq_len} is longer than the model's context, {config.n_ctx} tokens; "
                          f"choose at most {config.n_ctx}")
-    check_free_space(args.out, modules, stored_dtype)
+    if args.train != "lora":
+        check_free_space(args.out, modules, stored_dtype)
     try:
         train_ids, valid_ids = split_train_valid(tokenize_file(tokenizer, args.text), args.valid_fraction, seq_len)
     except ValueError as e:
@@ -237,7 +275,15 @@ def _finetune(argv: Optional[List[str]] = None):
         # FSDP leaves each rank a shard of every parameter; gather whole tensors (every rank takes part)
         from labml_nn.neox.training.trainer import gather_full_modules
         modules = gather_full_modules(modules)
-    if rank == 0:
+    if rank == 0 and args.train == "lora":
+        # An adapter folder as peft writes one, naming the base it was trained on
+        from labml_nn.neox.checkpoint.adapters import save_adapter
+        base = str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).exists() else str(args.checkpoint)
+        out = save_adapter(args.out, modules, args.lora, base=base, base_revision=args.revision,
+                           tokenizer_path=checkpoint.tokenizer_path, overwrite=args.overwrite)
+        print(f"Wrote the LoRA adapter {out} (peft's format, base {base}); generate with: python samples/generate.py "
+              f"--checkpoint {out}; merge with: python -m labml_nn.neox.checkpoint merge {out} OUT --format hf")
+    elif rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
             trained_file = save_trained(Path(tmp) / "finetuned.safetensors", modules, args.train, config,
                                         extra={"base": str(checkpoint.layout.root.resolve())})

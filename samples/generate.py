@@ -73,8 +73,8 @@ from typing import List, Optional, TextIO
 
 import torch
 
-from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, add_model_args, check_model_args,
-                               run_command)
+from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, add_model_args, announce_source,
+                               check_model_args, run_command)
 
 
 # ## Command-line arguments
@@ -145,7 +145,9 @@ def load(args: argparse.Namespace, progress: bool):
     checkpoint = args.checkpoint
     try:
         loader = LayerLoader(checkpoint, dtype=DTYPES[args.dtype], device=args.device,
-                                   trust_pickle=args.trust_pickle, progress=progress, revision=args.revision)
+                                   trust_pickle=args.trust_pickle, progress=progress, revision=args.revision,
+                             base=args.base)
+        announce_source(loader.checkpoint)
         tokenizer_path = args.tokenizer or loader.checkpoint.tokenizer_path
         if tokenizer_path is None:
             raise UsageError(f"No tokenizer found beside {checkpoint} (20B_tokenizer.json or tokenizer.json); "
@@ -203,12 +205,12 @@ def complete(model, tokenizer, prompt: str, args: argparse.Namespace, on_text=No
     n_new = 0
     for next_ids in generate_stream(model, prompt_ids, args.max_new_tokens, temperature=args.temperature,
                                     top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                    eos_token_id=config.eos_token_id):
+                                    eos_token_id=config.stop_token_ids):
         token = int(next_ids[0])
         if first_token_at is None:
             first_token_at = time.perf_counter()
         n_new += 1
-        if token == config.eos_token_id:
+        if token in config.stop_token_ids:
             break
         new_ids.append(token)
         text = decoder.step(token)
@@ -259,14 +261,14 @@ def complete_batch(model, tokenizer, prompts: List[str], args: argparse.Namespac
     n_steps = 0
     for next_ids in generate_stream(model, prompt_ids.to(args.device), args.max_new_tokens,
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                    seed=args.seed, eos_token_id=config.eos_token_id,
+                                    seed=args.seed, eos_token_id=config.stop_token_ids,
                                     padding=padding.to(args.device)):
         if first_token_at is None:
             first_token_at = time.perf_counter()
         n_steps += 1
         for row, token in enumerate(next_ids.tolist()):
             if not ended[row]:
-                ended[row] = token == config.eos_token_id
+                ended[row] = token in config.stop_token_ids
                 new[row].append(token)
     end = time.perf_counter()
     for tokens in new:

@@ -108,7 +108,7 @@ def load(args, is_llm_int8: bool) -> nn.Sequential:
     loader = LayerLoader(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
                                is_llm_int8=is_llm_int8, llm_int8_threshold=args.threshold,
                                llm_int8_implementation=args.implementation, trust_pickle=args.trust_pickle,
-                               revision=args.revision)
+                               revision=args.revision, base=args.base)
     return NeoXModel(*loader.load())
 
 
@@ -195,7 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from labml_nn.neox.checkpoint import open_checkpoint
     tokenizer_path = open_checkpoint(args.checkpoint, trust_pickle=args.trust_pickle,
-                                     revision=args.revision).tokenizer_path
+                                     revision=args.revision, base=args.base).tokenizer_path
     if tokenizer_path is None:
         print(f"error: no tokenizer beside {args.checkpoint}", file=sys.stderr)
         return 2

@@ -289,7 +289,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     require_extra("matplotlib", "The outlier figure of samples/llm_int8_outliers.py")
     quiet_bitsandbytes()
     loader = LayerLoader(args.checkpoint, dtype=DTYPES[args.dtype], device=args.device,
-                         trust_pickle=args.trust_pickle, revision=args.revision)
+                         trust_pickle=args.trust_pickle, revision=args.revision, base=args.base)
     config = loader.config
     if loader.checkpoint.tokenizer_path is None:
         print(f"error: no tokenizer beside {args.checkpoint}", file=sys.stderr)

@@ -219,8 +219,9 @@ def test_hf_rotary_keys_with_transformers_defaults_and_precedence(values, expect
 
 
 def test_other_rope_types_are_refused_naming_the_key():
-    with pytest.raises(ConfigError, match="rope_scaling.*'dynamic'"):
-        NeoXConfig.from_hf_config({**HF_BASE, "rope_scaling": {"type": "dynamic", "factor": 2.0}})
+    # (`dynamic` is read: tests/test_configs_hf_extras.py)
+    with pytest.raises(ConfigError, match="rope_scaling.*'yarn'"):
+        NeoXConfig.from_hf_config({**HF_BASE, "rope_scaling": {"type": "yarn", "factor": 2.0}})
 
 
 def test_linear_scaling_has_no_gpt_neox_key():

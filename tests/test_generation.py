@@ -182,7 +182,9 @@ def test_prompt_longer_than_the_context_is_refused(hf_and_ours):
 def test_generation_stops_at_the_end_of_the_context(hf_and_ours):
     _, model = hf_and_ours
     n_ctx = model[0].config.n_ctx
-    out = generate(model, random_ids(96, batch=1, length=n_ctx - 3), 10, eos_token_id=None)
+    from labml_nn.neox.generation import ContextLengthWarning
+    with pytest.warns(ContextLengthWarning, match="only 3 of the 10"):
+        out = generate(model, random_ids(96, batch=1, length=n_ctx - 3), 10, eos_token_id=None)
     assert out.shape[1] == n_ctx
 
 

@@ -20,7 +20,7 @@ huggingface_hub = pytest.importorskip("huggingface_hub")
 from helpers import make_tiny_hf_model, write_tiny_tokenizer  # noqa: E402
 
 from labml_nn.neox.checkpoint import CheckpointError, open_checkpoint  # noqa: E402
-from labml_nn.neox.checkpoint import hub  # noqa: E402
+from labml_nn.neox.checkpoint import sources  # noqa: E402
 from labml_nn.neox.loader import LayerLoader  # noqa: E402
 from labml_nn.neox.tokenizer import encode, load_tokenizer  # noqa: E402
 
@@ -154,14 +154,14 @@ def test_only_the_files_we_read_are_fetched(hub_cache, monkeypatch):
         return str(models[revision][1])
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    hub.resolve_checkpoint(NAME, "step1")
+    sources.resolve_checkpoint(NAME, "step1")
     assert len(calls) == 1 and "model.safetensors" in calls[0] and "pytorch_model.bin" not in calls[0]
     assert {"config.json", "tokenizer.json"} <= set(calls[0])
     calls.clear()
-    hub.resolve_checkpoint(NAME, "step0")
+    sources.resolve_checkpoint(NAME, "step0")
     assert len(calls) == 2 and "pytorch_model.bin" in calls[1] and "model.safetensors" not in calls[1]
     calls.clear()
-    hub.resolve_checkpoint(NAME, "step1", tokenizer_only=True)
+    sources.resolve_checkpoint(NAME, "step1", tokenizer_only=True)
     assert len(calls) == 1 and "tokenizer.json" in calls[0] and "config.json" not in calls[0]
 
 

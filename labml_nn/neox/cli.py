@@ -7,7 +7,7 @@ argument handling, and so that an option or an error means the same in all of th
 * where the demo model is, and where a command writes what the user did not name a place for;
 * the one vocabulary of dtypes (`fp32`, `fp16`, `bf16`) and its default;
 * the options of every command that loads a model (`--checkpoint`, `--revision`, `--device`, `--dtype`,
-  `--trust-pickle`), spelled once in `add_model_args`;
+  `--trust-pickle`, and `--base` for a LoRA adapter), spelled once in `add_model_args`;
 * one convention for errors: a line that says what to do, an exit status, a traceback only when asked for;
 * `--help` that states each default once.
 """
@@ -98,6 +98,18 @@ def add_model_args(parser: argparse.ArgumentParser, *, required: bool = False,
                              f"are accepted too)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow DeepSpeed checkpoint files that pickle arbitrary objects (only files you trust)")
+    parser.add_argument("--base", default=None,
+                        help="when --checkpoint is a LoRA adapter (peft's adapter_config.json + "
+                             "adapter_model.safetensors): the base model to put it on, a folder or Hub name "
+                             "(default: the base_model_name_or_path its adapter_config.json names)")
+
+
+# When the checkpoint was a LoRA adapter, the user is told which adapter went on which base, and who chose the
+# base (`checkpoint/adapters.py`); on standard error, so that the command's output stays its own.
+def announce_source(checkpoint):
+    import sys
+    if getattr(checkpoint, "source_note", None):
+        print(f"Loading {checkpoint.source_note}", file=sys.stderr)
 
 
 def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:

@@ -50,9 +50,11 @@ or **irrelevant** to a trained model's outputs; `tests/test_config.py` fails whe
 
 | transformers key | status | what it does |
 |---|---|---|
-| `num_hidden_layers`, `hidden_size`, `num_attention_heads`, `intermediate_size`, `vocab_size`, `max_position_embeddings`, `layer_norm_eps`, `use_parallel_residual`, `hidden_act`, `eos_token_id` | read | the sizes, residual and GELU |
-| `rope_parameters`, `rope_scaling`, `rotary_pct`, `rotary_emb_base` | read | with transformers' defaults and precedence (`_hf_rotary`) |
-| `model_type`, `tie_word_embeddings`, `attention_bias` | refused | unless `gpt_neox`, false, true |
+| `num_hidden_layers`, `hidden_size`, `num_attention_heads`, `intermediate_size`, `vocab_size`, `max_position_embeddings`, `layer_norm_eps`, `use_parallel_residual`, `hidden_act` | read | the sizes, residual and GELU |
+| `eos_token_id` | read | one id, or a list of ids any of which ends generation |
+| `rope_parameters`, `rope_scaling`, `rotary_pct`, `rotary_emb_base` | read | with transformers' defaults and precedence (`_hf_rotary`); types `default`, `linear` and `dynamic` |
+| `tie_word_embeddings` | read | the readout is the embedding's matrix, unless the file holds a readout of its own (as transformers does) |
+| `model_type`, `attention_bias` | refused | unless `gpt_neox`, true |
 | `attention_dropout`, `hidden_dropout`, `classifier_dropout`, `initializer_range`, `use_cache`, `bos_token_id`, `pad_token_id`, `is_decoder` | irrelevant | training, caching and other heads |
 
 </details>
@@ -61,7 +63,7 @@ or **irrelevant** to a trained model's outputs; `tests/test_config.py` fails whe
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Tuple
 
 # The two GELUs. `gelu_tanh` is the approximation that gpt-neox's fused kernel computes
 # (Hugging Face calls it `gelu_fast` or `gelu_new`); `gelu` is the exact one, $x \Phi(x)$.
@@ -106,6 +108,9 @@ class NeoXConfig:
     # fine-tuned this way reads $s$ times its training context. transformers' `rope_scaling` /
     # `rope_parameters` with type `linear` and its `factor`; gpt-neox has no such key. 1 means none.
     rotary_scaling: float = 1.0
+    # How `rotary_scaling` scales: `"linear"` (above), or `"dynamic"`, transformers' dynamic NTK scaling, where
+    # past `n_ctx` positions the base $b$ grows with the sequence (`model.py`'s `RotaryEmbedding`)
+    rotary_scaling_type: str = "linear"
     # The $\epsilon$ of every layer norm: `layernorm_epsilon` / `layer_norm_eps`.
     layer_norm_eps: float = 1e-5
     # Whether attention and the feed-forward network read the same input and are added to the residual
@@ -122,6 +127,12 @@ class NeoXConfig:
     tensor_parallel_size: int = 1
     # The end-of-text token, `eos_token_id` in `config.json`; 0 in the 20B tokenizer and in Pythia's.
     eos_token_id: int = 0
+    # When `config.json` lists several end-of-text ids (`eos_token_id: [0, 2]`): all of them, any of which ends
+    # generation, the first being `eos_token_id`. Empty means `eos_token_id` alone.
+    eos_token_ids: Tuple[int, ...] = ()
+    # `tie_word_embeddings` in `config.json`: the readout's matrix is the embedding's (gpt-neox's
+    # `no_weight_tying: false`). Every published NeoX model has a readout of its own.
+    tie_word_embeddings: bool = False
 
     # Fill the derived default $4C$ and check the numbers fit together. A frozen dataclass still lets
     # `__post_init__` set a field through `object.__setattr__`.
@@ -133,12 +144,21 @@ class NeoXConfig:
             raise ConfigError(f"hidden size {self.d_model} is not a multiple of the {self.n_heads} heads")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
+        if self.rotary_scaling_type not in ("linear", "dynamic"):
+            raise ConfigError(f"rotary_scaling_type {self.rotary_scaling_type!r} is not 'linear' or 'dynamic'")
+        # A list (from JSON) becomes a tuple, so that the config stays hashable
+        object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
         # Rotary embeddings rotate features in pairs, so they need an even number of them (gpt-neox and
         # transformers fail with a shape error deep inside the first forward pass otherwise)
         if self.d_rotary % 2:
             raise ConfigError(f"rotary_pct {self.rotary_pct} of a head's {self.d_head} features is "
                               f"{self.d_rotary}, an odd number; rotary embeddings rotate features in pairs, so "
                               f"choose rotary_pct (or the head size) to make it even")
+
+    # Every id that ends generation
+    @property
+    def stop_token_ids(self) -> Tuple[int, ...]:
+        return self.eos_token_ids or (self.eos_token_id,)
 
     # The head dimension $D = C / H$
     @property
@@ -236,12 +256,11 @@ class NeoXConfig:
         model_type = values.get("model_type", "gpt_neox")
         if model_type != "gpt_neox":
             raise ConfigError(f"{name}: model_type is {model_type!r}, not 'gpt_neox'")
-        if values.get("tie_word_embeddings", False):
-            raise ConfigError(f"{name}: tie_word_embeddings is true; GPT-NeoX checkpoints have a separate readout")
         if values.get("attention_bias", True) is False:
             raise ConfigError(f"{name}: attention_bias is false; the NeoX attention layers here have biases")
 
-        rotary_pct, rotary_base, rotary_scaling = _hf_rotary(name, values)
+        rotary_pct, rotary_base, rotary_scaling, rotary_scaling_type = _hf_rotary(name, values)
+        eos_ids = _hf_eos_ids(name, values.get("eos_token_id"))
 
         def get(key, *alternatives, required=False, default=None):
             for k in (key,) + alternatives:
@@ -261,10 +280,13 @@ class NeoXConfig:
             rotary_pct=rotary_pct,
             rotary_base=rotary_base,
             rotary_scaling=rotary_scaling,
+            rotary_scaling_type=rotary_scaling_type,
             layer_norm_eps=float(get("layer_norm_eps", default=1e-5)),
             parallel_residual=bool(get("use_parallel_residual", default=True)),
             activation=_normalise_activation(name, "hidden_act", str(get("hidden_act", default="gelu"))),
-            eos_token_id=int(get("eos_token_id", default=0) or 0),
+            eos_token_id=eos_ids[0],
+            eos_token_ids=eos_ids if len(eos_ids) > 1 else (),
+            tie_word_embeddings=bool(values.get("tie_word_embeddings", False)),
         )
 
     def to_hf_config(self) -> dict:
@@ -289,25 +311,32 @@ class NeoXConfig:
             "rotary_emb_base": self.rotary_base,
             "rope_parameters": {"rope_type": "default", "rope_theta": self.rotary_base,
                                 "partial_rotary_factor": self.rotary_pct,
-                                **({"rope_type": "linear", "factor": self.rotary_scaling}
-                                   if self.rotary_scaling != 1 else {})},
-            # transformers 4.x reads linear scaling from `rope_scaling` (exactly these two keys); 5.x takes
+                                **({"rope_type": self.rotary_scaling_type, "factor": self.rotary_scaling}
+                                   if self._scaled else {})},
+            # transformers 4.x reads scaling from `rope_scaling` (exactly these two keys); 5.x takes
             # `rope_scaling` over `rope_parameters` and then the top-level `rotary_pct` and `rotary_emb_base`
-            **({"rope_scaling": {"type": "linear", "factor": self.rotary_scaling}} if self.rotary_scaling != 1 else {}),
-            "tie_word_embeddings": False,
+            **({"rope_scaling": {"type": self.rotary_scaling_type, "factor": self.rotary_scaling}}
+               if self._scaled else {}),
+            "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": True,
             "attention_dropout": 0.0,
             "hidden_dropout": 0.0,
             "bos_token_id": self.eos_token_id,
-            "eos_token_id": self.eos_token_id,
+            "eos_token_id": list(self.eos_token_ids) if self.eos_token_ids else self.eos_token_id,
             "use_cache": True,
         }
 
+    # Dynamic scaling with factor 1 is still dynamic: transformers recomputes the base past `n_ctx` (with a
+    # factor of 1 the formula leaves it unchanged, but we write what we read)
+    @property
+    def _scaled(self) -> bool:
+        return self.rotary_scaling != 1 or self.rotary_scaling_type != "linear"
+
     def to_neox_yaml(self) -> dict:
         """The model keys of a gpt-neox YAML config that `from_neox_yaml` reads back to this config."""
-        if self.rotary_scaling != 1:
-            raise ConfigError(f"linear RoPE scaling (factor {self.rotary_scaling}) has no gpt-neox config key; "
-                              f"write this model in Hugging Face format instead")
+        if self._scaled:
+            raise ConfigError(f"{self.rotary_scaling_type} RoPE scaling (factor {self.rotary_scaling}) has no "
+                              f"gpt-neox config key; write this model in Hugging Face format instead")
         return {
             "num_layers": self.n_layers,
             "hidden_size": self.d_model,
@@ -319,6 +348,7 @@ class NeoXConfig:
             "rotary_pct": self.rotary_pct,
             "rotary_emb_base": self.rotary_base,
             "layernorm_epsilon": self.layer_norm_eps,
+            # A model with tied embeddings is written untied, its readout a copy of the embedding (the same logits)
             "no_weight_tying": True,
             "gpt_j_residual": self.parallel_residual,
             "gpt_j_tied": self.tied_layernorms,
@@ -410,25 +440,36 @@ def _attention_kind(entry) -> str:
 #   fraction then come from the top-level `rotary_emb_base` and `rotary_pct`;
 # * absent keys take transformers' defaults for GPT-NeoX: base 10000 and **0.25** of each head rotated (not
 #   gpt-neox's 1.0, which is for the YAML);
-# * `type` (4.x) or `rope_type` (5.x) `linear` divides the positions by `factor`; `default` rotates plainly.
-#   The other types (`dynamic`, `yarn`, `llama3`, ...) change the frequencies in ways `model.py` does not.
-def _hf_rotary(name: str, values: Mapping[str, Any]) -> "tuple[float, float, float]":
+# * `type` (4.x) or `rope_type` (5.x) `linear` divides the positions by `factor`; `dynamic` grows the base past
+#   `max_position_embeddings` (NTK-aware scaling, `model.py`); `default` rotates plainly. The other types
+#   (`yarn`, `llama3`, `longrope`, ...) change the frequencies in ways `model.py` does not.
+def _hf_rotary(name: str, values: Mapping[str, Any]) -> "tuple[float, float, float, str]":
     key = "rope_scaling" if values.get("rope_scaling") else "rope_parameters"
     rope = values.get(key) or {}
     kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind == "linear":
+    if kind in ("linear", "dynamic"):
         if rope.get("factor") is None:
-            raise ConfigError(f"{name}: `{key}` has type linear but no `factor`")
+            raise ConfigError(f"{name}: `{key}` has type {kind} but no `factor`")
         scaling = float(rope["factor"])
     elif kind in ("default", None):
-        scaling = 1.0
+        kind, scaling = "linear", 1.0
     else:
         raise ConfigError(f"{name}: `{key}` has RoPE type {kind!r}; this implementation rotates plainly or with "
-                          f"linear scaling only. Supporting it would take its frequency formula in "
+                          f"linear or dynamic scaling only. Supporting it would take its frequency formula in "
                           f"RotaryEmbedding (model.py).")
     pct = rope.get("partial_rotary_factor", values.get("rotary_pct", 0.25))
     base = rope.get("rope_theta", values.get("rotary_emb_base", 10000.0))
-    return float(pct), float(base), scaling
+    return float(pct), float(base), scaling, kind
+
+
+# `eos_token_id` is one id or a list of ids (transformers stops on any of them); absent or null means 0, the
+# 20B and Pythia tokenizer's end-of-text
+def _hf_eos_ids(name: str, value) -> "tuple[int, ...]":
+    ids = value if isinstance(value, list) else [0 if value is None else value]
+    if not ids or not all(_value_ok("size", i) for i in ids):
+        raise ConfigError(f"{name}: `eos_token_id: {value!r}` must be an integer >= 0 or a non-empty list of them; "
+                          f"fix it in the file")
+    return tuple(int(i) for i in ids)
 
 
 # The feed-forward width in gpt-neox since PR #1212: `intermediate_size`, or `expansion_factor` $\times C$, or
@@ -509,7 +550,7 @@ HF_VALUE_KINDS = {
     "num_hidden_layers": "count", "hidden_size": "count", "num_attention_heads": "count", "vocab_size": "count",
     "intermediate_size": "size", "max_position_embeddings": "count", "layer_norm_eps": "positive",
     "use_parallel_residual": "flag", "tie_word_embeddings": "flag", "attention_bias": "flag",
-    "rotary_pct": "fraction", "rotary_emb_base": "positive", "eos_token_id": "size",
+    "rotary_pct": "fraction", "rotary_emb_base": "positive",
     "rope_scaling": "mapping", "rope_parameters": "mapping",
 }
 # Inside `rope_scaling` / `rope_parameters`

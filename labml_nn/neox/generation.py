@@ -33,7 +33,8 @@ tokens whose probabilities add up to at least $p$.
 into the cache, where `model.py`'s attention reads it (each row then generates what it generates alone).
 """
 
-from typing import Iterator, Optional, Sequence, Tuple
+import warnings
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -58,15 +59,24 @@ def _config(model):
 
 
 def context_length(model) -> Optional[int]:
-    """The longest context the model was trained on, read from the config its modules carry."""
+    r"""
+    The longest context the model was trained on, read from the config its modules carry; `None` for a model
+    with dynamic RoPE scaling, which is made to read past it (`model.py`'s `RotaryEmbedding`).
+    """
     config = _config(model)
-    return None if config is None else config.n_ctx
+    if config is None or getattr(config, "rotary_scaling_type", "linear") == "dynamic":
+        return None
+    return config.n_ctx
 
 
 def vocabulary_size(model) -> Optional[int]:
     """`V`, the rows of the model's embedding, read from the config its modules carry."""
     config = _config(model)
     return None if config is None else config.n_vocab
+
+
+class ContextLengthWarning(UserWarning):
+    """Fewer new tokens than asked for fit in the model's context; generation stops at its end."""
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +218,7 @@ def _check_finite(logits: torch.Tensor, step: int):
 @torch.inference_mode()
 def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-                    eos_token_id: Optional[int] = 0, max_len: Optional[int] = None,
+                    eos_token_id: Union[int, Sequence[int], None] = 0, max_len: Optional[int] = None,
                     padding: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
     r"""
     ## The generation loop, one token at a time
@@ -218,8 +228,15 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     (`left_pad` makes both). A row that produced `eos_token_id` keeps producing it; the loop stops when
     every row has (`eos_token_id=None` never stops early).
 
-    `max_len` is the length of the context the model may use (by default the one it was trained on): a prompt
-    longer than that is an error, and generation stops when it is reached.
+    `eos_token_id` may also be a list of ids (a `config.json` may give several, `config.stop_token_ids`): any of
+    them ends a row, and finished rows repeat the first.
+
+    `max_len` is the length of the context the model may use, by default the one it was trained on: a prompt
+    longer than that is an error, and **generation stops when the context is full**, with a
+    `ContextLengthWarning` up front saying how many of the new tokens asked for fit. (transformers generates past
+    the context instead, with a warning; but positions the model never saw in training give text that degrades
+    quickly, so we stop.) Pass a larger `max_len` to generate past it anyway; a model with dynamic RoPE scaling
+    has no default limit.
 
     The model is used as it is: nothing here changes its weights or their layout. On a CPU, call
     `prepare_for_cpu_decoding` (`cpu_decoding.py`) once beforehand to decode faster; on a GPU, pass the model
@@ -233,7 +250,15 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
     if n_prompt > max_len:
         raise ValueError(f"the prompt has {n_prompt} tokens but the model's context is {max_len}; "
                          f"shorten the prompt (keep its last {max_len} tokens) or pass a larger max_len")
-    max_new_tokens = min(max_new_tokens, max_len - n_prompt)
+    if n_prompt + max_new_tokens > max_len:
+        warnings.warn(f"the prompt has {n_prompt} tokens and the model's context is {max_len}, so only "
+                      f"{max_len - n_prompt} of the {max_new_tokens} new tokens asked for fit; generation stops "
+                      f"there. Shorten the prompt, or pass a larger max_len to generate past the context "
+                      f"the model was trained on.", ContextLengthWarning, stacklevel=3)
+        max_new_tokens = max_len - n_prompt
+    # The end-of-text ids, `[E]` on the prompt's device; finished rows repeat the first
+    stop_ids = None if eos_token_id is None else torch.tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=prompt_ids.device)
 
     # With a `seed`, the random generator is made in the first step, once the logits exist: it must live on their
     # device (the readout's), which need not be the prompt's, since the embedding moves the ids to its own device
@@ -253,12 +278,12 @@ def generate_stream(model, prompt_ids: torch.Tensor, max_new_tokens: int, *, tem
             generator = torch.Generator(device=logits.device).manual_seed(seed)
         next_ids = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                generator=generator).to(prompt_ids.device)
-        if eos_token_id is not None:
+        if stop_ids is not None:
             # Finished rows keep emitting end-of-text so that all rows stay the same length
-            next_ids = next_ids.masked_fill(finished, eos_token_id)
-            finished |= next_ids == eos_token_id
+            next_ids = next_ids.masked_fill(finished, stop_ids[0])
+            finished |= torch.isin(next_ids, stop_ids)
         yield next_ids
-        if eos_token_id is not None and bool(finished.all()):
+        if stop_ids is not None and bool(finished.all()):
             return
         # Each later step runs only the token just chosen, `[B, 1]`
         ids = next_ids[:, None]

@@ -100,6 +100,11 @@ class LayerLoader:
       trust.
     * `progress`: show labml's progress bar; by default only when standard output is a terminal, since labml
       draws it there with escape codes that would litter a piped output.
+    * `base`, `adapter`: when `path` is a LoRA adapter in peft's format (`checkpoint/adapters.py`), `base` is the
+      base model to put it on instead of the one the adapter names, and `adapter` says how: `"merge"`
+      ($W + \frac{\alpha}{r} B A$ merged into each weight as it is read; no cost per token) or `"apply"` (each
+      adapted linear layer becomes a `LoRALinear` holding $A$ and $B$, `training/lora.py`).
+      `self.checkpoint.source_note` says which adapter and which base were used.
     """
 
     def __init__(self, path: Union[str, Path], *, dtype: torch.dtype = torch.float32,
@@ -109,8 +114,16 @@ class LayerLoader:
                  is_llm_int8: bool = False, llm_int8_threshold: float = 6.0,
                  llm_int8_implementation: str = "bitsandbytes",
                  replicated: str = "average", trust_pickle: bool = False,
-                 progress: Optional[bool] = None, revision: Optional[str] = None):
-        self.checkpoint = open_checkpoint(path, replicated=replicated, trust_pickle=trust_pickle, revision=revision)
+                 progress: Optional[bool] = None, revision: Optional[str] = None,
+                 base: Union[str, Path, None] = None, adapter: str = "merge"):
+        if adapter not in ("merge", "apply"):
+            raise ValueError(f"adapter={adapter!r}: choose 'merge' or 'apply'")
+        if adapter == "apply" and is_llm_int8:
+            raise ValueError("LLM.int8 converts every linear layer, adapters included: load a LoRA adapter with "
+                             "adapter='merge' (the default) to quantize the merged weights")
+        self.checkpoint = open_checkpoint(path, replicated=replicated, trust_pickle=trust_pickle, revision=revision,
+                                          base=base)
+        self.checkpoint.merge_adapter = adapter == "merge"
         self.config: NeoXConfig = self.checkpoint.config
         self.dtype = dtype
         self.devices = [torch.device(d) for d in (devices if devices else [device])]
@@ -161,8 +174,17 @@ class LayerLoader:
         iterator = zip(parts, placement)
         if self.progress:
             iterator = monit.iterate("Load layers", list(iterator))
+        embedding = None
         for part, device in iterator:
-            yield self._load_part(part, device)
+            module = self._load_part(part, device)
+            # Tied embeddings: the readout's weight is the embedding's parameter itself, as in transformers, so
+            # that training updates both as one
+            if part.kind == "embedding":
+                embedding = module
+            elif (part.kind == "readout" and embedding is not None and self.checkpoint.readout_is_embedding
+                  and embedding.word_embeddings.weight.device == module.final_linear.weight.device):
+                module.final_linear.weight = embedding.word_embeddings.weight
+            yield module
         self._warn_about_divergence()
 
     # Tensors every tensor-parallel rank holds a copy of (the layer norms) should agree, but in large trained
@@ -190,6 +212,10 @@ class LayerLoader:
         module.load_state_dict(state, assign=True)
         del state
         module = module.to(device=device, dtype=self.dtype).eval()
+        adapter = self.checkpoint.adapter
+        if adapter is not None and not self.checkpoint.merge_adapter and part.kind == "layer":
+            from labml_nn.neox.training.lora import apply_lora_tensors
+            apply_lora_tensors([module], adapter.tensors, {key: adapter.scaling for key in adapter.tensors})
         if self.is_llm_int8 and isinstance(module, TransformerLayer):
             from labml_nn.neox.llm_int8 import make_llm_int8_layer
             module = make_llm_int8_layer(module, threshold=self.llm_int8_threshold,

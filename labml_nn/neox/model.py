@@ -90,11 +90,27 @@ class RotaryEmbedding(nn.Module):
 
     *Linear scaling* (position interpolation, transformers' `rope_scaling`) divides $m$ by a factor $s$ =
     `scaling`, 1 for every published NeoX model.
+
+    *Dynamic NTK scaling* (transformers' `rope_scaling` of type `dynamic`) leaves the angles alone up to the
+    training context $n$ and, for a sequence of $N > n$ positions, raises the base instead,
+
+    $$b' = b \left(\frac{s N}{n} - (s - 1)\right)^{d / (d - 2)}$$
+
+    which stretches the slow (low-frequency) features most and the fast ones hardly at all. The angles then depend
+    on the sequence's length $N$: they are recomputed for every forward pass that reaches past $n$ (`tables`),
+    from $N$ = the last position + 1, in fp32 as transformers computes them. (transformers also keeps the largest
+    $N$ seen between calls until a call fits in $n$ again; a call here depends only on its own positions.)
     """
 
-    def __init__(self, d_rotary: int, base: float, scaling: float = 1.0):
+    def __init__(self, d_rotary: int, base: float, scaling: float = 1.0, dynamic: bool = False,
+                 n_ctx: int = 2048):
         super().__init__()
         self.d_rotary = d_rotary
+        # For dynamic scaling: the base, the factor $s$ and the training context $n$; the angles up to $n$ are
+        # the plain ones
+        self.dynamic, self.base, self.factor, self.n_ctx = dynamic, base, scaling, n_ctx
+        if dynamic:
+            scaling = 1.0
         # $\theta_i / s$ for $i = 0 \dots d/2 - 1$ (the checkpoint's `rotary_emb.inv_freq`, which the loader
         # drops). A plain attribute, not a buffer, so that `model.half()` leaves it in fp32.
         self.theta = 1.0 / base ** (torch.arange(0, d_rotary, 2, device="cpu").float() / d_rotary) / scaling
@@ -107,6 +123,8 @@ class RotaryEmbedding(nn.Module):
     # Built outside inference mode even when generation (under `torch.inference_mode`) asks first: tensors made
     # there cannot be saved for a backward pass, and the same model may train afterwards.
     def tables(self, end: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.dynamic and end > self.n_ctx:
+            return self._dynamic_tables(end, device)
         cached = self._cos_sin
         if cached is None or cached[0].shape[0] < end or cached[0].device != device:
             length = max(end, 2048 if cached is None else 2 * cached[0].shape[0])
@@ -117,6 +135,17 @@ class RotaryEmbedding(nn.Module):
                 self._cos_sin = cached = (angles.cos(), angles.sin())
         return cached
 
+    # With dynamic scaling and $N$ = `end` > $n$: $b'$, then $\theta_i = b'^{-2i/d}$, each step as transformers
+    # takes it (fp32 tensors), and the tables for positions $0 \dots N - 1$, not kept (the next call's $N$ differs)
+    def _dynamic_tables(self, end: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        d = self.d_rotary
+        length = torch.tensor(end, dtype=torch.int64)
+        base = self.base * ((self.factor * length / self.n_ctx) - (self.factor - 1)) ** (d / (d - 2))
+        theta = 1.0 / base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d)
+        angles = torch.outer(torch.arange(end, device=device, dtype=torch.float32), theta.to(device))
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos(), angles.sin()
+
     # `x` is `[B, T, ..., D]` (heads, and queries and keys together, after `T`). Its first token sits in slot
     # `offset`, after the cached tokens. Row $b$ of a left-padded batch starts with $p_b$ = `padding[b]` padding
     # tokens, so slot $s$ is at position $m = s - p_b$ (padding slots get position 0; attention ignores them).
@@ -125,7 +154,9 @@ class RotaryEmbedding(nn.Module):
         if d == 0:
             return x
         n_tokens = x.shape[1]
-        cos, sin = self.tables(offset + n_tokens, x.device)
+        # The last position + 1 (with padding, of the least padded row), which dynamic scaling depends on
+        end = offset + n_tokens - (int(padding.min()) if self.dynamic and padding is not None else 0)
+        cos, sin = self.tables(end, x.device)
         if padding is None:
             # `[T, 1, ..., 1, d]` to broadcast over the dimensions after $T$, in the dtype of `x` (as gpt-neox and
             # transformers do)
@@ -264,7 +295,8 @@ class Attention(nn.Module):
         self.d_head = config.d_head
         self.query_key_value = nn.Linear(config.d_model, 3 * config.d_model)
         self.dense = nn.Linear(config.d_model, config.d_model)
-        self.rotary_emb = RotaryEmbedding(config.d_rotary, config.rotary_base, config.rotary_scaling)
+        self.rotary_emb = RotaryEmbedding(config.d_rotary, config.rotary_base, config.rotary_scaling,
+                                          dynamic=config.rotary_scaling_type == "dynamic", n_ctx=config.n_ctx)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         batch_size, n_tokens, _ = x.shape
@@ -426,7 +458,9 @@ class ReadoutLayer(nn.Module):
     ## Readout
 
     A linear layer without bias, `final_linear`, maps each position's hidden state to a logit per vocabulary
-    entry, `[B, T, C]` $\rightarrow$ `[B, T, V]`. Its weights are not tied to the embedding in GPT-NeoX.
+    entry, `[B, T, C]` $\rightarrow$ `[B, T, V]`. Its weights are not tied to the embedding in GPT-NeoX; a model
+    whose config ties them (`tie_word_embeddings`) gets the embedding's matrix here from the loader, the same
+    tensor.
     The next-token distribution is $\operatorname{softmax}$ of the logits.
     """
 

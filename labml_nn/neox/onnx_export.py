@@ -230,6 +230,9 @@ def _check_exportable(model: NeoXModel):
     for i, m in enumerate(model[1:-2]):
         if m.layer_idx != i:
             raise ValueError(f"layer {i} of the model says it is layer {m.layer_idx}; export a whole model")
+        if m.attention.rotary_emb.dynamic:
+            raise ValueError("the model uses dynamic RoPE scaling (rope_scaling type dynamic), whose angles change "
+                             "with the sequence length; the exported graph computes fixed angles, so it is refused")
 
 
 # ## Exporting

@@ -325,6 +325,11 @@ def _check_modules(model: NeoXModel):
                         f"or prepared for the CPU); decode with the model as it is")
     if not isinstance(model[0], Embedding) or not isinstance(model[-1], ReadoutLayer):
         raise StaticDecodingUnavailable("the model must run from the embedding to the readout (all its modules)")
+    # Dynamic RoPE scaling recomputes the angles at every step past the context; the static step reads them
+    # from tables made once
+    if any(isinstance(m, TransformerLayer) and m.attention.rotary_emb.dynamic for m in model):
+        raise StaticDecodingUnavailable("the model uses dynamic RoPE scaling, whose angles change with the sequence "
+                                        "length; decode with the model as it is")
     devices = {p.device for p in model.parameters()}
     if len(devices) != 1:
         raise StaticDecodingUnavailable(f"the model's parameters are on {len(devices)} devices; the static step runs "

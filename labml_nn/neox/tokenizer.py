@@ -16,28 +16,19 @@ from typing import List, Optional, Union
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
-# Names under which a tokenizer sits beside a checkpoint's weights: the 20B slim weights, then a Hugging Face folder
-TOKENIZER_FILES = ("20B_tokenizer.json", "tokenizer.json")
-
-
-def find_tokenizer(path: Union[str, Path]) -> Optional[Path]:
-    """The tokenizer file itself, or the first of `TOKENIZER_FILES` in the folder `path`, or `None`."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    for name in TOKENIZER_FILES:
-        if (path / name).is_file():
-            return path / name
-    return None
+# Where a tokenizer sits beside a checkpoint's weights (`20B_tokenizer.json`, then `tokenizer.json`) is
+# `checkpoint/sources.py`'s to say, with the rest of where a checkpoint's files are
+from labml_nn.neox.checkpoint.sources import TOKENIZER_FILES, find_tokenizer  # noqa: E402,F401
 
 
 def load_tokenizer(path: Union[str, Path], revision: Optional[str] = None) -> Tokenizer:
     """
     Load a `tokenizers` JSON file, or the one in a checkpoint folder, or the `tokenizer.json` of a Hugging Face
-    Hub model (`"EleutherAI/pythia-160m"`, at `revision`; see `checkpoint/hub.py`). An existing path wins.
+    Hub model (`"EleutherAI/pythia-160m"`, at `revision`; see `checkpoint/sources.py`). An existing path wins.
     """
     if revision is not None or not Path(path).exists():
-        from labml_nn.neox.checkpoint.hub import is_hub_name, resolve_checkpoint
+        from labml_nn.neox.checkpoint.hub import is_hub_name
+        from labml_nn.neox.checkpoint.sources import resolve_checkpoint
         if revision is not None or is_hub_name(path):
             path = resolve_checkpoint(path, revision, tokenizer_only=True)
     found = find_tokenizer(path)

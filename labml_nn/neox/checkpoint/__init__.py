@@ -21,6 +21,8 @@ a module of `model.py`.
 | [`convert.py`](convert.html) | the `merge` command: all or nothing, with a report of how far replicated tensors diverged |
 | [`download.py`](download.html) | fetching the 20B slim weights, resumably, with their SHA-256 recorded (`download --verify`) |
 | [`hub.py`](hub.html) | a Hugging Face Hub name and revision (Pythia's training steps) to a local folder |
+| [`sources.py`](sources.html) | where a checkpoint's files are (folder or Hub name), and what kind of folder holds them |
+| [`adapters.py`](adapters.html) | LoRA adapters in peft's format: read over their base model, written as peft writes them |
 | [`__main__.py`](__main__.html) | the command line: `download` and `merge` |
 
 ## Using it

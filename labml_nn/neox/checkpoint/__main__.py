@@ -72,6 +72,9 @@ def _run(argv: List[str]) -> int:
     merge.add_argument("src", help="checkpoint folder (pipeline, sequential or Hugging Face layout), or a Hugging "
                                    "Face Hub name such as EleutherAI/pythia-160m")
     merge.add_argument("--revision", default=None, help="with a Hub name: its revision, e.g. step3000")
+    merge.add_argument("--base", default=None,
+                       help="when SRC is a LoRA adapter (peft's format): the base model to merge it into (default: "
+                            "the one its adapter_config.json names)")
     merge.add_argument("--mlp-names", choices=["dense", "linear"], default=None,
                        help="neox: spell the MLP mlp.dense_h_to_4h/dense_4h_to_h (gpt-neox before Sept. 2024) or "
                             "mlp.linear1/linear2 (gpt-neox since); default: as the source spells it")
@@ -137,7 +140,7 @@ def _run(argv: List[str]) -> int:
                               dtype=args.dtype, trust_pickle=args.trust_pickle, overwrite=args.overwrite,
                               report=args.report, warn_above=args.warn_above,
                               max_shard_bytes=args.max_shard_mb * 1024 ** 2, revision=args.revision,
-                              mlp_names=args.mlp_names,
+                              mlp_names=args.mlp_names, base=args.base,
                               progress=sys.stdout.isatty())
     print(format_report(report))
     if report["non_finite"]:

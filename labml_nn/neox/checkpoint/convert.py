@@ -29,6 +29,7 @@ different models, and it is worth evaluating both (`--replicated first` vs the d
 """
 
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
@@ -48,10 +49,11 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
                      dtype: Optional[str] = None, trust_pickle: bool = False, overwrite: bool = False,
                      report: "str | Path | None" = None, warn_above: float = WARN_ABOVE,
                      max_shard_bytes: int = 1024 ** 3, progress: bool = True, mlp_names: Optional[str] = None,
-                     revision: Optional[str] = None) -> dict:
+                     revision: Optional[str] = None, base: "str | Path | None" = None) -> dict:
     r"""
     Merge `src` into a single-rank checkpoint at `out`. Returns the divergence report (also written to
     `report` as JSON when given). `src` may be a Hub name with a `revision` (`hub.py`). With `format="neox"`,
+    a LoRA adapter (peft's format) is merged into its base (the one it names, or `base`) and written whole;
     the MLP keeps the source's spelling (`mlp.linear1` or `mlp.dense_h_to_4h`) unless `mlp_names` says otherwise.
     `dtype` is a name of the commands' vocabulary (`cli.DTYPES`: `fp16`, `bf16`, `fp32`) or PyTorch's (`float16`).
     """
@@ -70,7 +72,9 @@ def merge_checkpoint(src: "str | Path", out: "str | Path", *, format: str, repli
         report_path = check_target(report, overwrite=overwrite, reads=[src], folder=False, name="--report")
 
     # Opening checks the layout, the config and that every file is present, before anything is written.
-    ckpt = open_checkpoint(src, trust_pickle=trust_pickle, replicated=replicated, revision=revision)
+    ckpt = open_checkpoint(src, trust_pickle=trust_pickle, replicated=replicated, revision=revision, base=base)
+    if ckpt.source_note:
+        print(f"Merging {ckpt.source_note}", file=sys.stderr)
     non_finite: List[str] = []
     staged = None
     try:

@@ -3,7 +3,7 @@ r"""
 
 Researchers choose the Pythia models for their training history: each model is published on the Hugging Face Hub
 with 154 *revisions*, one per saved training step (`step0`, `step1`, `step2`, `step4`, ... `step512`, then
-`step1000` ... `step143000` every thousand steps; `main` is `step143000`). This module turns a name and a
+`step1000` ... `step143000` every thousand steps; `main` is `step143000`). This module fetches a name and a
 revision into a local folder that the rest of the package reads like any other Hugging Face folder:
 
 ```python
@@ -23,11 +23,14 @@ or `HF_HOME/hub`), laid out as `models--ORG--NAME/refs/REV` (a commit hash), `sn
 which resolves a name and revision from that cache without the network; and a token for gated or private
 repositories (`HF_TOKEN`, or `hf auth login`). We choose *which* files it fetches, only those we read:
 
-* `config.json` and `tokenizer.json` (or `20B_tokenizer.json`);
+* `config.json` and `tokenizer.json` (or `20B_tokenizer.json`), and a LoRA adapter's `adapter_config.json`
+  and `adapter_model.safetensors` (`checkpoint/adapters.py`);
 * the weights as safetensors (`model.safetensors`, or shards and their index);
 * only when a revision has no safetensors (Pythia's older revisions were saved before safetensors
   existed), the pickled `pytorch_model.bin` and its shards instead. A repository that has both would otherwise
   cost its weights twice.
+
+Which files those are, and what kind of folder came back, `sources.py` knows; this module only talks to the Hub.
 
 ## Which wins, a path or a name
 
@@ -41,16 +44,7 @@ import re
 from pathlib import Path
 from typing import List, Optional
 
-from ..tokenizer import TOKENIZER_FILES as TOKENIZER_NAMES
 from .files import CheckpointError
-from .layouts import HFLayout
-
-# The files `layouts.HFLayout` and `tokenizer.py` read, as `snapshot_download`'s `allow_patterns`: the names
-# they look for, and the shards an index lists
-CONFIG_FILES = ["config.json"]
-TOKENIZER_FILES = list(TOKENIZER_NAMES)
-SAFETENSORS_FILES = [n for n in HFLayout.WEIGHT_FILES if "safetensors" in n] + ["model-*-of-*.safetensors"]
-PICKLE_FILES = [n for n in HFLayout.WEIGHT_FILES if ".bin" in n] + ["pytorch_model-*-of-*.bin"]
 
 # A Hub model name: `ORG/NAME`, letters, digits, `-`, `_` and `.`
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -60,42 +54,16 @@ def is_hub_name(name: "str | Path") -> bool:
     return bool(HUB_NAME.match(str(name)))
 
 
-# ## Resolving a name
-def resolve_checkpoint(name_or_path: "str | Path", revision: Optional[str] = None, *,
-                       token: "str | bool | None" = None, tokenizer_only: bool = False) -> Path:
-    r"""
-    The local folder for `name_or_path`: the path itself if it exists, else the Hub model of that name at
-    `revision` (default `main`), fetched into (or, offline, found in) the Hugging Face cache. With
-    `tokenizer_only`, only `tokenizer.json` is fetched.
-    """
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if revision is not None:
-            raise CheckpointError(f"{path} is a local folder; a revision ({revision}) selects a version of a Hub "
-                                  f"model only. Drop the revision, or check out that version into the folder.")
-        return path
-    name = str(name_or_path)
-    if not is_hub_name(name):
-        raise CheckpointError(f"{name} does not exist, and is not a Hugging Face Hub name (ORG/NAME, such as "
-                              f"EleutherAI/pythia-160m). Pass an existing checkpoint folder or a Hub name.")
-    if tokenizer_only:
-        return _snapshot(name, revision, TOKENIZER_FILES, token)
-    folder = _snapshot(name, revision, CONFIG_FILES + TOKENIZER_FILES + SAFETENSORS_FILES, token)
-    if not any((folder / f).is_file() for f in SAFETENSORS_FILES if "*" not in f):
-        folder = _snapshot(name, revision, CONFIG_FILES + TOKENIZER_FILES + PICKLE_FILES, token)
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{_describe(name, revision)} has no config.json in {folder}: it is not a Hugging "
-                              f"Face GPT-NeoX model, or (offline) the cache holds only some of its files.")
-    return folder
-
-
-# `huggingface_hub`'s errors, in words that name the model and the revision and say what to do
-def _snapshot(name: str, revision: Optional[str], patterns: List[str], token) -> Path:
+# ## Fetching a snapshot
+#
+# The files of `name` at `revision` that match `patterns` (`sources.py` says which), as a local folder.
+# `huggingface_hub`'s errors become ours, in words that name the model and the revision and say what to do.
+def snapshot(name: str, revision: Optional[str], patterns: List[str], token=None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                        RevisionNotFoundError)
 
-    what = _describe(name, revision)
+    what = describe(name, revision)
     try:
         return Path(snapshot_download(name, revision=revision, allow_patterns=patterns, token=token))
     except GatedRepoError:
@@ -115,5 +83,5 @@ def _snapshot(name: str, revision: Optional[str], patterns: List[str], token) ->
         raise CheckpointError(f"{what} could not be fetched: {type(e).__name__}: {e}") from None
 
 
-def _describe(name: str, revision: Optional[str]) -> str:
+def describe(name: str, revision: Optional[str]) -> str:
     return f"{name} (revision {revision or 'main'})"

@@ -41,6 +41,7 @@ from typing import Dict, List, Tuple
 
 from .files import CheckpointError, load_torch_file
 from .parts import Part, hf_weights, pipeline_stages
+from .sources import HF_WEIGHT_FILES, PIPELINE_FILE, SEQUENTIAL_FILE
 
 # One rank's tensors of one part, and the file they came from
 RankTensors = Tuple[str, Dict[str, "torch.Tensor"]]
@@ -98,6 +99,10 @@ class Layout:
     def load(self, part: Part) -> List[RankTensors]:
         raise NotImplementedError
 
+    # Whether the files hold a readout of their own (a model with tied embeddings may not; `reader.py`)
+    def has_readout(self) -> bool:
+        return True
+
     def embedding_rows(self) -> List[int]:
         return [t["word_embeddings.weight"].shape[0] if "word_embeddings.weight" in t else 0
                 for _, t in self.load(Part("embedding"))]
@@ -131,7 +136,7 @@ def _check_indices(found: set, n_layers: int, config_key: str, where: str):
 # a missing one is named, with the rank and the part it holds.
 class PipelineLayout(Layout):
     name = "pipeline"
-    PATTERN = re.compile(r"layer_(\d+)-model_(\d+)-model_states\.pt$")
+    PATTERN = PIPELINE_FILE
 
     def __init__(self, location: Location, config, trust_pickle: bool):
         super().__init__(location, config, trust_pickle)
@@ -190,7 +195,7 @@ class PipelineLayout(Layout):
 # is there and that rank 0's holds weights for exactly the stages the config implies.
 class SequentialLayout(Layout):
     name = "sequential"
-    PATTERN = re.compile(r"mp_rank_(\d+)_model_states\.pt$")
+    PATTERN = SEQUENTIAL_FILE
     KEY = re.compile(r"sequential\.(\d+)\.(.+)$")
 
     def __init__(self, location: Location, config, trust_pickle: bool):
@@ -276,8 +281,7 @@ class HFLayout(Layout):
     name = "huggingface"
     config_format = "huggingface"
     config_keys = HF_KEYS
-    WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors",
-                    "pytorch_model.bin.index.json", "pytorch_model.bin")
+    WEIGHT_FILES = HF_WEIGHT_FILES
 
     def __init__(self, location: Location, config, trust_pickle: bool):
         super().__init__(location, config, trust_pickle)
@@ -322,6 +326,9 @@ class HFLayout(Layout):
     def rel(self, path) -> str:
         return str(path)
 
+    def has_readout(self) -> bool:
+        return (Part("readout"), "final_linear.weight") in self.where
+
     def embedding_rows(self) -> List[int]:
         return [t["word_embeddings.weight"].shape[0] for _, t in self.load(Part("embedding"))
                 if "word_embeddings.weight" in t]
@@ -329,6 +336,14 @@ class HFLayout(Layout):
     def load(self, part: Part) -> List[RankTensors]:
         part.check(self.n_layers)
         wanted = {name: where for (p, name), where in self.where.items() if p == part}
+        # A folder saved from transformers' bare `GPTNeoXModel` has the layers and no language-model head:
+        # nothing to re-download, the model simply has no readout
+        if part.kind == "readout" and not wanted:
+            raise CheckpointError(
+                f"{self.folder} has no readout: no `embed_out.weight` (or `lm_head.weight`) beside the layers, as "
+                f"when a transformers `GPTNeoXModel` (the model without its language-model head) is saved. It cannot "
+                f"predict tokens. Save the `GPTNeoXForCausalLM` instead; or, if the readout is meant to be the "
+                f"embedding, set `tie_word_embeddings: true` in its config.json.")
         tensors, files = {}, sorted({file for _, file in wanted.values()})
         for file in files:
             names = {name: stored for name, (stored, f) in wanted.items() if f == file}

@@ -28,12 +28,11 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 
 from ..config import ConfigError, NeoXConfig, read_config_text
-from ..tokenizer import find_tokenizer
 from .files import CheckpointError
-from .hub import resolve_checkpoint
 from .layouts import Layout, Location, find_layout
 from .merge import INV_FREQ, Divergence, merge_part, mlp_spelling, respell_mlp
 from .parts import Part, all_parts
+from .sources import find_tokenizer, folder_kind, resolve_checkpoint
 
 
 # ## The opened checkpoint
@@ -53,6 +52,16 @@ class Checkpoint:
         # twice
         self._divergence: Dict[Tuple[Part, str], Divergence] = {}
         self._mlp_names: Optional[str] = None
+        # A LoRA adapter read over this base (`adapters.py`), merged into each layer's weights by `read` while
+        # `merge_adapter` is true; `source_note` says which adapter and which base, and who chose the base
+        self.adapter = None
+        self.merge_adapter = True
+        self.source_note: Optional[str] = None
+
+    # Whether the readout is the embedding's matrix itself (tied, and no readout of its own in the files)
+    @property
+    def readout_is_embedding(self) -> bool:
+        return self.config.tie_word_embeddings and not self.layout.has_readout()
 
     @property
     def divergence(self) -> List[Divergence]:
@@ -72,6 +81,10 @@ class Checkpoint:
         error (or strange text) inside the model.
         """
         part.check(self.config.n_layers)
+        # Tied embeddings (`tie_word_embeddings`): the readout is the embedding's matrix, unless the files hold a
+        # readout of their own, which transformers then uses untied (and so do we)
+        if part.kind == "readout" and self.config.tie_word_embeddings and not self.layout.has_readout():
+            return {"final_linear.weight": self.read(Part("embedding"))["word_embeddings.weight"]}
         ranks = self.layout.load(part)
         if part.kind == "layer":
             ranks = [(source, respell_mlp(tensors, "dense")) for source, tensors in
@@ -85,6 +98,8 @@ class Checkpoint:
             self._check_inv_freq(inv_freq, sources, part)
         for name, tensor in merged.items():
             self._check_shape(part, name, tensor, sources)
+        if self.adapter is not None and self.merge_adapter and part.kind == "layer":
+            merged = self.adapter.merge_into(part.layer, merged)
         return merged
 
     # The MLP's spelling (`merge.MLP_SPELLINGS`) of the layers read so far; two layers that disagree mean two
@@ -150,7 +165,8 @@ class Checkpoint:
 
 # ## Opening
 def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicated: str = "average",
-                    check_rotary: bool = True, revision: Optional[str] = None) -> Checkpoint:
+                    check_rotary: bool = True, revision: Optional[str] = None,
+                    base: "str | Path | None" = None) -> Checkpoint:
     r"""
     Open a checkpoint folder in any of the three layouts; raise `CheckpointError` saying what is wrong otherwise.
     `path` may also be a Hugging Face Hub name such as `EleutherAI/pythia-160m`, with a `revision` such as
@@ -159,14 +175,26 @@ def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicate
     * `trust_pickle`: allow DeepSpeed files to unpickle arbitrary objects (only for files you trust).
     * `replicated`: `"average"` the copies of replicated tensors across ranks, or take the `"first"`.
     * `check_rotary`: compare the stored `rotary_emb.inv_freq` with the config's rotary settings.
+    * `base`: when `path` is a LoRA adapter (peft's format, `adapters.py`), the base model to put it on instead
+      of the one its `adapter_config.json` names.
     """
     if replicated not in ("average", "first"):
         raise CheckpointError(f"replicated={replicated!r}: choose 'average' or 'first'.")
+    folder = resolve_checkpoint(path, revision)
+    if folder_kind(folder) == "incomplete_adapter":
+        raise CheckpointError(f"{folder} holds a LoRA adapter's adapter_config.json but not its tensors "
+                              f"(adapter_model.safetensors): copy or download the whole adapter folder.")
+    if folder_kind(folder) == "peft_adapter":
+        return _open_adapter(folder, base, trust_pickle=trust_pickle, replicated=replicated,
+                             check_rotary=check_rotary)
+    if base is not None:
+        raise CheckpointError(f"{path} is a model, not a LoRA adapter; a base model ({base}) is for adapters only. "
+                              f"Drop --base.")
 
     # Find the files, read the config that came with them, then open the layout for that config: opening checks
     # every file the config implies, and takes the tensor-parallel degree from the config or the files, whichever
     # is larger, so that a rank whose files are all missing is reported rather than silently skipped.
-    location = find_layout(resolve_checkpoint(path, revision))
+    location = find_layout(folder)
     config, source = _read_config(location)
     layout = location.open(config, trust_pickle)
 
@@ -183,6 +211,38 @@ def open_checkpoint(path: "str | Path", *, trust_pickle: bool = False, replicate
                               f"has {n_vocab} rows across {layout.n_ranks} rank(s). Fix `{key}`.")
     config = config.with_updates(tensor_parallel_size=layout.n_ranks, n_vocab=config.n_vocab or n_vocab)
     return Checkpoint(layout, config, source, _find_tokenizer(location), replicated, check_rotary)
+
+
+# ## A LoRA adapter over its base
+#
+# The base is the one the adapter's `adapter_config.json` names (`base_model_name_or_path`, at its `revision`), or
+# the caller's `base`, which wins; `source_note` says which was used. The adapter's own tokenizer, if it carries
+# one, is preferred to the base's (fine-tuning may have added tokens).
+def _open_adapter(folder: Path, base: "str | Path | None", **options) -> Checkpoint:
+    from .adapters import read_adapter
+    adapter = read_adapter(folder)
+    if base is not None:
+        base_name, base_revision, chosen = str(base), None, "given with --base (base=)"
+    elif adapter.base:
+        base_name, base_revision = adapter.base, adapter.base_revision
+        chosen = "named by its adapter_config.json, base_model_name_or_path"
+    else:
+        raise CheckpointError(f"{folder} is a LoRA adapter (peft's format) whose adapter_config.json names no base "
+                              f"model (base_model_name_or_path is empty). Pass the base it was trained on with "
+                              f"--base (base= in Python).")
+    try:
+        checkpoint = open_checkpoint(base_name, revision=base_revision, **options)
+    except CheckpointError as e:
+        raise CheckpointError(f"{folder} is a LoRA adapter over the base model {base_name} ({chosen}), which "
+                              f"could not be opened: {e} Pass another base with --base.") from None
+    if checkpoint.adapter is not None:
+        raise CheckpointError(f"{folder} is a LoRA adapter whose base {base_name} is itself an adapter; merge that "
+                              f"one first (python -m labml_nn.neox.checkpoint merge).")
+    adapter.check(checkpoint.config, base_name)
+    checkpoint.adapter = adapter
+    checkpoint.source_note = f"{adapter.describe()} on the base model {base_name} ({chosen})"
+    checkpoint.tokenizer_path = find_tokenizer(folder) or checkpoint.tokenizer_path
+    return checkpoint
 
 
 # A file in the embedding's place without `word_embeddings.weight` is another stage's file under the wrong name

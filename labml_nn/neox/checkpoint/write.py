@@ -132,8 +132,17 @@ def write_hf_checkpoint(out_dir: "str | Path", config: NeoXConfig, parts: Iterab
             shards.append((path, list(current)))
         current, size = {}, 0
 
+    embedding = None
     for part, tensors in parts:
         _check_part(part, tensors, config.n_layers)
+        # With tied embeddings, a readout equal to the embedding is not written: transformers ties it (and a
+        # tensor shared by two names is refused by safetensors). A readout of its own is written, and used.
+        if part.kind == "embedding":
+            embedding = tensors["word_embeddings.weight"]
+        if (part.kind == "readout" and config.tie_word_embeddings and embedding is not None
+                and torch.equal(tensors["final_linear.weight"], embedding)):
+            written.append(part)
+            continue
         # transformers has no `gpt_j_tied`; a copy of the first norm in the second's place computes the same
         if config.tied_layernorms and part.kind == "layer":
             tensors = {**tensors, **{f"post_attention_layernorm.{k}": tensors[f"input_layernorm.{k}"].clone()

@@ -65,8 +65,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from labml_nn.neox.evaluation.tasks import LAMBADA_TASK, LOCAL_TASKS, TEXT_TASK, offline, write_local_tasks
-from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, add_model_args, check_model_args,
-                               quiet_bitsandbytes, run_command)
+from labml_nn.neox.cli import (DTYPES, ArgumentParser, DataError, UsageError, add_model_args, announce_source,
+                               check_model_args, quiet_bitsandbytes, run_command)
 
 # The four tasks of the published GPT-NeoX-20B table
 DEFAULT_TASKS = "lambada_openai,hellaswag,piqa,winogrande"
@@ -168,7 +168,8 @@ def load_model(args: argparse.Namespace):
     loader = LayerLoader(args.checkpoint, dtype=dtype, device=args.device, is_llm_int8=args.int8,
                                llm_int8_threshold=args.int8_threshold,
                                llm_int8_implementation=args.int8_implementation, trust_pickle=args.trust_pickle,
-                               revision=getattr(args, "revision", None))
+                               revision=getattr(args, "revision", None), base=getattr(args, "base", None))
+    announce_source(loader.checkpoint)
     model = NeoXModel(*loader.load())
     tokenizer_path = args.tokenizer or getattr(loader.checkpoint, "tokenizer_path", None) \
         or find_tokenizer(args.checkpoint)
@@ -185,7 +186,7 @@ def load_model(args: argparse.Namespace):
 def evaluate(args: argparse.Namespace) -> dict:
     tasks = resolve_tasks(args)
     # A Hub name is fetched (or found in the cache) before anything goes offline
-    from labml_nn.neox.checkpoint.hub import resolve_checkpoint
+    from labml_nn.neox.checkpoint.sources import resolve_checkpoint
     args.checkpoint, args.revision = str(resolve_checkpoint(args.checkpoint, args.revision)), None
     # Local tasks alone need no network; say so before `datasets` is imported, for the whole evaluation
     only_local = all(t in LOCAL_TASKS for t in tasks)

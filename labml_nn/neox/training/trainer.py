@@ -397,6 +397,7 @@ def gather_full_modules(modules: Sequence[nn.Module]) -> List[nn.Module]:
     trainable, for saving. Every rank must call this (gathering is collective); each gets the whole model.
     """
     from labml_nn.neox.loader import build_module, part_of
+    from labml_nn.neox.training.lora import wrap_like
     copies = []
     for module in modules:
         state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu()
@@ -405,6 +406,8 @@ def gather_full_modules(modules: Sequence[nn.Module]) -> List[nn.Module]:
         # `fully_shard` changes a module's class to a subclass; `part_of` still tells what it was
         with torch.device("meta"):
             copy = build_module(part_of(module), module.config)
+            # The same LoRA adapters as the original's, if it has any (`lora.py`)
+            wrap_like(module, copy)
         copy.load_state_dict(state, assign=True)
         for name, p in copy.named_parameters():
             p.requires_grad_(name in trained)
