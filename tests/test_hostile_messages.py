@@ -12,12 +12,10 @@ that sets `sys.modules[name] = None`, which makes `import name` fail as when it 
 """
 
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
@@ -27,41 +25,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from helpers import make_tiny_hf_model, write_slim_from_hf, write_tiny_tokenizer  # noqa: E402
+from test_hostile import call, judge, load_sample  # noqa: E402  (how a case is judged, as in round 1)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "labml_nn" / "neox" / "demo"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "LABML_NN_NEOX_DEBUG": "",
        "PYTHONIOENCODING": "utf-8"}
-
-
-# ## How a case is judged (as in `test_hostile.py`)
-def call(main, argv, capsys):
-    """Run a command's `main(argv)`; returns its exit status (or "raised") and what it printed on stderr."""
-    extra = ""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) or e.code is None else 1
-        extra = "" if isinstance(e.code, int) or e.code is None else f"{e.code}\n"
-    except BaseException:  # noqa: BLE001 (a traceback is what the battery looks for)
-        rc, extra = "raised", traceback.format_exc()
-    return rc, capsys.readouterr().err + extra
-
-
-def judge(rc, err, want, *names):
-    assert rc == want, f"exit status {rc}, wanted {want}; stderr:\n{err[-3000:]}"
-    assert "Traceback" not in err, err[-3000:]
-    assert "bug of ours" not in err, err[-3000:]
-    assert "error: " in err, err[-3000:]
-    for name in names:
-        assert str(name) in err, f"{name!r} not named in:\n{err[-3000:]}"
-
-
-def load_sample(name: str):
-    spec = importlib.util.spec_from_file_location(f"hostile_messages_{name}", ROOT / "samples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def hide_modules(tmp_path: Path, *names: str) -> dict:

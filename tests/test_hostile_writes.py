@@ -10,7 +10,6 @@ and nothing that was there is lost. The download cases use a server on 127.0.0.1
 
 import json
 import os
-import shutil
 import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,31 +22,12 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
-from helpers import make_tiny_hf_model, write_slim_from_hf, write_tiny_tokenizer  # noqa: E402
-from test_hostile import call, judge, leftovers, load_sample  # noqa: E402
+from helpers import make_tiny_hf_model, write_tiny_tokenizer  # noqa: E402
+from test_hostile import call, judge, leftovers, load_sample, slim, slim_source, tiny  # noqa: E402,F401
 from labml_nn.neox.checkpoint.__main__ import main as checkpoint_main  # noqa: E402
 
 
-# ## The checkpoints and samples the cases use
-@pytest.fixture(scope="module")
-def tiny():
-    return make_tiny_hf_model(vocab_size=320, max_position_embeddings=48)
-
-
-@pytest.fixture(scope="module")
-def slim_source(tiny, tmp_path_factory):
-    path = tmp_path_factory.mktemp("writes") / "slim"
-    write_slim_from_hf(tiny, path, tp=2, tokenizer=False)
-    write_tiny_tokenizer(path / "20B_tokenizer.json", 300)
-    return path
-
-
-@pytest.fixture
-def slim(slim_source, tmp_path):
-    """A fresh copy of a two-rank pipeline checkpoint."""
-    return Path(shutil.copytree(slim_source, tmp_path / "src"))
-
-
+# ## The checkpoints and samples the cases use (the checkpoints are round 1's: `tiny`, `slim_source`, `slim`)
 @pytest.fixture(scope="module")
 def generate_sample():
     return load_sample("generate")
