@@ -29,7 +29,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_docs_browser import Browser, _chromium, _serve  # noqa: E402
+from test_docs_browser import Browser, _serve, browser  # noqa: E402,F401  (`browser`: the same fixture)
 from test_docs_site import ROOT, build_site  # noqa: E402
 
 ARTIFACTS = ROOT / "test-artifacts" / "live"
@@ -108,20 +108,6 @@ def attention_probabilities(model, ids: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # The browser
 # ---------------------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def browser():
-    binary = _chromium()
-    if binary is None:
-        pytest.skip("no Chromium binary (apt-get install -y chromium)")
-    b = Browser(binary)
-    try:
-        b.send("Browser.getVersion", session=False, timeout=30)
-        b.open_tab()
-        yield b
-    finally:
-        b.close()
-
 
 @pytest.fixture(scope="module")
 def site():
