@@ -4,8 +4,9 @@ The website in a real browser: headless Chromium, driven over the Chrome DevTool
 The built site is served on 127.0.0.1 (a `http.server` in a thread, on a free port). Chromium is started with
 `--remote-debugging-pipe`, so the protocol runs over two pipes (file descriptors 3 and 4 of the browser) with no
 websocket library. Pages are opened at 1280, 1400 and 1440 px (prose beside code) and at 390 and 420 px (a phone:
-prose above code); screenshots go to `test-artifacts/docs/`. At 1280 px and wider, no code block of an annotated
-page may scroll sideways and no display formula may be clipped; the site must also work opened from disk.
+prose above code); screenshots go to `$NEOX_TEST_ARTIFACTS/docs/` (the temporary folder by default). At 1280 px
+and wider, no code block of an annotated page may scroll sideways and no display formula may be clipped; the site
+must also work opened from disk.
 
 Skipped when no Chromium binary is installed (`apt-get install -y chromium`).
 """

@@ -11,8 +11,8 @@ checkpoint:
   and attention probabilities: within 1e-4 (the site's weights are the demo's fp16 values, computed in fp32);
 * nothing large loads before the reader presses a button, and no request goes to any host but the site's own;
 * the memory calculator's bytes and GPU counts equal `memory.py`'s;
-* every widget works at 390 px (a phone) and at 1280 px, in light and dark mode (screenshots in
-  `test-artifacts/live/`); opened from disk, each says in one line how to serve the site.
+* every widget works at 390 px (a phone) and at 1280 px, in light and dark mode (screenshots in `live/` beside
+  the docs browser test's, outside the repository); opened from disk, each says in one line how to serve the site.
 
 The vendored JavaScript is checked against the lockfile without a browser. Skipped without Chromium.
 """
@@ -29,10 +29,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_docs_browser import Browser, _serve, browser  # noqa: E402,F401  (`browser`: the same fixture)
+from test_docs_browser import ARTIFACTS as DOCS_ARTIFACTS, Browser, _serve, browser  # noqa: E402,F401  (`browser`: the same fixture)
 from test_docs_site import ROOT, build_site  # noqa: E402
 
-ARTIFACTS = ROOT / "test-artifacts" / "live"
+ARTIFACTS = DOCS_ARTIFACTS.parent / "live"   # beside the docs browser test's screenshots, outside the repository
 DEMO = ROOT / "labml_nn" / "neox" / "demo"
 PROMPTS = ["ROMEO:\nBut soft, what light", "To be, or not to be", "KING HENRY:\nOnce more unto the breach, dear"]
 TOLERANCE = 1e-4
