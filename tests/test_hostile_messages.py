@@ -25,7 +25,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from helpers import make_tiny_hf_model, write_slim_from_hf, write_tiny_tokenizer  # noqa: E402
-from test_hostile import call, judge, load_sample  # noqa: E402  (how a case is judged, as in round 1)
+from test_hostile import call, judge  # noqa: E402  (how a case is judged, as in round 1)
+# round 1's fixtures: the tiny model, a Hugging Face folder of it, the samples as modules
+from test_hostile import finetune_sample, generate_sample, hf, tiny  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "labml_nn" / "neox" / "demo"
@@ -46,33 +48,10 @@ def sample_command(name: str, *argv) -> list:
 
 
 @pytest.fixture(scope="module")
-def generate_sample():
-    return load_sample("generate")
-
-
-@pytest.fixture(scope="module")
-def finetune_sample():
-    return load_sample("finetune")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return make_tiny_hf_model(vocab_size=320, max_position_embeddings=48)
-
-
-@pytest.fixture(scope="module")
 def slim(tiny, tmp_path_factory):
     path = tmp_path_factory.mktemp("messages") / "slim"
     write_slim_from_hf(tiny, path, tp=2, tokenizer=False)
     write_tiny_tokenizer(path / "20B_tokenizer.json", 300)
-    return path
-
-
-@pytest.fixture
-def hf(tiny, tmp_path):
-    path = tmp_path / "hf"
-    tiny.save_pretrained(path)
-    write_tiny_tokenizer(path / "tokenizer.json", 300)
     return path
 
 

@@ -23,21 +23,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from helpers import make_tiny_hf_model, write_tiny_tokenizer  # noqa: E402
-from test_hostile import call, judge, leftovers, load_sample, slim, slim_source, tiny  # noqa: E402,F401
+from test_hostile import (call, finetune_sample, generate_sample, judge, leftovers, load_sample, slim,  # noqa: E402,F401
+                          slim_source, tiny)
 from labml_nn.neox.checkpoint.__main__ import main as checkpoint_main  # noqa: E402
 
 
-# ## The checkpoints and samples the cases use (the checkpoints are round 1's: `tiny`, `slim_source`, `slim`)
-@pytest.fixture(scope="module")
-def generate_sample():
-    return load_sample("generate")
-
-
-@pytest.fixture(scope="module")
-def finetune_sample():
-    return load_sample("finetune")
-
-
+# ## What the cases look at (the checkpoints and samples are round 1's fixtures, imported above)
 def snapshot(folder: Path) -> dict:
     """Every file under `folder` with its bytes, to show that nothing in it changed."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
